@@ -1,0 +1,1 @@
+"""Codex-32: a container engine for Linux, for running bots."""

@@ -1,0 +1,305 @@
+"""Pydantic models of what a user asks for: data with validation, no behaviour.
+
+Nothing here touches the OS except checking that a volume source exists, which is
+part of refusing a bad config before anything is created.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import Enum
+from pathlib import PurePosixPath
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ._caps import ALL_CAPABILITIES, normalize_capability
+
+NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+NAME_MAX = 128
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+RLIMIT_NAMES = frozenset(
+    {
+        "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue",
+        "nice", "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack",
+    }
+)  # fmt: skip
+
+TMPFS_OPTIONS = frozenset({"rw", "ro", "nosuid", "suid", "nodev", "dev", "exec", "noexec"})
+
+
+class IsolationType(str, Enum):
+    """How much a container is cut off from the host (see docs/isolation.md)."""
+
+    MINIMAL = "minimal"
+    STANDARD = "standard"
+    STRICT = "strict"
+
+
+def parse_size(value: str | int) -> int:
+    """Parse a Docker-style size (``512m``, ``1g``, ``1048576``) into bytes."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?\s*", value.lower())
+    if not match:
+        raise ValueError(f"invalid size {value!r}: use a number with an optional unit b, k, m, g")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit])
+
+
+def check_container_path(path: str, what: str) -> str:
+    """Refuse relative paths and ``..`` components in a path inside the container."""
+    if not path.startswith("/"):
+        raise ValueError(f"{what} {path!r} must be an absolute path inside the container")
+    if "\x00" in path:
+        raise ValueError(f"{what} {path!r} contains a NUL byte")
+    if ".." in PurePosixPath(path).parts:
+        raise ValueError(f"{what} {path!r} must not contain '..'")
+    normalized = os.path.normpath(path)
+    return "/" + normalized.lstrip("/")
+
+
+class Volume(BaseModel):
+    """A host path bound into the container (``-v SOURCE:TARGET[:ro]``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    @field_validator("source")
+    @classmethod
+    def _source_exists(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"volume source {value!r} must be an absolute host path")
+        if not os.path.exists(value):
+            raise ValueError(
+                f"volume source {value!r} does not exist: create it first, or fix the path"
+            )
+        return os.path.realpath(value)
+
+    @field_validator("target")
+    @classmethod
+    def _target_absolute(cls, value: str) -> str:
+        target = check_container_path(value, "volume target")
+        if target == "/":
+            raise ValueError("volume target '/' would hide the container's root filesystem")
+        return target
+
+    @classmethod
+    def parse(cls, spec: str) -> Volume:
+        """Parse Docker's ``SOURCE:TARGET[:ro|rw]``."""
+        parts = spec.split(":")
+        if len(parts) == 2:
+            return cls(source=parts[0], target=parts[1])
+        if len(parts) == 3 and parts[2] in ("ro", "rw"):
+            return cls(source=parts[0], target=parts[1], read_only=parts[2] == "ro")
+        raise ValueError(f"invalid volume {spec!r}: use SOURCE:TARGET or SOURCE:TARGET:ro")
+
+
+class TmpfsMount(BaseModel):
+    """A tmpfs in the container (``--tmpfs /run:size=64m,mode=1777``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    target: str
+    size_bytes: int | None = Field(default=None, gt=0)
+    mode: int = Field(default=0o1777, ge=0, le=0o7777)
+    flags: tuple[str, ...] = ("nosuid", "nodev")
+
+    @field_validator("target")
+    @classmethod
+    def _target_absolute(cls, value: str) -> str:
+        return check_container_path(value, "tmpfs target")
+
+    @field_validator("flags")
+    @classmethod
+    def _known_flags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - TMPFS_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown tmpfs option(s) {unknown}: use {sorted(TMPFS_OPTIONS)}")
+        return value
+
+    @classmethod
+    def parse(cls, spec: str) -> TmpfsMount:
+        """Parse Docker's ``TARGET[:opt,opt,size=N,mode=0755]``."""
+        target, _, options = spec.partition(":")
+        size: int | None = None
+        mode = 0o1777
+        flags: list[str] = ["nosuid", "nodev"]
+        for option in filter(None, options.split(",")):
+            key, _, value = option.partition("=")
+            if key == "size":
+                size = parse_size(value)
+            elif key == "mode":
+                try:
+                    mode = int(value, 8)
+                except ValueError:
+                    raise ValueError(f"invalid tmpfs mode {value!r}: use octal, e.g. 1777") from None
+            else:
+                flags.append(key)
+        return cls(target=target, size_bytes=size, mode=mode, flags=tuple(flags))
+
+
+class Ulimit(BaseModel):
+    """A resource limit set with setrlimit (``--ulimit nofile=1024:2048``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    soft: int = Field(ge=-1)
+    hard: int = Field(ge=-1)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in RLIMIT_NAMES:
+            raise ValueError(f"unknown ulimit {value!r}: use one of {sorted(RLIMIT_NAMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _soft_below_hard(self) -> Ulimit:
+        if self.hard != -1 and (self.soft == -1 or self.soft > self.hard):
+            raise ValueError(f"ulimit {self.name}: soft limit {self.soft} exceeds hard {self.hard}")
+        return self
+
+    @classmethod
+    def parse(cls, spec: str) -> Ulimit:
+        """Parse Docker's ``NAME=SOFT[:HARD]`` (``-1`` or ``unlimited`` for no limit)."""
+        name, sep, values = spec.partition("=")
+        if not sep:
+            raise ValueError(f"invalid ulimit {spec!r}: use NAME=SOFT[:HARD]")
+        soft_text, _, hard_text = values.partition(":")
+
+        def number(text: str) -> int:
+            if text == "unlimited":
+                return -1
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"invalid ulimit value {text!r} in {spec!r}") from None
+
+        soft = number(soft_text)
+        return cls(name=name, soft=soft, hard=number(hard_text) if hard_text else soft)
+
+
+class ResourceLimits(BaseModel):
+    """cgroup limits (enforced by the cgroup drivers) and per-process limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: float | None = Field(default=None, gt=0, le=1024, description="CPU quota in cores")
+    cpu_shares: int | None = Field(default=None, ge=2, le=262144)
+    cpuset_cpus: str | None = Field(default=None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+    memory_bytes: int | None = Field(default=None, ge=6 * 1024 * 1024)
+    memory_swap_bytes: int | None = Field(default=None, ge=-1)
+    memory_reservation_bytes: int | None = Field(default=None, gt=0)
+    pids_limit: int | None = Field(default=None, ge=1)
+    blkio_weight: int | None = Field(default=None, ge=10, le=1000)
+    max_open_files: int | None = Field(default=None, ge=1, le=1 << 20)
+
+    @field_validator("memory_bytes", "memory_swap_bytes", "memory_reservation_bytes", mode="before")
+    @classmethod
+    def _sizes(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _swap_above_memory(self) -> ResourceLimits:
+        swap, memory = self.memory_swap_bytes, self.memory_bytes
+        if swap is not None and swap != -1:
+            if memory is None:
+                raise ValueError("memory_swap needs memory to be set too (as in Docker)")
+            if swap < memory:
+                raise ValueError("memory_swap must be at least memory (it counts memory + swap)")
+        return self
+
+
+EnvName = Annotated[str, Field(pattern=r"^[^=\x00]+$")]
+
+
+class ContainerConfig(BaseModel):
+    """Everything a container is created from (the original design's public model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=NAME_MAX, pattern=NAME_PATTERN)
+    image: str = Field(min_length=1, description="rootfs template name")
+    command: list[str] = Field(default_factory=list)
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    working_dir: str | None = None
+    user: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9_.-]+(:[a-zA-Z0-9_.-]+)?$")
+    hostname: str | None = Field(
+        default=None, max_length=63, pattern=r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$"
+    )
+    isolation: IsolationType = IsolationType.STANDARD
+    volumes: list[Volume] = Field(default_factory=list)
+    tmpfs: list[TmpfsMount] = Field(default_factory=list)
+    read_only: bool = False
+    cap_add: list[str] = Field(default_factory=list)
+    cap_drop: list[str] = Field(default_factory=list)
+    ulimits: list[Ulimit] = Field(default_factory=list)
+    init: bool = False
+    auto_remove: bool = False
+    resources: ResourceLimits = Field(default_factory=ResourceLimits)
+
+    @field_validator("image")
+    @classmethod
+    def _image_name(cls, value: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, value) and not value.startswith("/"):
+            raise ValueError(
+                f"image {value!r} is not a template name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"
+            )
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _no_nul(cls, value: list[str]) -> list[str]:
+        if any("\x00" in arg for arg in value):
+            raise ValueError("command arguments must not contain NUL bytes")
+        if value and not value[0]:
+            raise ValueError("the command must not be empty")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_values(cls, value: dict[str, str]) -> dict[str, str]:
+        if any("\x00" in v for v in value.values()):
+            raise ValueError("environment values must not contain NUL bytes")
+        return value
+
+    @field_validator("working_dir")
+    @classmethod
+    def _workdir_absolute(cls, value: str | None) -> str | None:
+        return None if value is None else check_container_path(value, "working directory")
+
+    @field_validator("cap_add", "cap_drop")
+    @classmethod
+    def _capabilities(cls, value: list[str]) -> list[str]:
+        return [normalize_capability(cap) for cap in value]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ContainerConfig:
+        targets = [v.target for v in self.volumes] + [t.target for t in self.tmpfs]
+        duplicates = sorted({t for t in targets if targets.count(t) > 1})
+        if duplicates:
+            raise ValueError(f"more than one mount targets {duplicates}")
+        names = [u.name for u in self.ulimits]
+        if len(names) != len(set(names)):
+            raise ValueError("each ulimit may be given once")
+        return self
+
+
+__all__ = [
+    "ALL_CAPABILITIES",
+    "ContainerConfig",
+    "IsolationType",
+    "ResourceLimits",
+    "TmpfsMount",
+    "Ulimit",
+    "Volume",
+    "parse_size",
+]

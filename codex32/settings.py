@@ -1,0 +1,77 @@
+"""Settings read from the environment (the original design's variable names included)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import IsolationType
+from .errors import ConfigError
+
+DEFAULT_STORAGE_DIR = "/var/lib/codex32"
+
+
+def _find_templates_dir() -> Path:
+    """The recipes: $CODEX32_TEMPLATES_DIR, the checkout's rootfs-templates/, or /usr/share."""
+    explicit = os.environ.get("CODEX32_TEMPLATES_DIR")
+    if explicit:
+        return Path(explicit)
+    checkout = Path(__file__).resolve().parent.parent / "rootfs-templates"
+    if checkout.is_dir():
+        return checkout
+    return Path("/usr/share/codex32/rootfs-templates")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the engine keeps its state and how it isolates by default."""
+
+    storage_dir: Path
+    templates_dir: Path
+    default_isolation: IsolationType
+    userns_uid_base: int
+    userns_size: int
+
+    @classmethod
+    def from_env(cls, storage_dir: str | os.PathLike[str] | None = None) -> Settings:
+        """Read ``CODEX32_*`` (or the original ``CONTAINER_*``) variables."""
+        env = os.environ
+        storage = (
+            storage_dir
+            or env.get("CODEX32_STORAGE_DIR")
+            or env.get("CONTAINER_STORAGE_DIR")
+            or DEFAULT_STORAGE_DIR
+        )
+        level = env.get("CODEX32_ISOLATION_LEVEL") or env.get("CONTAINER_ISOLATION_LEVEL")
+        try:
+            isolation = IsolationType(level.lower()) if level else IsolationType.STANDARD
+        except ValueError:
+            raise ConfigError(
+                f"CONTAINER_ISOLATION_LEVEL={level!r} is not an isolation level",
+                hint="use minimal, standard or strict",
+            ) from None
+        base = _int_env("CODEX32_USERNS_UID_BASE", 100000)
+        size = _int_env("CODEX32_USERNS_SIZE", 65536)
+        if base < 1 or size < 1 or base + size > 2**32 - 1:
+            raise ConfigError(
+                f"user namespace range {base}+{size} is out of range",
+                hint="set CODEX32_USERNS_UID_BASE >= 1 and CODEX32_USERNS_SIZE so the sum < 2^32",
+            )
+        return cls(
+            storage_dir=Path(storage).absolute(),
+            templates_dir=_find_templates_dir(),
+            default_isolation=isolation,
+            userns_uid_base=base,
+            userns_size=size,
+        )
+
+
+def _int_env(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a whole number") from None

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Set up a Debian 12 host (as root) for Codex-32: system packages, the virtualenv,
+# and the project installed into it. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# busybox-static: the busybox template; tini: the --init reaper (tini-static);
+# libcap-dev + python3-dev + gcc: python-prctl builds against libcap;
+# libseccomp2: the seccomp profiles (loaded through pyseccomp); iproute2: tests look at links.
+PACKAGES=(busybox-static tini libcap-dev libseccomp2 python3 python3-venv python3-dev gcc
+          iproute2 util-linux procps)
+# Extra packages named by the caller (e.g. the cgroup v2 VM tools), space separated.
+read -r -a EXTRA <<< "${CODEX32_EXTRA_PACKAGES:-}"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: run as root (it installs Debian packages and the engine needs root)" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}" "${EXTRA[@]}"; do
+    [ -n "$p" ] || continue
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Debian's interpreter, not a pyenv shim: it starts in ~10 ms, and every container
+# start pays interpreter start-up once.
+PY=/usr/bin/python3
+if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv with $PY"
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.codex32-deps
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "==> installing codex32 and its dependencies into .venv"
+    .venv/bin/pip install -q --upgrade pip setuptools wheel
+    .venv/bin/pip install -q -e '.[dev]'
+    touch "$stamp"
+fi
+echo "==> set-up done"
