@@ -293,7 +293,21 @@ class ContainerConfig(BaseModel):
         return self
 
 
+class ContainerImage(BaseModel):
+    """A rootfs template as the engine shows it (``codex32 images``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str
+    built: bool
+    path: str
+    recipe: str
+    command: list[str]
+
+
 __all__ = [
+    "ContainerImage",
     "ALL_CAPABILITIES",
     "ContainerConfig",
     "IsolationType",

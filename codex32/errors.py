@@ -43,7 +43,11 @@ class Codex32Error(Exception):
             text += f" ({self.path})"
         if self.errno:
             name = errno_module.errorcode.get(self.errno, str(self.errno))
-            text += f": {name} ({os.strerror(self.errno)})"
+            reason = os.strerror(self.errno)
+            if reason.lower() in text.lower() or "not found" in text:
+                text += f" ({name})"
+            else:
+                text += f": {name} ({reason})"
         if self.hint:
             text += f". {self.hint}"
         return text

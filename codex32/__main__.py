@@ -1,0 +1,5 @@
+"""``python -m codex32``: the CLI."""
+
+from .cli.main import main
+
+main()

@@ -1,0 +1,332 @@
+"""The set-up process: ``python -m codex32._init FD`` (runc's ``runc init``).
+
+A fresh, single-threaded interpreter, so that a threaded engine never forks
+itself. It receives the plan on FD, builds the namespaces, forks the container's
+PID 1, runs the plan's steps there and execs the command; then it stays as the
+container's parent and reports its exit. The message table is in ``_sync``.
+
+It imports only the standard library and the ``_linux`` helpers (no pydantic, no
+netlink): its start-up time is part of every container's start latency.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from . import _sync
+from ._linux import bpf, caps, mounts, process, syscalls
+from ._linux.paths import open_beneath
+from ._sync import Message
+
+_EXEC_EXIT_CODES = {errno.ENOENT: 127, errno.EACCES: 126, errno.ENOEXEC: 126, errno.EISDIR: 126}
+
+
+class StepFailed(Exception):
+    """A plan step that failed; carries what the engine needs to report it."""
+
+    def __init__(self, step: str, err: int, message: str, exit_code: int = 125) -> None:
+        super().__init__(message)
+        self.step = step
+        self.errno = err
+        self.message = message
+        self.exit_code = exit_code
+
+
+def _set_subreaper() -> None:
+    import prctl
+
+    prctl.set_child_subreaper(1)
+
+
+class Setup:
+    """Runs a plan's steps inside PID 1, in order, ending in exec."""
+
+    def __init__(self, plan: dict[str, Any]) -> None:
+        self.plan = plan
+        self.root_fd = -1
+        self.identity: process.Identity | None = None
+        # Read before pivot_root: afterwards the host's files are out of reach.
+        self.seccomp_program = b""
+        for step in plan["steps"]:
+            if step["op"] == "seccomp":
+                with open(step["program"], "rb") as f:
+                    self.seccomp_program = f.read()
+
+    def run(self) -> NoReturn:
+        handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            "unshare": self._unshare,
+            "propagation": lambda s: mounts.make_private(),
+            "overlay": self._overlay,
+            "bind": self._bind,
+            "proc": lambda s: mounts.proc(self.root_fd, s["target"]),
+            "sysfs": lambda s: mounts.sysfs(self.root_fd, s["target"], s["read_only"]),
+            "dev": lambda s: mounts.dev(self.root_fd, s["target"], s["mqueue"]),
+            "tmpfs": lambda s: mounts.tmpfs(
+                self.root_fd, s["target"], s["size"], s["mode"], s["flags"]
+            ),
+            "mask": lambda s: mounts.mask(self.root_fd, s["paths"]),
+            "readonly_paths": lambda s: mounts.readonly_paths(self.root_fd, s["paths"]),
+            "mkdir": self._mkdir,
+            "pivot_root": self._pivot_root,
+            "remount_root": lambda s: mounts.remount_root_read_only(),
+            "loopback_up": lambda s: process.loopback_up(),
+            "hostname": lambda s: syscalls.sethostname(s["name"]),
+            "rlimits": lambda s: process.set_rlimits(s["limits"]),
+            "bounding_set": lambda s: caps.drop_bounding_set(s["keep"]),
+            "user": self._user,
+            "capabilities": lambda s: caps.set_capabilities(s["keep"]),
+            "no_new_privs": lambda s: caps.set_no_new_privs(),
+            "seccomp": self._seccomp,
+        }
+        for step in self.plan["steps"]:
+            op = step["op"]
+            if op == "exec":
+                self._exec(step)
+            try:
+                handlers[op](step)
+            except StepFailed:
+                raise
+            except OSError as exc:
+                detail = f": {exc.filename}" if exc.filename else ""
+                raise StepFailed(op, exc.errno or 0, f"{exc.strerror or exc}{detail}") from exc
+            except Exception as exc:  # noqa: BLE001 - every failure must name its step
+                raise StepFailed(op, 0, f"{type(exc).__name__}: {exc}") from exc
+        raise StepFailed("exec", 0, "the plan has no exec step")
+
+    def _unshare(self, step: dict[str, Any]) -> None:
+        flags = 0
+        for name in step["namespaces"]:
+            flags |= syscalls.NAMESPACE_FLAGS[name]
+        syscalls.unshare(flags)
+
+    def _overlay(self, step: dict[str, Any]) -> None:
+        mounts.overlay(step["lower"], step["upper"], step["work"], step["target"], step["userxattr"])
+        self.root_fd = os.open(step["target"], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _bind(self, step: dict[str, Any]) -> None:
+        try:
+            mounts.bind(self.root_fd, step["source"], step["target"], step["read_only"])
+        except FileNotFoundError:
+            if not step["optional"]:
+                raise
+        except OSError as exc:
+            what = step.get("what", "bind")
+            raise StepFailed(
+                "bind",
+                exc.errno or 0,
+                f"{what} {step['source']} -> {step['target']}: {exc.strerror}",
+            ) from exc
+
+    def _mkdir(self, step: dict[str, Any]) -> None:
+        os.close(open_beneath(self.root_fd, step["target"], create="dir"))
+
+    def _pivot_root(self, step: dict[str, Any]) -> None:
+        mounts.enter_root(step["rootfs"])
+        os.close(self.root_fd)
+        self.root_fd = -1
+
+    def _user(self, step: dict[str, Any]) -> None:
+        self.identity = process.resolve_user(step["user"])
+        process.switch_user(self.identity)
+
+    def _seccomp(self, step: dict[str, Any]) -> None:
+        bpf.load_bpf(self.seccomp_program)
+
+    def _exec(self, step: dict[str, Any]) -> NoReturn:
+        env = dict(item.split("=", 1) for item in step["env"])
+        if "HOME" not in env:
+            env["HOME"] = self.identity.home if self.identity else "/"
+        try:
+            os.chdir(step["cwd"])
+        except OSError as exc:
+            raise StepFailed("cwd", exc.errno or 0, f"chdir to {step['cwd']}: {exc.strerror}")
+        args: list[str] = step["args"]
+        if not args:
+            raise StepFailed("exec", 0, "no command given and the template has none", 125)
+        try:
+            executable = process.find_executable(args[0], env.get("PATH", ""))
+            if step["init"]:
+                os.execve(step["init"], [step["init"], "--", *args], env)
+            os.execve(executable, args, env)
+        except OSError as exc:
+            code = _EXEC_EXIT_CODES.get(exc.errno or 0, 126)
+            message = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+            if not message.startswith("exec:"):
+                message = f'exec: "{args[0]}": {exc.strerror}'
+            raise StepFailed("exec", exc.errno or 0, message, code) from exc
+
+
+def _pid1(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
+    """PID 1 of the new pid namespace: wait for the go-ahead, set up, exec."""
+    try:
+        message = _sync.receive(sock)
+        if not message or message.get("type") != "proceed":
+            os._exit(125)
+        Setup(plan).run()
+    except StepFailed as exc:
+        _report(sock, _sync.error_message(exc.step, exc.errno, exc.message, exc.exit_code))
+        os._exit(exc.exit_code)
+    except BaseException as exc:  # noqa: BLE001 - anything must reach the engine
+        _report(sock, _sync.error_message("setup", 0, f"{type(exc).__name__}: {exc}"))
+        os._exit(125)
+
+
+def _report(sock: socket.socket, message: Message) -> None:
+    try:
+        _sync.send(sock, message)
+    except OSError:
+        pass
+
+
+def _stage2(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
+    """Enter the user namespace (if any), then the others, and fork PID 1."""
+    step = "namespaces"
+    try:
+        namespaces = plan["namespaces"]
+        if "user" in namespaces:
+            step = "userns"
+            syscalls.unshare(syscalls.CLONE_NEWUSER)
+            _sync.send(sock, {"type": "map_request"})
+            reply = _sync.receive(sock)
+            if not reply or reply.get("type") != "map_done":
+                os._exit(125)
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+            step = "namespaces"
+        flags = 0
+        for name in namespaces:
+            if name != "user":
+                flags |= syscalls.NAMESPACE_FLAGS[name]
+        syscalls.unshare(flags)
+        pid = os.fork()
+        if pid == 0:
+            _pid1(plan, sock)
+        _sync.send(sock, {"type": "pid", "pid": pid})
+        os._exit(0)
+    except OSError as exc:
+        _report(sock, _sync.error_message(step, exc.errno or 0, exc.strerror or str(exc)))
+        os._exit(125)
+    except BaseException as exc:  # noqa: BLE001
+        _report(sock, _sync.error_message(step, 0, f"{type(exc).__name__}: {exc}"))
+        os._exit(125)
+
+
+def _write_maps(pid: int, plan: dict[str, Any]) -> None:
+    for kind, key in (("uid_map", "uid_mappings"), ("gid_map", "gid_mappings")):
+        lines = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in plan[key])
+        with open(f"/proc/{pid}/{kind}", "w") as f:
+            f.write(lines)
+
+
+def _wait_for(pid: int) -> int:
+    """Reap children until ``pid`` is reaped; return its wait status."""
+    while True:
+        try:
+            reaped, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+        if reaped == pid:
+            return status
+
+
+def _kill_and_reap(pid: int | None) -> None:
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _wait_for(pid)
+
+
+def _exit_message(status: int) -> Message:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return {"type": "exited", "exit_code": 128 + sig, "signal": sig}
+    return {"type": "exited", "exit_code": os.WEXITSTATUS(status), "signal": 0}
+
+
+def stage1(engine: socket.socket) -> int:
+    """Receive the plan, make the container, relay its start, wait for its exit."""
+    first = _sync.receive(engine)
+    if not first or first.get("type") != "plan":
+        return 125
+    plan: dict[str, Any] = first["plan"]
+    _set_subreaper()
+    ours, theirs = _sync.socket_pair()
+    stage2_pid = os.fork()
+    if stage2_pid == 0:
+        engine.close()
+        ours.close()
+        _stage2(plan, theirs)
+    theirs.close()
+    pid1: int | None = None
+    try:
+        while pid1 is None:
+            message = _sync.receive(ours)
+            if message is None:
+                _sync.send(engine, _sync.error_message("namespaces", 0, "set-up process died"))
+                return 125
+            kind = message.get("type")
+            if kind == "map_request":
+                try:
+                    _write_maps(stage2_pid, plan)
+                except OSError as exc:
+                    _sync.send(
+                        engine,
+                        _sync.error_message("uid_map", exc.errno or 0, exc.strerror or ""),
+                    )
+                    return 125
+                _sync.send(ours, {"type": "map_done"})
+            elif kind == "pid":
+                pid1 = int(message["pid"])
+            else:
+                _sync.send(engine, message)
+                return 125
+        os.waitpid(stage2_pid, 0)
+        stage2_pid = 0
+        _sync.send(engine, {"type": "created", "pid": pid1})
+        reply = _sync.receive(engine)
+        if not reply or reply.get("type") != "proceed":
+            _kill_and_reap(pid1)
+            return 125
+        _sync.send(ours, {"type": "proceed"})
+        outcome = _sync.receive(ours)
+        ours.close()
+        _sync.send(engine, {"type": "started", "pid": pid1} if outcome is None else outcome)
+        status = _wait_for(pid1)
+        pid1 = None
+        try:
+            _sync.send(engine, _exit_message(status))
+        except OSError:
+            pass  # the engine went away; nobody to tell
+        return 0
+    except BaseException:
+        _kill_and_reap(pid1)
+        raise
+    finally:
+        if stage2_pid:
+            _kill_and_reap(stage2_pid)
+
+
+def main() -> int:
+    """Entry point: ``python -m codex32._init FD``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    engine = socket.socket(fileno=int(sys.argv[1]))
+    try:
+        return stage1(engine)
+    except OSError as exc:
+        _report(engine, _sync.error_message("setup", exc.errno or 0, str(exc)))
+        return 125
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The engine's side of the launch protocol (see ``_sync`` for the message table).
+
+Spawns the set-up process with ``subprocess`` (safe from a threaded caller), sends
+the plan, lets the caller place PID 1 in cgroups and networks while nothing of the
+container runs yet, then waits for ``started`` or a typed error.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO
+
+from . import _sync
+from ._plan import Plan
+from .errors import LaunchError
+
+FileArg = int | IO[bytes] | None
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a container's PID 1 ended (Docker's codes: 128+N for signal N)."""
+
+    exit_code: int
+    signal: int
+
+
+class Launch:
+    """One container start: the set-up process and its sync socket."""
+
+    def __init__(self, plan: Plan, container: str) -> None:
+        self.plan = plan
+        self.container = container
+        self.pid: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._sock, self._child_sock = _sync.socket_pair()
+
+    def start(
+        self,
+        *,
+        stdin: FileArg = None,
+        stdout: FileArg = None,
+        stderr: FileArg = None,
+        on_created: Callable[[int], None] | None = None,
+    ) -> int:
+        """Run the plan up to the container's exec; return PID 1's host pid."""
+        fd = self._child_sock.fileno()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "codex32._init", str(fd)],
+                pass_fds=(fd,),
+                stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        finally:
+            self._child_sock.close()
+        try:
+            _sync.send(self._sock, {"type": "plan", "plan": _plan_dict(self.plan)})
+            created = self._expect("created")
+            self.pid = int(created["pid"])
+            if on_created is not None:
+                try:
+                    on_created(self.pid)
+                except BaseException:
+                    _sync.send(self._sock, {"type": "abort"})
+                    raise
+            _sync.send(self._sock, {"type": "proceed"})
+            self._expect("started")
+            return self.pid
+        except LaunchError as exc:
+            if exc.step in ("created", "started") or self._process is None:
+                self.abort()
+            else:
+                # PID 1 reported its own failure and exits by itself; stage1 reaps it.
+                self.pid = None
+                self._reap()
+            raise
+        except BaseException:
+            self.abort()
+            raise
+
+    def _expect(self, kind: str) -> _sync.Message:
+        try:
+            message = _sync.receive(self._sock)
+        except OSError as exc:
+            raise LaunchError(
+                "lost the set-up process", container=self.container, step=kind, errno=exc.errno
+            ) from exc
+        if message is None:
+            code = self._process.wait() if self._process else None
+            raise LaunchError(
+                f"the set-up process exited (status {code}) before the container was {kind}",
+                container=self.container,
+                step=kind,
+            )
+        if message.get("type") == "error":
+            raise LaunchError(
+                str(message.get("message", "unknown error")),
+                exit_code=int(message.get("exit_code", 125)),
+                container=self.container,
+                step=str(message.get("step", kind)),
+                errno=int(message.get("errno", 0)) or None,
+            )
+        if message.get("type") != kind:
+            raise LaunchError(
+                f"unexpected message {message.get('type')!r} from the set-up process",
+                container=self.container,
+                step=kind,
+            )
+        return message
+
+    def wait(self) -> ExitStatus:
+        """Block until PID 1 has exited and been reaped; return how it ended."""
+        try:
+            message = _sync.receive(self._sock)
+        except InterruptedError:
+            message = None
+        finally:
+            self._reap()
+        if message is None or message.get("type") != "exited":
+            raise LaunchError(
+                "the set-up process died without reporting the container's exit",
+                container=self.container,
+                step="wait",
+            )
+        return ExitStatus(int(message["exit_code"]), int(message["signal"]))
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the container's PID 1."""
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def abort(self) -> None:
+        """Kill whatever was started and reap the set-up process."""
+        self.kill(signal.SIGKILL)
+        if self._process is not None and self._process.poll() is None:
+            # stage1 kills and reaps PID 1 when the socket closes before 'proceed'.
+            self._sock.close()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._process is not None:
+            self._process.wait()
+        self._sock.close()
+
+
+def _plan_dict(plan: Plan) -> dict[str, object]:
+    from dataclasses import asdict
+
+    return asdict(plan)

@@ -1,0 +1,204 @@
+"""The mount steps of a container's set-up, run in its own mount namespace.
+
+Nothing here is visible on the host: the set-up process unshares its mount
+namespace first and makes every mount private, so all of it vanishes with the
+container's last process, and a crash mid-set-up leaves no mount behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .paths import fd_path, open_beneath, open_host_source
+from .syscalls import (
+    MNT_DETACH,
+    MS_BIND,
+    MS_NOATIME,
+    MS_NODEV,
+    MS_NODIRATIME,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_RELATIME,
+    MS_REMOUNT,
+    MS_STRICTATIME,
+    mount,
+    pivot_root,
+    umount2,
+)
+
+# statvfs f_flag bits -> the mount flags a remount must repeat (a user namespace
+# refuses a remount that would clear a flag the parent namespace locked).
+_ST_TO_MS = (
+    (os.ST_RDONLY, MS_RDONLY),
+    (os.ST_NOSUID, MS_NOSUID),
+    (os.ST_NODEV, MS_NODEV),
+    (os.ST_NOEXEC, MS_NOEXEC),
+    (os.ST_NOATIME, MS_NOATIME),
+    (os.ST_NODIRATIME, MS_NODIRATIME),
+    (os.ST_RELATIME, MS_RELATIME),
+)
+_FLAG_NAMES = {
+    "ro": MS_RDONLY,
+    "nosuid": MS_NOSUID,
+    "nodev": MS_NODEV,
+    "noexec": MS_NOEXEC,
+}
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+@contextmanager
+def _opened(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _locked_flags(fd: int) -> int:
+    flags = os.fstatvfs(fd).f_flag
+    return sum(ms for st, ms in _ST_TO_MS if flags & st)
+
+
+def make_private() -> None:
+    """Stop mount events from propagating to or from the host."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+
+
+def overlay(lower: list[str], upper: str, work: str, target: str, userxattr: bool) -> None:
+    """The container's root: the template read-only below, its own upper layer on top."""
+    options = f"lowerdir={':'.join(lower)},upperdir={upper},workdir={work}"
+    if userxattr:
+        options += ",userxattr"
+    mount("overlay", target, "overlay", 0, options)
+
+
+def remount(root_fd: int, target: str, extra: int) -> None:
+    """Remount the mount at ``target`` (below the root) adding ``extra`` flags."""
+    with _opened(open_beneath(root_fd, target)) as fd:
+        flags = _locked_flags(fd) | extra
+        mount(None, fd_path(fd), None, MS_REMOUNT | MS_BIND | flags)
+
+
+def bind(root_fd: int, source: str, target: str, read_only: bool) -> None:
+    """Bind a host path below the root; the target's resolution may not leave it."""
+    with _opened(open_host_source(source)) as src:
+        kind = "dir" if os.path.isdir(fd_path(src)) else "file"
+        with _opened(open_beneath(root_fd, target, create=kind)) as dst:
+            mount(fd_path(src), fd_path(dst), None, MS_BIND | MS_REC)
+    if read_only:
+        remount(root_fd, target, MS_RDONLY)
+
+
+def proc(root_fd: int, target: str) -> None:
+    """A procfs of the container's own pid namespace."""
+    with _opened(open_beneath(root_fd, target, create="dir")) as fd:
+        mount("proc", fd_path(fd), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def sysfs(root_fd: int, target: str, read_only: bool) -> None:
+    """sysfs, read-only; a recursive bind of the host's when a new one is refused."""
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (MS_RDONLY if read_only else 0)
+    with _opened(open_beneath(root_fd, target, create="dir")) as fd:
+        try:
+            mount("sysfs", fd_path(fd), "sysfs", flags)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+        mount("/sys", fd_path(fd), None, MS_BIND | MS_REC)
+    if read_only:
+        remount(root_fd, target, MS_RDONLY)
+
+
+def tmpfs(
+    root_fd: int, target: str, size: int | None, mode: int, flags: list[str]
+) -> None:
+    """A private tmpfs."""
+    mount_flags = sum(_FLAG_NAMES.get(f, 0) for f in set(flags))
+    data = f"mode={mode:o}" + (f",size={size}" if size else "")
+    with _opened(open_beneath(root_fd, target, create="dir")) as fd:
+        mount("tmpfs", fd_path(fd), "tmpfs", mount_flags, data)
+
+
+def dev(root_fd: int, target: str, mqueue: bool) -> None:
+    """A minimal /dev: a few host nodes bound in, a private devpts, shm, symlinks.
+
+    Nodes are bound rather than created with mknod so that the same code works in a
+    user namespace, where mknod is refused.
+    """
+    with _opened(open_beneath(root_fd, target, create="dir")) as fd:
+        mount("tmpfs", fd_path(fd), "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k")
+    for node in DEV_NODES:
+        bind(root_fd, f"/dev/{node}", f"{target}/{node}", read_only=False)
+    with _opened(open_beneath(root_fd, f"{target}/pts", create="dir")) as fd:
+        mount(
+            "devpts", fd_path(fd), "devpts", MS_NOSUID | MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        )  # fmt: skip
+    with _opened(open_beneath(root_fd, f"{target}/shm", create="dir")) as fd:
+        mount(
+            "shm", fd_path(fd), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            "mode=1777,size=65536k",
+        )  # fmt: skip
+    if mqueue:
+        with _opened(open_beneath(root_fd, f"{target}/mqueue", create="dir")) as fd:
+            mount("mqueue", fd_path(fd), "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    with _opened(open_beneath(root_fd, target)) as devfd:
+        links = {
+            "ptmx": "pts/ptmx",
+            "fd": "/proc/self/fd",
+            "stdin": "/proc/self/fd/0",
+            "stdout": "/proc/self/fd/1",
+            "stderr": "/proc/self/fd/2",
+        }
+        for name, link_target in links.items():
+            os.symlink(link_target, name, dir_fd=devfd)
+
+
+def mask(root_fd: int, paths: list[str]) -> None:
+    """Hide paths: /dev/null over files, an empty read-only tmpfs over directories."""
+    for path in paths:
+        try:
+            fd = open_beneath(root_fd, path)
+        except FileNotFoundError:
+            continue
+        with _opened(fd):
+            if os.path.isdir(fd_path(fd)):
+                mount("tmpfs", fd_path(fd), "tmpfs", MS_RDONLY, "size=0")
+            else:
+                with _opened(open_host_source("/dev/null")) as null:
+                    mount(fd_path(null), fd_path(fd), None, MS_BIND)
+
+
+def readonly_paths(root_fd: int, paths: list[str]) -> None:
+    """Bind each path onto itself, then remount it read-only."""
+    for path in paths:
+        try:
+            fd = open_beneath(root_fd, path)
+        except FileNotFoundError:
+            continue
+        with _opened(fd):
+            mount(fd_path(fd), fd_path(fd), None, MS_BIND | MS_REC)
+        remount(root_fd, path, MS_RDONLY)
+
+
+def enter_root(rootfs: str) -> None:
+    """pivot_root into the new root and detach the old one (runc's '.' '.' trick)."""
+    os.chdir(rootfs)
+    pivot_root(".", ".")
+    umount2(".", MNT_DETACH)
+    os.chdir("/")
+
+
+def remount_root_read_only() -> None:
+    """Make the container's root read-only (writes fail with EROFS)."""
+    fd = os.open("/", os.O_PATH | os.O_CLOEXEC)
+    with _opened(fd):
+        flags = _locked_flags(fd)
+    mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)

@@ -1,0 +1,168 @@
+"""Container records on disk: one directory per container, atomic JSON writes.
+
+Layout under the storage directory::
+
+    containers/ID/config.json   what the container was created from
+    containers/ID/state.json    status, pid (+ its start time), exit code, times
+    containers/ID/upper, work   the overlay's writable layer
+    containers/ID/rootfs        the overlay's mount point (mounted only inside the
+                                container's own mount namespace)
+    names/NAME -> ../containers/ID   a symlink: creating it reserves the name atomically
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, ContainerNotFoundError
+
+
+class ContainerState(str, Enum):
+    """The lifecycle states (Docker's names)."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    EXITED = "exited"
+    REMOVED = "removed"
+
+
+@dataclass
+class ContainerRecord:
+    """What state.json holds."""
+
+    id: str
+    name: str
+    image: str
+    status: ContainerState = ContainerState.CREATED
+    pid: int | None = None
+    pid_start_time: int | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContainerRecord:
+        """Inverse of ``to_dict``."""
+        data = dict(data)
+        data["status"] = ContainerState(data["status"])
+        return cls(**data)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temp file in the same directory, fsync, rename over."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class StateStore:
+    """Container directories and the name index under the storage directory."""
+
+    def __init__(self, storage_dir: Path) -> None:
+        self.root = storage_dir
+        self.containers = storage_dir / "containers"
+        self.names = storage_dir / "names"
+
+    def ensure_layout(self) -> None:
+        """Create the storage tree; 0711 so a user-namespaced root can reach its layers."""
+        for path in (self.root, self.containers, self.names):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, 0o711)
+
+    def directory(self, container_id: str) -> Path:
+        """A container's directory."""
+        return self.containers / container_id
+
+    def reserve_name(self, name: str, container_id: str) -> None:
+        """Claim ``name`` for ``container_id``; a taken name is a clear error."""
+        try:
+            os.symlink(f"../containers/{container_id}", self.names / name)
+        except FileExistsError:
+            raise ConfigError(
+                f"the container name {name!r} is already in use",
+                hint="remove that container first (codex32 rm), or choose another --name",
+            ) from None
+
+    def release_name(self, name: str) -> None:
+        """Forget a name (idempotent)."""
+        try:
+            os.unlink(self.names / name)
+        except FileNotFoundError:
+            pass
+
+    def save(self, record: ContainerRecord) -> None:
+        """Write state.json atomically."""
+        write_json_atomic(self.directory(record.id) / "state.json", record.to_dict())
+
+    def save_config(self, container_id: str, config: dict[str, Any]) -> None:
+        """Write config.json atomically."""
+        write_json_atomic(self.directory(container_id) / "config.json", config)
+
+    def load(self, container_id: str) -> ContainerRecord:
+        """Read state.json."""
+        try:
+            data = json.loads((self.directory(container_id) / "state.json").read_text())
+        except FileNotFoundError:
+            raise ContainerNotFoundError(f"no such container: {container_id}") from None
+        return ContainerRecord.from_dict(data)
+
+    def load_config(self, container_id: str) -> dict[str, Any]:
+        """Read config.json."""
+        data: dict[str, Any] = json.loads(
+            (self.directory(container_id) / "config.json").read_text()
+        )
+        return data
+
+    def resolve(self, name_or_id: str) -> str:
+        """The id of a container given its name, its id, or a unique id prefix."""
+        link = self.names / name_or_id
+        if "/" not in name_or_id and link.is_symlink():
+            return os.path.basename(os.readlink(link))
+        if "/" not in name_or_id and len(name_or_id) >= 1:
+            matches = [p.name for p in self.containers.glob(f"{name_or_id}*") if p.is_dir()]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise ContainerNotFoundError(
+                    f"{name_or_id!r} matches {len(matches)} containers", hint="give more of the id"
+                )
+        raise ContainerNotFoundError(
+            f"no such container: {name_or_id}", hint="see `codex32 ps -a` for the containers"
+        )
+
+    def ids(self) -> list[str]:
+        """Every container with a state file."""
+        if not self.containers.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.containers.glob("*/state.json"))
+
+    def delete(self, record: ContainerRecord) -> None:
+        """Remove the name and the whole directory."""
+        self.release_name(record.name)
+        shutil.rmtree(self.directory(record.id), ignore_errors=True)

@@ -1,0 +1,77 @@
+"""The launch protocol between the engine and the set-up process (``_init``).
+
+Messages are JSON objects, one per datagram, on an AF_UNIX SOCK_SEQPACKET pair
+(message boundaries for free). runc's ``sync.go`` is the model. Roles:
+
+* engine   - the caller's process (CLI, script, host service; may be threaded)
+* stage1   - ``python -m codex32._init``: a fresh single-threaded interpreter; stays in
+             the host's namespaces, is a child subreaper, waits for the container
+* stage2   - forked by stage1: enters the user namespace (id maps written by stage1),
+             then the pid/mount/uts/ipc/net/time namespaces, forks PID 1 and exits
+* pid1     - the container's first process: runs the plan's steps, then execs
+
+=========  ==============  ==============================================================
+from       to              message
+=========  ==============  ==============================================================
+engine     stage1          ``{"type": "plan", "plan": {...}}``
+stage2     stage1          ``{"type": "map_request"}``  (after unshare(CLONE_NEWUSER))
+stage1     stage2          ``{"type": "map_done"}`` or ``{"type": "error", ...}``
+stage2     stage1          ``{"type": "pid", "pid": N}``  (PID 1's pid on the host)
+stage1     engine          ``{"type": "created", "pid": N}``: namespaces exist, nothing
+                           of the container runs yet; the engine may now put N in its
+                           cgroup and wire its network
+engine     stage1          ``{"type": "proceed"}`` or ``{"type": "abort"}``
+stage1     pid1            ``{"type": "proceed"}`` (relayed)
+pid1       stage1          ``{"type": "error", "step", "errno", "message", "exit_code"}``
+                           or end-of-file: the socket is close-on-exec, so EOF means
+                           the exec succeeded
+stage1     engine          ``{"type": "started", "pid": N}`` or the error, relayed
+stage1     engine          ``{"type": "exited", "exit_code": C, "signal": S}`` once PID 1
+                           is reaped (signal is 0 for a normal exit)
+=========  ==============  ==============================================================
+
+Any failure before ``started`` reaches the engine as an ``error`` message naming the
+step; stage1 then makes sure PID 1 is dead and reaped before it exits itself.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+MAX_MESSAGE = 1 << 20
+
+Message = dict[str, Any]
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    """A close-on-exec SEQPACKET pair."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def send(sock: socket.socket, message: Message) -> None:
+    """Send one message."""
+    sock.sendall(json.dumps(message, separators=(",", ":")).encode())
+
+
+def receive(sock: socket.socket) -> Message | None:
+    """Receive one message; ``None`` at end-of-file (the peer closed or exec'd)."""
+    data = sock.recv(MAX_MESSAGE)
+    if not data:
+        return None
+    message = json.loads(data)
+    if not isinstance(message, dict):
+        raise ValueError(f"malformed sync message: {data[:200]!r}")
+    return message
+
+
+def error_message(step: str, errno: int, message: str, exit_code: int = 125) -> Message:
+    """The one shape every failure takes on the wire."""
+    return {
+        "type": "error",
+        "step": step,
+        "errno": errno,
+        "message": message,
+        "exit_code": exit_code,
+    }
