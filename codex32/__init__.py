@@ -57,7 +57,7 @@ _EXPORTS = {
     "StateError": ".errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -7,6 +7,7 @@ removed again if a later step fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -96,10 +97,8 @@ class Container:
                     hint="stop it first, or use --force",
                 )
             if self._record.pid:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(self._record.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         self._engine._store.delete(self._record)
         self._record.status = ContainerState.REMOVED
 
@@ -144,7 +143,7 @@ class ContainerCollection:
         store = self._engine._store
         return Container(self._engine, store.load(store.resolve(name_or_id)))
 
-    def list(self, *, all: bool = False) -> list[Container]:  # noqa: A002 - docker-py's name
+    def list(self, *, all: bool = False) -> list[Container]:
         """Running containers, or every container with ``all=True``."""
         store = self._engine._store
         containers = []
@@ -295,7 +294,7 @@ class ContainerEngine:
         forward_signals: bool,
     ) -> RunResult:
         directory = self._store.directory(container.id)
-        plan = Plan(**_load_plan(directory))
+        plan = _load_plan(directory)
         launch = Launch(plan, container.name)
         record = container.record
         with _capture(stdout, directory) as out, _capture(stderr, directory) as err:
@@ -387,11 +386,8 @@ def _capture(target: FileArg, directory: Path) -> Iterator[_Capture]:
         yield _Capture(file, file)
 
 
-def _load_plan(directory: Path) -> dict[str, object]:
-    import json
-
-    data: dict[str, object] = json.loads((directory / "plan.json").read_text())
-    return data
+def _load_plan(directory: Path) -> Plan:
+    return Plan.from_json((directory / "plan.json").read_text())
 
 
 def _start_time(pid: int) -> int | None:

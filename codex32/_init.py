@@ -11,6 +11,7 @@ netlink): its start-up time is part of every container's start latency.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -27,7 +28,7 @@ from ._sync import Message
 _EXEC_EXIT_CODES = {errno.ENOENT: 127, errno.EACCES: 126, errno.ENOEXEC: 126, errno.EISDIR: 126}
 
 
-class StepFailed(Exception):
+class StepError(Exception):
     """A plan step that failed; carries what the engine needs to report it."""
 
     def __init__(self, step: str, err: int, message: str, exit_code: int = 125) -> None:
@@ -90,14 +91,14 @@ class Setup:
                 self._exec(step)
             try:
                 handlers[op](step)
-            except StepFailed:
+            except StepError:
                 raise
             except OSError as exc:
                 detail = f": {exc.filename}" if exc.filename else ""
-                raise StepFailed(op, exc.errno or 0, f"{exc.strerror or exc}{detail}") from exc
-            except Exception as exc:  # noqa: BLE001 - every failure must name its step
-                raise StepFailed(op, 0, f"{type(exc).__name__}: {exc}") from exc
-        raise StepFailed("exec", 0, "the plan has no exec step")
+                raise StepError(op, exc.errno or 0, f"{exc.strerror or exc}{detail}") from exc
+            except Exception as exc:
+                raise StepError(op, 0, f"{type(exc).__name__}: {exc}") from exc
+        raise StepError("exec", 0, "the plan has no exec step")
 
     def _unshare(self, step: dict[str, Any]) -> None:
         flags = 0
@@ -106,7 +107,9 @@ class Setup:
         syscalls.unshare(flags)
 
     def _overlay(self, step: dict[str, Any]) -> None:
-        mounts.overlay(step["lower"], step["upper"], step["work"], step["target"], step["userxattr"])
+        mounts.overlay(
+            step["lower"], step["upper"], step["work"], step["target"], step["userxattr"]
+        )
         self.root_fd = os.open(step["target"], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def _bind(self, step: dict[str, Any]) -> None:
@@ -117,7 +120,7 @@ class Setup:
                 raise
         except OSError as exc:
             what = step.get("what", "bind")
-            raise StepFailed(
+            raise StepError(
                 "bind",
                 exc.errno or 0,
                 f"{what} {step['source']} -> {step['target']}: {exc.strerror}",
@@ -145,10 +148,12 @@ class Setup:
         try:
             os.chdir(step["cwd"])
         except OSError as exc:
-            raise StepFailed("cwd", exc.errno or 0, f"chdir to {step['cwd']}: {exc.strerror}")
+            raise StepError(
+                "cwd", exc.errno or 0, f"chdir to {step['cwd']}: {exc.strerror}"
+            ) from exc
         args: list[str] = step["args"]
         if not args:
-            raise StepFailed("exec", 0, "no command given and the template has none", 125)
+            raise StepError("exec", 0, "no command given and the template has none", 125)
         try:
             executable = process.find_executable(args[0], env.get("PATH", ""))
             if step["init"]:
@@ -159,7 +164,7 @@ class Setup:
             message = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
             if not message.startswith("exec:"):
                 message = f'exec: "{args[0]}": {exc.strerror}'
-            raise StepFailed("exec", exc.errno or 0, message, code) from exc
+            raise StepError("exec", exc.errno or 0, message, code) from exc
 
 
 def _pid1(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
@@ -169,19 +174,17 @@ def _pid1(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
         if not message or message.get("type") != "proceed":
             os._exit(125)
         Setup(plan).run()
-    except StepFailed as exc:
+    except StepError as exc:
         _report(sock, _sync.error_message(exc.step, exc.errno, exc.message, exc.exit_code))
         os._exit(exc.exit_code)
-    except BaseException as exc:  # noqa: BLE001 - anything must reach the engine
+    except BaseException as exc:
         _report(sock, _sync.error_message("setup", 0, f"{type(exc).__name__}: {exc}"))
         os._exit(125)
 
 
 def _report(sock: socket.socket, message: Message) -> None:
-    try:
+    with contextlib.suppress(OSError):
         _sync.send(sock, message)
-    except OSError:
-        pass
 
 
 def _stage2(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
@@ -212,7 +215,7 @@ def _stage2(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
     except OSError as exc:
         _report(sock, _sync.error_message(step, exc.errno or 0, exc.strerror or str(exc)))
         os._exit(125)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         _report(sock, _sync.error_message(step, 0, f"{type(exc).__name__}: {exc}"))
         os._exit(125)
 
@@ -240,10 +243,8 @@ def _wait_for(pid: int) -> int:
 def _kill_and_reap(pid: int | None) -> None:
     if pid is None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     _wait_for(pid)
 
 
@@ -304,10 +305,8 @@ def stage1(engine: socket.socket) -> int:
         _sync.send(engine, {"type": "started", "pid": pid1} if outcome is None else outcome)
         status = _wait_for(pid1)
         pid1 = None
-        try:
+        with contextlib.suppress(OSError):  # the engine may have gone; nobody to tell
             _sync.send(engine, _exit_message(status))
-        except OSError:
-            pass  # the engine went away; nobody to tell
         return 0
     except BaseException:
         _kill_and_reap(pid1)

@@ -7,6 +7,7 @@ container runs yet, then waits for ``started`` or a typed error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -135,10 +136,8 @@ class Launch:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the container's PID 1."""
         if self.pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def abort(self) -> None:
         """Kill whatever was started and reap the set-up process."""

@@ -56,15 +56,25 @@ class Plan:
         """The wire and display form."""
         return json.dumps(asdict(self), indent=None, separators=(",", ":"))
 
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        """Inverse of ``to_json``/``describe``."""
+        data = json.loads(text)
+        return cls(
+            container=str(data["container"]),
+            namespaces=list(data["namespaces"]),
+            uid_mappings=list(data["uid_mappings"]),
+            gid_mappings=list(data["gid_mappings"]),
+            steps=list(data["steps"]),
+        )
+
     def describe(self) -> str:
         """A readable, indented listing for ``codex32 plan``."""
         return json.dumps(asdict(self), indent=2)
 
 
 def _mappings(items: tuple[IdMapping, ...]) -> list[dict[str, int]]:
-    return [
-        {"containerID": m.container_id, "hostID": m.host_id, "size": m.size} for m in items
-    ]
+    return [{"containerID": m.container_id, "hostID": m.host_id, "size": m.size} for m in items]
 
 
 def build_plan(
@@ -123,9 +133,7 @@ def build_plan(
             if not any(t.target == target for t in config.tmpfs):
                 steps.append(_tmpfs_step(target, None, 0o1777, ["nosuid", "nodev"]))
     for tmpfs in config.tmpfs:
-        steps.append(
-            _tmpfs_step(tmpfs.target, tmpfs.size_bytes, tmpfs.mode, list(tmpfs.flags))
-        )
+        steps.append(_tmpfs_step(tmpfs.target, tmpfs.size_bytes, tmpfs.mode, list(tmpfs.flags)))
     for volume in config.volumes:
         steps.append(
             {

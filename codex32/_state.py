@@ -19,14 +19,14 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ContainerNotFoundError
 
 
-class ContainerState(str, Enum):
+class ContainerState(StrEnum):
     """The lifecycle states (Docker's names)."""
 
     CREATED = "created"
@@ -111,10 +111,8 @@ class StateStore:
 
     def release_name(self, name: str) -> None:
         """Forget a name (idempotent)."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.names / name)
-        except FileNotFoundError:
-            pass
 
     def save(self, record: ContainerRecord) -> None:
         """Write state.json atomically."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from enum import Enum
+from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
@@ -31,7 +31,7 @@ RLIMIT_NAMES = frozenset(
 TMPFS_OPTIONS = frozenset({"rw", "ro", "nosuid", "suid", "nodev", "dev", "exec", "noexec"})
 
 
-class IsolationType(str, Enum):
+class IsolationType(StrEnum):
     """How much a container is cut off from the host (see docs/isolation.md)."""
 
     MINIMAL = "minimal"
@@ -139,7 +139,9 @@ class TmpfsMount(BaseModel):
                 try:
                     mode = int(value, 8)
                 except ValueError:
-                    raise ValueError(f"invalid tmpfs mode {value!r}: use octal, e.g. 1777") from None
+                    raise ValueError(
+                        f"invalid tmpfs mode {value!r}: use octal, e.g. 1777"
+                    ) from None
             else:
                 flags.append(key)
         return cls(target=target, size_bytes=size, mode=mode, flags=tuple(flags))
@@ -250,9 +252,7 @@ class ContainerConfig(BaseModel):
     @classmethod
     def _image_name(cls, value: str) -> str:
         if not re.fullmatch(NAME_PATTERN, value) and not value.startswith("/"):
-            raise ValueError(
-                f"image {value!r} is not a template name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"
-            )
+            raise ValueError(f"image {value!r} is not a template name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
         return value
 
     @field_validator("command")
@@ -307,9 +307,9 @@ class ContainerImage(BaseModel):
 
 
 __all__ = [
-    "ContainerImage",
     "ALL_CAPABILITIES",
     "ContainerConfig",
+    "ContainerImage",
     "IsolationType",
     "ResourceLimits",
     "TmpfsMount",

@@ -88,9 +88,7 @@ class LaunchError(ContainerError):
         hint: str | None = None,
     ) -> None:
         self.exit_code = exit_code
-        super().__init__(
-            message, container=container, step=step, errno=errno, path=path, hint=hint
-        )
+        super().__init__(message, container=container, step=step, errno=errno, path=path, hint=hint)
 
 
 class StateError(ContainerError):

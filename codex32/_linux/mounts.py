@@ -116,9 +116,7 @@ def sysfs(root_fd: int, target: str, read_only: bool) -> None:
         remount(root_fd, target, MS_RDONLY)
 
 
-def tmpfs(
-    root_fd: int, target: str, size: int | None, mode: int, flags: list[str]
-) -> None:
+def tmpfs(root_fd: int, target: str, size: int | None, mode: int, flags: list[str]) -> None:
     """A private tmpfs."""
     mount_flags = sum(_FLAG_NAMES.get(f, 0) for f in set(flags))
     data = f"mode={mode:o}" + (f",size={size}" if size else "")

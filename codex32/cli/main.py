@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -106,7 +107,12 @@ def _container_command(plan_only: bool) -> Callable[..., None]:
         args: Annotated[
             list[str] | None, typer.Argument(help="Command and arguments.", show_default=False)
         ] = None,
-        rm: Annotated[bool, typer.Option("--rm", help="Remove the container when it exits.")] = False,
+        rm: Annotated[
+            bool, typer.Option("--rm", help="Remove the container when it exits.")
+        ] = False,
+        interactive: Annotated[
+            bool, typer.Option("-i", "--interactive", help="Keep stdin attached.")
+        ] = False,
         name: Annotated[str | None, typer.Option("--name", help="Container name.")] = None,
         env: Annotated[list[str] | None, typer.Option("-e", "--env", help="NAME=VALUE")] = None,
         env_file: Annotated[list[str] | None, typer.Option("--env-file")] = None,
@@ -120,18 +126,18 @@ def _container_command(plan_only: bool) -> Callable[..., None]:
         user: Annotated[str | None, typer.Option("-u", "--user", help="user[:group]")] = None,
         hostname: Annotated[str | None, typer.Option("-h", "--hostname")] = None,
         read_only: Annotated[bool, typer.Option("--read-only")] = False,
-        init: Annotated[
-            bool, typer.Option("--init", help="Run a reaper (tini) as PID 1.")
-        ] = False,
+        init: Annotated[bool, typer.Option("--init", help="Run a reaper (tini) as PID 1.")] = False,
         isolation: Annotated[
             str | None, typer.Option("--isolation", help="minimal, standard or strict")
         ] = None,
         cap_add: Annotated[list[str] | None, typer.Option("--cap-add")] = None,
         cap_drop: Annotated[list[str] | None, typer.Option("--cap-drop")] = None,
-        ulimit: Annotated[list[str] | None, typer.Option("--ulimit", help="NAME=SOFT[:HARD]")] = None,
+        ulimit: Annotated[
+            list[str] | None, typer.Option("--ulimit", help="NAME=SOFT[:HARD]")
+        ] = None,
     ) -> None:
         def build() -> ContainerConfig:
-            from codex32 import ContainerConfig, TmpfsMount, Ulimit, Volume
+            from codex32 import ContainerConfig, IsolationType, TmpfsMount, Ulimit, Volume
             from codex32.settings import Settings
 
             level = isolation or Settings.from_env().default_isolation.value
@@ -146,7 +152,7 @@ def _container_command(plan_only: bool) -> Callable[..., None]:
                 working_dir=workdir,
                 user=user,
                 hostname=hostname,
-                isolation=level.lower(),  # type: ignore[arg-type]
+                isolation=IsolationType(level.lower()),
                 volumes=[Volume.parse(v) for v in volume or []],
                 tmpfs=[TmpfsMount.parse(t) for t in tmpfs or []],
                 read_only=read_only,
@@ -162,11 +168,15 @@ def _container_command(plan_only: bool) -> Callable[..., None]:
         if plan_only:
             typer.echo(_guard(lambda: engine.plan(config)).describe())
             return
+        sys.stdout.flush()
         result = _guard(
             lambda: engine.containers.run(
-                config, stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr,
+                config,
+                stdin=sys.stdin.fileno() if interactive else None,
+                stdout=sys.stdout.fileno(),
+                stderr=sys.stderr.fileno(),
                 forward_signals=True,
-            )  # fmt: skip
+            )
         )
         raise typer.Exit(result.exit_code)
 
@@ -185,13 +195,17 @@ app.command("plan", context_settings=_CONTAINER_CONTEXT)(_container_command(plan
 @app.command("images")
 def images(json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the rootfs templates."""
-    found = _guard(lambda: _engine().images.list())
+    found = _guard(partial(_list_images))
     if json_output:
         typer.echo(json.dumps([i.model_dump() for i in found], indent=2))
         return
     rows = [["TEMPLATE", "BUILT", "DESCRIPTION"]]
     rows += [[i.name, "yes" if i.built else "no", i.description] for i in found]
     _table(rows)
+
+
+def _list_images() -> list[Any]:
+    return _engine().images.list()
 
 
 @app.command("build")
@@ -233,8 +247,12 @@ def remove(
     """Remove containers."""
     engine = _engine()
     for ref in containers:
-        _guard(lambda ref=ref: engine.containers.get(ref).remove(force=force))
+        _guard(partial(_remove_one, engine, ref, force))
         typer.echo(ref)
+
+
+def _remove_one(engine: ContainerEngine, ref: str, force: bool) -> None:
+    engine.containers.get(ref).remove(force=force)
 
 
 def _ago(timestamp: float) -> str:
@@ -252,5 +270,15 @@ def _table(rows: list[list[str]]) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: an unexpected error is one line unless --debug."""
+    try:
+        app()
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(
+            f"codex32: internal error: {type(exc).__name__}: {exc} (rerun with --debug "
+            "for the traceback)",
+            err=True,
+        )
+        sys.exit(125)

@@ -1,0 +1,97 @@
+"""Shared fixtures, and the session-end check that nothing leaked.
+
+Integration tests run as root against the real kernel, in a storage directory of
+their own. When the session ends, the suite fails if a container directory, a name,
+a mount, a set-up process, a cgroup or a network link made by the tests is left.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from codex32 import ContainerEngine
+from codex32.settings import Settings
+
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``root`` skip, naming what is missing, when not run as root."""
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="needs root: namespaces, mounts and cgroups (run as root)")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+def _codex32_mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if "codex32" in line]
+
+
+def _setup_processes() -> list[str]:
+    """Set-up processes (``codex32._init``) that are still alive and descend from us."""
+    out = subprocess.run(
+        ["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    return [line.strip() for line in out.splitlines() if "codex32._init" in line]
+
+
+def _cgroups() -> list[str]:
+    found = []
+    for controller in Path("/sys/fs/cgroup").iterdir():
+        if controller.is_dir():
+            found += [str(p) for p in controller.rglob("*codex32*") if p.is_dir()]
+    return found
+
+
+def _links() -> list[str]:
+    out = subprocess.run(
+        ["ip", "-o", "link", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    return [line.split(":")[1].strip() for line in out.splitlines() if "c32" in line]
+
+
+@pytest.fixture(scope="session")
+def storage_dir() -> Iterator[Path]:
+    """A storage directory for the whole session, checked for leftovers at the end."""
+    before = {
+        "mounts": _codex32_mounts(),
+        "processes": _setup_processes(),
+        "cgroups": _cgroups(),
+        "links": _links(),
+    }
+    path = Path(tempfile.mkdtemp(prefix="codex32-test-", dir="/tmp"))
+    os.chmod(path, 0o711)  # a STRICT container's mapped root must reach its layers
+    yield path
+    leaks: list[str] = []
+    containers = path / "containers"
+    if containers.is_dir():
+        leaks += [f"container directory {p}" for p in containers.iterdir()]
+    names = path / "names"
+    if names.is_dir():
+        leaks += [f"container name {p.name}" for p in names.iterdir()]
+    leaks += [f"mount {m.strip()}" for m in _codex32_mounts() if m not in before["mounts"]]
+    leaks += [f"process {p}" for p in _setup_processes() if p not in before["processes"]]
+    leaks += [f"cgroup {c}" for c in _cgroups() if c not in before["cgroups"]]
+    leaks += [f"link {link}" for link in _links() if link not in before["links"]]
+    shutil.rmtree(path, ignore_errors=True)
+    if leaks:
+        pytest.fail("the test session leaked:\n  " + "\n  ".join(leaks), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def engine(storage_dir: Path) -> ContainerEngine:
+    """An engine on the session's storage directory (templates built once)."""
+    if not IS_ROOT:
+        pytest.skip("needs root: namespaces, mounts and cgroups (run as root)")
+    settings = Settings.from_env(storage_dir)
+    return ContainerEngine(settings=settings)
