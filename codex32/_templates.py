@@ -84,8 +84,14 @@ class TemplateStore:
             )
         try:
             data = tomllib.loads(manifest.read_text())
+            # Sources are resolved here, once: the set-up process refuses a symlink
+            # in a bind source (it would mean the path changed since).
             binds = tuple(
-                TemplateBind(str(b["source"]), str(b["target"]), bool(b.get("optional", False)))
+                TemplateBind(
+                    os.path.realpath(str(b["source"])),
+                    str(b["target"]),
+                    bool(b.get("optional", False)),
+                )
                 for b in data.get("bind", [])
             )
             return Template(

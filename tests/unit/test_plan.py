@@ -1,0 +1,140 @@
+"""Profiles and plans are pure data: checked here without root or a kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from codex32 import ContainerConfig, IsolationType, TmpfsMount, Ulimit, Volume
+from codex32._caps import (
+    ALL_CAPABILITIES,
+    DOCKER_DEFAULT_CAPABILITIES,
+    HOST_DANGEROUS_CAPABILITIES,
+)
+from codex32._plan import INIT_PATH, ContainerPaths, Plan, Step, build_plan
+from codex32._profiles import resolve_profile
+from codex32._templates import Template, TemplateBind
+
+TEMPLATE = Template(
+    name="t",
+    recipe_dir=Path("/nonexistent"),
+    description="",
+    build_script="build.sh",
+    command=("sh",),
+    env={"PATH": "/bin"},
+    workdir="/",
+    binds=(TemplateBind("/usr", "/usr"),),
+    writable=("/home/bot",),
+)
+PATHS = ContainerPaths(rootfs="/s/rootfs", upper="/s/upper", work="/s/work", lower=("/t",))
+
+
+def plan_for(**kwargs: object) -> Plan:
+    config = ContainerConfig(image="t", **kwargs)  # type: ignore[arg-type]
+    return build_plan("c", config, resolve_profile(config), TEMPLATE, PATHS, hostname="h")
+
+
+def ops(plan: Plan) -> list[str]:
+    return [step["op"] for step in plan.steps]
+
+
+def step(plan: Plan, op: str) -> Step:
+    return next(s for s in plan.steps if s["op"] == op)
+
+
+def test_namespaces_per_level() -> None:
+    assert plan_for(isolation="minimal").namespaces == ["pid", "mount"]
+    standard = plan_for(isolation="standard")
+    assert set(standard.namespaces) == {"pid", "mount", "uts", "ipc", "net"}
+    assert standard.steps[0] == {"op": "unshare", "namespaces": ["cgroup"]}
+    strict = plan_for(isolation="strict")
+    assert set(strict.namespaces) == {"user", "pid", "mount", "uts", "ipc", "net", "time"}
+    assert strict.uid_mappings == [{"containerID": 0, "hostID": 100000, "size": 65536}]
+
+
+def test_capabilities_per_level() -> None:
+    assert set(step(plan_for(isolation="standard"), "capabilities")["keep"]) == set(
+        DOCKER_DEFAULT_CAPABILITIES
+    )
+    assert step(plan_for(isolation="strict"), "bounding_set")["keep"] == []
+    minimal = set(step(plan_for(isolation="minimal"), "bounding_set")["keep"])
+    assert minimal == set(ALL_CAPABILITIES) - HOST_DANGEROUS_CAPABILITIES
+
+
+def test_cap_add_and_drop() -> None:
+    keep = set(step(plan_for(cap_add=["NET_ADMIN"], cap_drop=["CHOWN"]), "capabilities")["keep"])
+    assert "CAP_NET_ADMIN" in keep
+    assert "CAP_CHOWN" not in keep
+    assert step(plan_for(cap_drop=["ALL"]), "capabilities")["keep"] == []
+
+
+def test_restrictions_per_level() -> None:
+    minimal = ops(plan_for(isolation="minimal"))
+    assert "seccomp" not in minimal
+    assert "no_new_privs" not in minimal
+    assert "mask" not in minimal
+    assert "hostname" not in minimal  # the host's UTS namespace must not be touched
+    standard = ops(plan_for(isolation="standard"))
+    for op in ("seccomp", "no_new_privs", "mask", "readonly_paths", "hostname", "loopback_up"):
+        assert op in standard
+    assert "remount_root" not in standard
+    strict = plan_for(isolation="strict")
+    assert "remount_root" in ops(strict)
+    tmpfs_targets = [s["target"] for s in strict.steps if s["op"] == "tmpfs"]
+    assert tmpfs_targets == ["/tmp", "/home/bot"]
+    assert step(strict, "overlay")["userxattr"] is True
+
+
+def test_privileges_are_dropped_in_order() -> None:
+    order = ops(plan_for(isolation="strict"))
+    sequence = ["pivot_root", "bounding_set", "user", "capabilities", "no_new_privs"]
+    sequence += ["seccomp", "exec"]
+    assert [order.index(op) for op in sequence] == sorted(order.index(op) for op in sequence)
+    assert order[-1] == "exec"
+    assert order.index("overlay") < order.index("proc") < order.index("pivot_root")
+
+
+def test_exec_step() -> None:
+    plan = plan_for(command=["echo", "hi"], env={"A": "1"}, working_dir="/w", user="bot")
+    exec_step = step(plan, "exec")
+    assert exec_step["args"] == ["echo", "hi"]
+    assert "A=1" in exec_step["env"]
+    assert "HOSTNAME=h" in exec_step["env"]
+    assert exec_step["cwd"] == "/w"
+    assert step(plan, "user")["user"] == "bot"
+    assert step(plan, "mkdir")["target"] == "/w"
+    assert step(plan_for(), "exec")["args"] == ["sh"]  # the template's command
+
+
+def test_init_binds_tini_outside_template_binds() -> None:
+    plan = plan_for(init=True)
+    binds = [s for s in plan.steps if s["op"] == "bind" and s["what"] == "init"]
+    assert binds[0]["target"] == INIT_PATH
+    assert INIT_PATH.startswith("/dev/")
+    assert step(plan, "exec")["init"] == INIT_PATH
+
+
+def test_mounts_and_limits(tmp_path: Path) -> None:
+    plan = plan_for(
+        volumes=[Volume(source=str(tmp_path), target="/data", read_only=True)],
+        tmpfs=[TmpfsMount(target="/run", size_bytes=1 << 20)],
+        ulimits=[Ulimit(name="nofile", soft=10, hard=20)],
+        read_only=True,
+    )
+    volume = next(s for s in plan.steps if s["op"] == "bind" and s["what"] == "volume")
+    assert (volume["target"], volume["read_only"]) == ("/data", True)
+    assert any(s["op"] == "tmpfs" and s["target"] == "/run" for s in plan.steps)
+    assert step(plan, "rlimits")["limits"] == [[7, 10, 20]]
+    assert "remount_root" in ops(plan)
+
+
+def test_plan_round_trips_through_json() -> None:
+    plan = plan_for(isolation="strict")
+    assert Plan.from_json(plan.to_json()) == plan
+    assert Plan.from_json(plan.describe()) == plan
+
+
+@pytest.mark.parametrize("level", list(IsolationType))
+def test_every_level_ends_in_exec(level: IsolationType) -> None:
+    assert ops(plan_for(isolation=level.value))[-1] == "exec"
