@@ -89,7 +89,7 @@ def test_paths_and_duplicates() -> None:
 
 
 def test_resource_ranges() -> None:
-    assert ResourceLimits(memory_bytes="64m").memory_bytes == 64 << 20  # type: ignore[arg-type]
+    assert ResourceLimits(memory_bytes="64m").memory_bytes == 64 << 20
     with pytest.raises(ValidationError):
         ResourceLimits(cpus=0)
     with pytest.raises(ValidationError):

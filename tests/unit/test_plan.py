@@ -31,7 +31,7 @@ PATHS = ContainerPaths(rootfs="/s/rootfs", upper="/s/upper", work="/s/work", low
 
 
 def plan_for(**kwargs: object) -> Plan:
-    config = ContainerConfig(image="t", **kwargs)  # type: ignore[arg-type]
+    config = ContainerConfig(image="t", **kwargs)
     return build_plan("c", config, resolve_profile(config), TEMPLATE, PATHS, hostname="h")
 
 
