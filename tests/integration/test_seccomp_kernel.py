@@ -23,10 +23,11 @@ import ctypes, errno, json, os, socket, subprocess, sys, threading
 
 load = sys.argv[1] == "load"
 if load:
-    import prctl
-    from codex32._linux.seccomp import load_default_filter
-    prctl.set_no_new_privs(1)
-    load_default_filter(frozenset())
+    from codex32._linux.caps import set_no_new_privs
+    from codex32._linux.seccomp import compile_default_bpf
+    from codex32._linux.bpf import load_bpf
+    set_no_new_privs()
+    load_bpf(compile_default_bpf(frozenset()))
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long

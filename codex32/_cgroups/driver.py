@@ -1,0 +1,167 @@
+"""The cgroup seam: one driver Protocol, one handle Protocol, the stats record.
+
+The engine only talks to these Protocols, so it does not care whether the host
+mounts cgroup v1 (``v1.py``), v2 (``v2.py``) or nothing real at all (``fake.py``).
+``detect.detect_driver()`` picks the implementation for the host.
+
+Placement rule (every driver): container cgroups live beneath the engine's own
+cgroup in each hierarchy (read from ``/proc/self/cgroup``), under a relative
+*parent* (Docker's ``--cgroup-parent``, default ``codex32``), never elsewhere: that is
+delegation done right, and on a shared host the only place we may write.
+
+Lifetime: ``create`` makes the directories, ``add_pid`` moves a process in before it
+runs user code, ``apply`` writes the limits that are set (``None`` fields are left
+alone), ``kill_all`` + ``destroy`` undo it all. Handles hold no OS resources, so
+``open`` re-attaches to a container's cgroup from another process (CLI, monitor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..config import ResourceLimits
+
+#: CFS period used for ``--cpus`` (as Docker and runc).
+CPU_PERIOD_US = 100_000
+
+#: Which controller (v1 name) each ResourceLimits field needs; v2 calls blkio "io".
+LIMIT_CONTROLLERS: Mapping[str, str] = {
+    "cpus": "cpu",
+    "cpu_shares": "cpu",
+    "cpuset_cpus": "cpuset",
+    "memory_bytes": "memory",
+    "memory_swap_bytes": "memory",
+    "memory_reservation_bytes": "memory",
+    "pids_limit": "pids",
+    "blkio_weight": "blkio",
+}
+
+
+@dataclass(frozen=True)
+class CgroupStats:
+    """One sample of a container's cgroup counters.
+
+    Counters of a controller the host lacks read 0; a limit of ``None`` means
+    unlimited; ``memory_peak_bytes``/``memory_failcnt`` are ``None`` where the
+    kernel has no such file (peak: v2 before 5.19; failcnt: v2).
+    """
+
+    cpu_usage_ns: int
+    memory_usage_bytes: int
+    memory_limit_bytes: int | None
+    memory_peak_bytes: int | None
+    memory_failcnt: int | None
+    pids_current: int
+    pids_limit: int | None
+    blkio_read_bytes: int
+    blkio_write_bytes: int
+    oom_kills: int
+
+
+class Cgroup(Protocol):
+    """A container's cgroup (one directory per hierarchy on v1, one on v2)."""
+
+    @property
+    def name(self) -> str:
+        """The container cgroup's name beneath the driver's parent."""
+        ...
+
+    @property
+    def paths(self) -> Mapping[str, str]:
+        """Directory per controller (v1) or ``{"unified": dir}`` (v2), for doctor/inspect."""
+        ...
+
+    def add_pid(self, pid: int) -> None:
+        """Move *pid* in (all hierarchies); do it before the process runs user code."""
+        ...
+
+    def apply(self, limits: ResourceLimits) -> None:
+        """Write every limit that is set; a limit the host cannot enforce is a CgroupError."""
+        ...
+
+    def freeze(self) -> None:
+        """Stop every process and return once the kernel reports the group frozen."""
+        ...
+
+    def thaw(self) -> None:
+        """Let the processes run again."""
+        ...
+
+    def is_frozen(self) -> bool:
+        """Whether the kernel reports the group frozen."""
+        ...
+
+    def stats(self) -> CgroupStats:
+        """Read the counters (cpu, memory, pids, block I/O, OOM kills)."""
+        ...
+
+    def pids(self) -> list[int]:
+        """Every process in the cgroup and its sub-cgroups, sorted."""
+        ...
+
+    def kill_all(self, sig: int = signal.SIGKILL) -> None:
+        """Signal every process, double-forked ones too; SIGKILL also waits until empty."""
+        ...
+
+    def oom_kill_count(self) -> int:
+        """How many processes the kernel's OOM killer killed in this cgroup."""
+        ...
+
+    def oom_killed(self) -> bool:
+        """Whether the OOM killer killed anything in this cgroup."""
+        ...
+
+    def destroy(self, *, kill: bool = False) -> None:
+        """Remove the directories; refuses while processes remain unless *kill*."""
+        ...
+
+
+class CgroupDriver(Protocol):
+    """Creates and finds container cgroups beneath the engine's parent cgroup."""
+
+    @property
+    def version(self) -> str:
+        """``"v1"``, ``"v2"`` or ``"fake"``."""
+        ...
+
+    def controllers(self) -> frozenset[str]:
+        """Controllers this driver can use for containers (v1 names; v2 has ``io``)."""
+        ...
+
+    def create(self, name: str) -> Cgroup:
+        """Create the container cgroup *name*; it must not exist yet."""
+        ...
+
+    def open(self, name: str) -> Cgroup:
+        """Attach to the existing container cgroup *name* (e.g. after an engine restart)."""
+        ...
+
+    def names(self) -> list[str]:
+        """Names of the container cgroups under the parent (for reconciling)."""
+        ...
+
+    def prune(self) -> None:
+        """Remove the (empty) parent directories this driver object created."""
+        ...
+
+
+def cpu_quota_us(cpus: float, period_us: int = CPU_PERIOD_US) -> int:
+    """CFS quota for ``--cpus`` (runc: quota = cpus * period)."""
+    return round(cpus * period_us)
+
+
+def requested(limits: ResourceLimits) -> list[str]:
+    """Names of the cgroup limits that are set (rlimit-only fields are not ours)."""
+    return [field for field in LIMIT_CONTROLLERS if getattr(limits, field) is not None]
+
+
+def signal_pids(pids: Iterable[int], sig: int) -> None:
+    """Send *sig* to each pid, ignoring the ones that already went away."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
