@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .config import ContainerImage as ContainerImage
     from .config import IsolationType as IsolationType
     from .config import ResourceLimits as ResourceLimits
+    from .config import RestartPolicy as RestartPolicy
     from .config import TmpfsMount as TmpfsMount
     from .config import Ulimit as Ulimit
     from .config import Volume as Volume
@@ -45,6 +46,7 @@ _EXPORTS = {
     "ContainerImage": ".config",
     "IsolationType": ".config",
     "ResourceLimits": ".config",
+    "RestartPolicy": ".config",
     "TmpfsMount": ".config",
     "Ulimit": ".config",
     "Volume": ".config",

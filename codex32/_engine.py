@@ -8,25 +8,41 @@ removed again if a later step fails.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
+import selectors
+import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ._launch import ExitStatus, FileArg, Launch
-from ._plan import ContainerPaths, Plan, build_plan
+from ._events import Event, EventHooks, EventWatcher, follow_events, read_events
+from ._launch import MONITOR_ENV, ExitStatus, FileArg, Launch, run_exec
+from ._logs import LogEntry
+from ._plan import ContainerPaths, Plan, Step, build_plan
 from ._profiles import Profile, resolve_profile
-from ._state import ContainerRecord, ContainerState, StateStore
+from ._resources import ContainerCgroups, ContainerStats
+from ._state import ContainerRecord, ContainerState, StateStore, is_same_process
 from ._templates import Template, TemplateStore
-from .config import ContainerConfig, ContainerImage
-from .errors import Codex32Error, ConfigError, LaunchError, StateError
+from .config import ContainerConfig, ContainerImage, signal_name
+from .errors import (
+    CgroupError,
+    Codex32Error,
+    ConfigError,
+    ContainerError,
+    ImageError,
+    LaunchError,
+    StateError,
+)
 from .settings import Settings
 
 
@@ -45,12 +61,32 @@ class RunResult:
         return self.exit_code == 0
 
 
+log = logging.getLogger("codex32")
+_LIVE = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What ``exec_run`` returns (docker-py's ``exit_code`` and ``output``)."""
+
+    exit_code: int
+    output: bytes = b""
+    error_output: bytes = b""
+
+
 class Container:
-    """A handle on one container (docker-py's shape: ``.id``, ``.name``, ``.state``)."""
+    """A handle on one container (docker-py's shape: ``.id``, ``.name``, ``.state``).
+
+    Every verb first refreshes the state from the kernel (is PID 1 still the process
+    recorded, by pid and start time?), then checks that the verb is allowed.
+    """
 
     def __init__(self, engine: ContainerEngine, record: ContainerRecord) -> None:
         self._engine = engine
         self._record = record
+
+    def __repr__(self) -> str:
+        return f"<Container {self.short_id} {self.name} {self.state.value}>"
 
     @property
     def id(self) -> str:
@@ -69,8 +105,13 @@ class Container:
 
     @property
     def state(self) -> ContainerState:
-        """The state as last loaded."""
+        """The state as last refreshed."""
         return self._record.status
+
+    @property
+    def status(self) -> str:
+        """The state's name (docker-py's ``.status``)."""
+        return self._record.status.value
 
     @property
     def record(self) -> ContainerRecord:
@@ -83,24 +124,113 @@ class Container:
         return ContainerConfig.model_validate(self._engine._store.load_config(self.id))
 
     def reload(self) -> None:
-        """Re-read the state from disk."""
-        self._record = self._engine._store.load(self.id)
+        """Re-read the state, checked against the kernel."""
+        self._record = self._engine._refresh(self.id)
+
+    def start(self, *, restarting: bool = False) -> None:
+        """Start a created or exited container, detached; return once it runs."""
+        self._engine._start(self, restarting=restarting)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Send the stop signal, then SIGKILL after ``timeout`` seconds (a no-op if not running)."""
+        self._engine._stop(self, timeout)
+
+    def kill(self, signal_: str | int = "SIGKILL") -> None:
+        """Send a signal to the container's PID 1."""
+        self._engine._kill(self, signal_)
+
+    def restart(self, timeout: float | None = None) -> None:
+        """Stop (if running), then start."""
+        self.stop(timeout)
+        self.start()
+        self._engine._event(self, "restart")
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the container is not running; return its exit code."""
+        return self._engine._wait(self, timeout)
+
+    def logs(
+        self,
+        *,
+        stdout: bool = True,
+        stderr: bool = True,
+        tail: int | None = None,
+        since: float | None = None,
+        timestamps: bool = False,
+    ) -> bytes:
+        """The container's output so far, as docker-py's ``logs()``."""
+        from ._logs import format_entry, read_logs
+
+        streams = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
+        entries = read_logs(self._engine._log_path(self.id), tail=tail, since=since,
+                            until=None, streams=streams)  # fmt: skip
+        return "".join(format_entry(e, timestamps) for e in entries).encode()
+
+    def stream_logs(
+        self,
+        *,
+        stdout: bool = True,
+        stderr: bool = True,
+        tail: int | None = None,
+        since: float | None = None,
+        follow: bool = True,
+    ) -> Iterator[LogEntry]:
+        """Log entries as they come (survives rotation); ends when the container stops."""
+        from ._logs import follow_logs, read_logs
+
+        streams = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
+        path = self._engine._log_path(self.id)
+        if not follow:
+            return read_logs(path, tail=tail, since=since, until=None, streams=streams)
+
+        def stopped() -> bool:
+            self.reload()
+            return self.state not in _LIVE
+
+        return follow_logs(path, since=since, tail=tail, streams=streams, stop=stopped)
+
+    def exec_run(
+        self,
+        command: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        workdir: str | None = None,
+        stdin: FileArg = None,
+        stdout: FileArg = None,
+        stderr: FileArg = None,
+    ) -> ExecResult:
+        """Run ``command`` inside the running container, confined as its command is.
+
+        Output is captured and returned unless file descriptors are given.
+        """
+        return self._engine._exec(self, command, env or {}, user, workdir, stdin, stdout, stderr)
+
+    def pause(self) -> None:
+        """Freeze every process of the container (cgroup freezer)."""
+        self._engine._pause(self, True)
+
+    def unpause(self) -> None:
+        """Thaw a paused container."""
+        self._engine._pause(self, False)
+
+    resume = unpause
+
+    def stats(self) -> ContainerStats:
+        """A sample of CPU, memory, pids, block I/O and network counters."""
+        return self._engine._stats(self)
+
+    def top(self) -> list[dict[str, object]]:
+        """The container's processes (host pids), as ``docker top``."""
+        return self._engine._top(self)
+
+    def export(self, path: str | os.PathLike[str]) -> None:
+        """Write the container's filesystem to ``path`` as a tar (``docker export``)."""
+        self._engine._export(self, Path(path))
 
     def remove(self, *, force: bool = False) -> None:
-        """Delete the container's directory and name."""
-        self.reload()
-        if self._record.status in (ContainerState.RUNNING, ContainerState.PAUSED):
-            if not force:
-                raise StateError(
-                    "cannot remove a running container",
-                    container=self.name,
-                    hint="stop it first, or use --force",
-                )
-            if self._record.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self._record.pid, signal.SIGKILL)
-        self._engine._store.delete(self._record)
-        self._record.status = ContainerState.REMOVED
+        """Delete the container (``force`` kills it first if it runs)."""
+        self._engine._remove(self, force)
 
 
 class ContainerCollection:
@@ -124,24 +254,41 @@ class ContainerCollection:
     ) -> RunResult:
         """Create, start and wait for a container; return its exit code and output.
 
-        With ``stdout``/``stderr`` left ``None`` the output is captured and returned;
-        pass file descriptors (the CLI passes its own) to stream it instead. Failures
-        to set up or execute raise ``LaunchError`` (exit code 125/126/127).
+        The output is always captured in the container's log and returned; pass file
+        descriptors (the CLI passes its own) to also stream it live. Failures to set
+        up or execute raise ``LaunchError`` (exit code 125/126/127).
         """
         container = self.create(config)
+        return self._engine._run_attached(
+            container, stdin=stdin, stdout=stdout, stderr=stderr,
+            forward_signals=forward_signals,
+        )  # fmt: skip
+
+    def run_detached(self, config: ContainerConfig) -> Container:
+        """Create and start a container in the background; return it running."""
+        container = self.create(config)
         try:
-            return self._engine._run_foreground(
-                container, stdin=stdin, stdout=stdout, stderr=stderr,
-                forward_signals=forward_signals,
-            )  # fmt: skip
-        finally:
+            container.start()
+        except BaseException:
             if config.auto_remove:
                 container.remove(force=True)
+            raise
+        return container
+
+    def prune(self) -> list[str]:
+        """Remove every container that is not running; return their ids."""
+        removed = []
+        for container in self.list(all=True):
+            if container.state in (ContainerState.EXITED, ContainerState.CREATED):
+                with contextlib.suppress(Codex32Error):
+                    container.remove()
+                    removed.append(container.id)
+        return removed
 
     def get(self, name_or_id: str) -> Container:
         """Look a container up by name, id or unique id prefix."""
         store = self._engine._store
-        return Container(self._engine, store.load(store.resolve(name_or_id)))
+        return Container(self._engine, self._engine._refresh(store.resolve(name_or_id)))
 
     def list(self, *, all: bool = False) -> list[Container]:
         """Running containers, or every container with ``all=True``."""
@@ -149,10 +296,10 @@ class ContainerCollection:
         containers = []
         for container_id in store.ids():
             try:
-                record = store.load(container_id)
+                record = self._engine._refresh(container_id)
             except Codex32Error:
                 continue
-            if all or record.status is ContainerState.RUNNING:
+            if all or record.status in _LIVE:
                 containers.append(Container(self._engine, record))
         return sorted(containers, key=lambda c: c.record.created_at)
 
@@ -194,8 +341,60 @@ class ContainerEngine:
         self.settings = settings or Settings.from_env(storage_dir)
         self._store = StateStore(self.settings.storage_dir)
         self._templates = TemplateStore(self.settings.templates_dir, self.settings.storage_dir)
+        self._cgroups = ContainerCgroups(self.settings.cgroup_parent)
         self.containers = ContainerCollection(self)
         self.images = ImageCollection(self)
+        self._hooks: EventHooks | None = None
+        self._watcher: EventWatcher | None = None
+        self._watch_lock = threading.Lock()
+
+    # -- events ----------------------------------------------------------------
+
+    @property
+    def _events_path(self) -> Path:
+        return self.settings.storage_dir / "events.jsonl"
+
+    def on(self, action: str, callback: Callable[[Event], None]) -> None:
+        """Call ``callback(event)`` for every ``action`` event ("die", "start", "*", ...).
+
+        Events written by any process count (the monitor records a container's
+        death), so a thread follows the events file from the first ``on`` until
+        ``close()``; callbacks run in that thread.
+        """
+        with self._watch_lock:
+            if self._hooks is None:
+                self._hooks = EventHooks()
+            self._hooks.on(action, callback)
+            if self._watcher is None:
+                self._store.ensure_layout()
+                self._watcher = EventWatcher(self._events_path, self._hooks)
+                self._watcher.start()
+
+    def off(self, action: str, callback: Callable[[Event], None]) -> None:
+        """Stop calling ``callback`` for ``action``."""
+        if self._hooks is not None:
+            self._hooks.off(action, callback)
+
+    def events(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        filters: dict[str, list[str]] | None = None,
+        follow: bool = False,
+    ) -> Iterator[Event]:
+        """Past events (and with ``follow``, new ones as they come), as Docker's filters."""
+        if follow:
+            return follow_events(self._events_path, since=since, filters=filters,
+                                 stop=lambda: False)  # fmt: skip
+        return read_events(self._events_path, since=since, until=until, filters=filters)
+
+    def close(self) -> None:
+        """Stop the event-hook thread, if one runs. Containers keep running."""
+        with self._watch_lock:
+            if self._watcher is not None:
+                self._watcher.stop()
+                self._watcher = None
 
     # -- compile -------------------------------------------------------------
 
@@ -209,6 +408,7 @@ class ContainerEngine:
 
     def plan(self, config: ContainerConfig, container_id: str = "0" * 64) -> Plan:
         """The set-up plan for ``config`` (nothing is created; templates may be built)."""
+        config = _script_image(config)
         template = self._templates.get(config.image)
         profile = self.profile(config)
         return self._plan(container_id, config, profile, template, lower=self._lower(template))
@@ -252,6 +452,7 @@ class ContainerEngine:
 
     def _create(self, config: ContainerConfig) -> Container:
         _require_root()
+        config = self._enforceable(_script_image(config))
         template = self._templates.get(config.image)
         profile = self.profile(config)
         self._store.ensure_layout()
@@ -280,11 +481,165 @@ class ContainerEngine:
         except BaseException:
             self._store.delete(record)
             raise
-        return Container(self, record)
+        container = Container(self, record)
+        self._event(container, "create")
+        return container
 
-    # -- run -----------------------------------------------------------------
+    def _enforceable(self, config: ContainerConfig) -> ContainerConfig:
+        """Refuse limits the host cannot enforce; --memory alone falls back to RLIMIT_AS."""
+        missing = self._cgroups.missing_controllers(config.resources)
+        if not missing:
+            return config
+        if set(missing) == {"memory_bytes"} and not any(u.name == "as" for u in config.ulimits):
+            from .config import Ulimit
 
-    def _run_foreground(
+            size = config.resources.memory_bytes or 0
+            log.warning(
+                "no memory cgroup controller on this host: --memory is enforced per process "
+                "with RLIMIT_AS=%d instead (a container's processes together may use more)",
+                size,
+            )
+            return config.model_copy(
+                update={"ulimits": [*config.ulimits, Ulimit(name="as", soft=size, hard=size)]}
+            )
+        reason = self._cgroups.unavailable
+        fields = ", ".join(f"{f} (needs {c})" for f, c in sorted(missing.items()))
+        raise CgroupError(
+            f"this host cannot enforce {fields}"
+            + (f": {reason}" if reason else ": the controller is not available"),
+            hint="drop the limit, or enable the controller for the engine's cgroup",
+        )
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def _log_path(self, container_id: str) -> Path:
+        return self._store.directory(container_id) / "container.log"
+
+    def _event(self, container: Container, action: str, **attributes: str) -> None:
+        from ._events import Event, append_event
+
+        event = Event(
+            time=time.time(), type="container", action=action, id=container.id,
+            name=container.name, attributes=attributes,
+        )  # fmt: skip
+        with contextlib.suppress(OSError):
+            append_event(self.settings.storage_dir / "events.jsonl", event)
+
+    def _refresh(self, container_id: str) -> ContainerRecord:
+        """The record, corrected by what the kernel says (pid alive and the same?)."""
+        record = self._store.load(container_id)
+        live = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
+        if record.status not in live:
+            return record
+        monitor_alive = is_same_process(record.monitor_pid, record.monitor_start_time)
+        if record.status is ContainerState.RESTARTING:
+            if monitor_alive or time.time() - (record.finished_at or 0) < 5:
+                return record
+        elif is_same_process(record.pid, record.pid_start_time):
+            return record
+        elif monitor_alive:
+            # PID 1 is gone and its monitor is writing the exit down: give it a moment.
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                record = self._store.load(container_id)
+                if record.status not in live:
+                    return record
+                time.sleep(0.01)
+
+        def lost(r: ContainerRecord) -> None:
+            if r.status in live:
+                r.status = ContainerState.EXITED
+                r.exit_code = r.exit_code if r.exit_code is not None else 255
+                r.finished_at = r.finished_at or time.time()
+                r.error = "the container's monitor died; its exit status is unknown"
+
+        return self._store.update(container_id, lost)
+
+    def _monitor_config(self, container: Container, config: ContainerConfig, attach: bool,
+                        tty: bool) -> dict[str, object]:  # fmt: skip
+        return {
+            "container_id": container.id,
+            "name": container.name,
+            "storage_dir": str(self.settings.storage_dir),
+            "attach": attach,
+            "tty": tty,
+            "log_max_size": config.log_max_size,
+            "log_max_files": config.log_max_files,
+            "auto_remove": config.auto_remove,
+            "restart_policy": config.restart_policy.name,
+            "restart_max": config.restart_policy.maximum_retry_count,
+        }
+
+    def _launch(
+        self,
+        container: Container,
+        *,
+        attach: bool,
+        stdin: FileArg = None,
+        stdout: FileArg = None,
+        stderr: FileArg = None,
+    ) -> Launch:
+        """Start the container's monitor and run the plan up to exec."""
+        directory = self._store.directory(container.id)
+        config = container.config
+        plan = Plan.from_json((directory / "plan.json").read_text())
+        monitor = self._monitor_config(container, config, attach, config.tty)
+        launch = Launch(plan, container.name, monitor)
+
+        def place(pid: int) -> None:
+            paths = self._cgroups.place(container.id, config.resources, pid)
+
+            def remember(r: ContainerRecord) -> None:
+                r.cgroup_paths = paths
+
+            self._store.update(container.id, remember)
+
+        try:
+            launch.start(stdin=stdin, stdout=stdout, stderr=stderr, on_created=place)
+        except LaunchError as exc:
+            code, message = exc.exit_code, str(exc)
+
+            def failed(r: ContainerRecord) -> None:
+                r.exit_code = code
+                r.error = message
+
+            self._store.update(container.id, failed)
+            if config.auto_remove:
+                self._store.delete(container.record)
+            raise
+        return launch
+
+    def _start(self, container: Container, *, restarting: bool) -> None:
+        with self._store.operation(container.id):
+            record = self._refresh(container.id)
+            if record.status is ContainerState.RUNNING:
+                raise StateError(
+                    "the container is already running", container=container.name,
+                    hint="stop it first, or use restart",
+                )  # fmt: skip
+            if record.status is ContainerState.PAUSED:
+                raise StateError("the container is paused", container=container.name,
+                                 hint="use unpause")  # fmt: skip
+            if restarting and record.stopped_by_user:
+                return
+
+            def prepare(r: ContainerRecord) -> None:
+                r.stopped_by_user = False
+                if restarting:
+                    r.restart_count += 1
+                elif r.status is not ContainerState.RESTARTING:
+                    r.restart_count = 0
+
+            self._store.update(container.id, prepare)
+            launch = self._launch(
+                container, attach=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            launch.detach()
+        if restarting:
+            self._event(container, "restart")
+        container.reload()
+
+    def _run_attached(
         self,
         container: Container,
         *,
@@ -293,46 +648,330 @@ class ContainerEngine:
         stderr: FileArg,
         forward_signals: bool,
     ) -> RunResult:
-        directory = self._store.directory(container.id)
-        plan = _load_plan(directory)
-        launch = Launch(plan, container.name)
-        record = container.record
-        with _capture(stdout, directory) as out, _capture(stderr, directory) as err:
-            try:
-                pid = launch.start(stdin=stdin, stdout=out.target, stderr=err.target)
-            except LaunchError as exc:
-                record.status = ContainerState.EXITED
-                record.exit_code = exc.exit_code
-                record.error = str(exc)
-                record.finished_at = time.time()
-                self._store.save(record)
-                raise
-            record.status = ContainerState.RUNNING
-            record.pid = pid
-            record.pid_start_time = _start_time(pid)
-            record.started_at = time.time()
-            self._store.save(record)
+        from ._logs import read_logs
+
+        with self._store.operation(container.id):
+            launch = self._launch(
+                container, attach=stdout is not None, stdin=stdin,
+                stdout=stdout if stdout is not None else subprocess.DEVNULL,
+                stderr=stderr if stderr is not None else subprocess.DEVNULL,
+            )  # fmt: skip
+        try:
             with _forwarding(launch, forward_signals):
-                status = _wait(launch, container.name)
-            record.status = ContainerState.EXITED
-            record.exit_code = status.exit_code
-            record.finished_at = time.time()
-            self._store.save(record)
-            out.close()
-            err.close()
-            return RunResult(
-                exit_code=status.exit_code,
-                output=out.read(),
-                error_output=err.read(),
-                container_id=container.id,
+                status = _wait(launch)
+            captured = {"stdout": b"", "stderr": b""}
+            if stdout is None:
+                for entry in read_logs(self._log_path(container.id), tail=None, since=None,
+                                       until=None, streams={"stdout", "stderr"}):  # fmt: skip
+                    captured[entry.stream] += entry.text.encode()
+        finally:
+            launch.detach()  # an --rm container's monitor now removes it
+        return RunResult(
+            exit_code=status.exit_code,
+            output=captured["stdout"],
+            error_output=captured["stderr"],
+            container_id=container.id,
+        )
+
+    def _signal_pid1(self, record: ContainerRecord, sig: int) -> bool:
+        if not is_same_process(record.pid, record.pid_start_time):
+            return False
+        assert record.pid is not None
+        try:
+            os.kill(record.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _kill(self, container: Container, signal_: str | int) -> None:
+        sig = signal.Signals[signal_name(signal_)]
+        record = self._refresh(container.id)
+        if record.status is not ContainerState.RUNNING or not self._signal_pid1(record, sig):
+            raise StateError(
+                f"cannot send {sig.name}: the container is {record.status.value}",
+                container=container.name,
             )
+        self._event(container, "kill", signal=str(int(sig)))
+        container.reload()
+
+    def _stop(self, container: Container, timeout: float | None) -> None:
+        with self._store.operation(container.id):
+            record = self._refresh(container.id)
+            live = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
+            if record.status not in live:
+                container.reload()
+                return
+            config = container.config
+            grace = config.stop_timeout if timeout is None else timeout
+
+            def mark(r: ContainerRecord) -> None:
+                r.stopped_by_user = True
+                if r.status is ContainerState.RESTARTING:
+                    r.status = ContainerState.EXITED
+
+            record = self._store.update(container.id, mark)
+            if record.status is not ContainerState.EXITED:
+                self._signal_pid1(record, signal.Signals[config.stop_signal])
+                self._thaw(container.id)  # a paused container gets the signal too
+                if not self._wait_exit(record, grace):
+                    self._signal_pid1(record, signal.SIGKILL)
+                    self._wait_exit(record, 10)
+            self._wait_recorded(container.id, 5)
+        self._event(container, "stop")
+        container.reload()
+
+    def _thaw(self, container_id: str) -> None:
+        cgroup = self._cgroups.handle(container_id)
+        if cgroup is not None and cgroup.is_frozen():
+            cgroup.thaw()
+
+    def _pause(self, container: Container, pause: bool) -> None:
+        with self._store.operation(container.id):
+            record = self._refresh(container.id)
+            wanted = ContainerState.RUNNING if pause else ContainerState.PAUSED
+            if record.status is not wanted:
+                verb = "pause" if pause else "unpause"
+                raise StateError(
+                    f"cannot {verb} a {record.status.value} container", container=container.name
+                )
+            cgroup = self._cgroups.handle(container.id)
+            if cgroup is None:
+                raise CgroupError(
+                    "pausing needs the freezer cgroup controller, and this container has no cgroup",
+                    hint=self._cgroups.unavailable or "",
+                )
+            if pause:
+                cgroup.freeze()
+            else:
+                cgroup.thaw()
+
+            def change(r: ContainerRecord) -> None:
+                r.status = ContainerState.PAUSED if pause else ContainerState.RUNNING
+
+            self._store.update(container.id, change)
+        self._event(container, "pause" if pause else "unpause")
+        container.reload()
+
+    def _stats(self, container: Container) -> ContainerStats:
+        record = self._refresh(container.id)
+        live = record.status in (ContainerState.RUNNING, ContainerState.PAUSED)
+        return self._cgroups.stats(container.id, record.pid if live else None)
+
+    def _top(self, container: Container) -> list[dict[str, object]]:
+        import psutil
+
+        record = self._refresh(container.id)
+        if record.status not in (ContainerState.RUNNING, ContainerState.PAUSED):
+            raise StateError(f"the container is {record.status.value}", container=container.name)
+        cgroup = self._cgroups.handle(container.id)
+        pids = cgroup.pids() if cgroup is not None else [record.pid or 0]
+        rows: list[dict[str, object]] = []
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                with proc.oneshot():
+                    rows.append(
+                        {
+                            "pid": pid,
+                            "ppid": proc.ppid(),
+                            "user": proc.username(),
+                            "cpu_percent": proc.cpu_percent(),
+                            "rss_bytes": proc.memory_info().rss,
+                            "started": proc.create_time(),
+                            "command": " ".join(proc.cmdline()) or proc.name(),
+                        }
+                    )
+        return rows
+
+    def _wait_exit(self, record: ContainerRecord, timeout: float | None) -> bool:
+        """Wait (pidfd) until PID 1 is gone; False on timeout."""
+        if not is_same_process(record.pid, record.pid_start_time):
+            return True
+        assert record.pid is not None
+        try:
+            pidfd = os.pidfd_open(record.pid)
+        except ProcessLookupError:
+            return True
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(pidfd, selectors.EVENT_READ)
+                return bool(selector.select(timeout))
+        finally:
+            os.close(pidfd)
+
+    def _wait_recorded(self, container_id: str, timeout: float) -> ContainerRecord:
+        """Wait until the monitor has written the exit down."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self._refresh(container_id)
+            if record.status is not ContainerState.RUNNING or time.monotonic() > deadline:
+                return record
+            time.sleep(0.005)
+
+    def _wait(self, container: Container, timeout: float | None) -> int:
+        record = self._refresh(container.id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while record.status in (ContainerState.RUNNING, ContainerState.PAUSED):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._wait_exit(record, remaining):
+                raise TimeoutError(f"container {container.name} still running after {timeout} s")
+            record = self._wait_recorded(container.id, 5)
+        container.reload()
+        if record.exit_code is None:
+            raise StateError("the container has not run yet", container=container.name)
+        return record.exit_code
+
+    def _remove(self, container: Container, force: bool) -> None:
+        with self._store.operation(container.id):
+            record = self._refresh(container.id)
+            live = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
+            if record.status in live:
+                if not force:
+                    raise StateError(
+                        f"cannot remove a {record.status.value} container",
+                        container=container.name, hint="stop it first, or use --force",
+                    )  # fmt: skip
+
+                def mark(r: ContainerRecord) -> None:
+                    r.stopped_by_user = True
+
+                record = self._store.update(container.id, mark)
+                self._signal_pid1(record, signal.SIGKILL)
+                self._thaw(container.id)
+                self._wait_exit(record, 10)
+                self._wait_recorded(container.id, 5)
+            self._cgroups.destroy(container.id)
+            self._store.delete(record)
+        self._event(container, "destroy")
+        container._record.status = ContainerState.REMOVED
+
+    def _exec(
+        self,
+        container: Container,
+        command: list[str],
+        env: dict[str, str],
+        user: str | None,
+        workdir: str | None,
+        stdin: FileArg,
+        stdout: FileArg,
+        stderr: FileArg,
+    ) -> ExecResult:
+        if not command:
+            raise ConfigError("exec needs a command")
+        record = self._refresh(container.id)
+        if record.status is not ContainerState.RUNNING:
+            raise StateError(
+                f"cannot exec in a {record.status.value} container", container=container.name
+            )
+        plan = Plan.from_json((self._store.directory(container.id) / "plan.json").read_text())
+        steps = _exec_steps(plan, command, env, user, workdir)
+        self._event(container, "exec_start", execID=" ".join(command)[:64])
+        with _capture(stdout) as out, _capture(stderr) as err:
+            code = run_exec(
+                record.pid or 0, steps, container.name,
+                stdin=stdin, stdout=out.target, stderr=err.target,
+            )  # fmt: skip
+            result = ExecResult(code, out.read(), err.read())
+        self._event(container, "exec_die", exitCode=str(code))
+        return result
+
+    def _export(self, container: Container, path: Path) -> None:
+        import json
+
+        plan = Plan.from_json((self._store.directory(container.id) / "plan.json").read_text())
+        overlay = next(step for step in plan.steps if step["op"] == "overlay")
+        shift = plan.uid_mappings[0]["hostID"] if plan.uid_mappings else 0
+        spec = {k: overlay[k] for k in ("lower", "upper", "userxattr")} | {"id_shift": shift}
+        tmp = path.with_name(f".{path.name}.codex32-tmp")
+        try:
+            with open(tmp, "wb") as out:
+                result = subprocess.run(
+                    [sys.executable, "-S", "-m", "codex32._export", json.dumps(spec)],
+                    stdout=out, stderr=subprocess.PIPE, env=MONITOR_ENV, check=False,
+                )  # fmt: skip
+            if result.returncode != 0:
+                raise ContainerError(
+                    f"export failed: {result.stderr.decode(errors='replace').strip()}",
+                    container=container.name, step="export",
+                )  # fmt: skip
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise ContainerError(
+                f"cannot write the export to {path}", container=container.name,
+                step="export", errno=exc.errno, path=str(path),
+                hint="check that the folder exists and is writable",
+            ) from exc  # fmt: skip
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def reconcile(self) -> list[str]:
+        """After a crash or reboot: mark dead containers exited, drop half-made ones."""
+        self._store.ensure_layout()
+        fixed = []
+        for path in self._store.containers.iterdir():
+            if not (path / "state.json").exists():
+                shutil.rmtree(path, ignore_errors=True)  # creation never finished
+                fixed.append(path.name)
+                continue
+            before = self._store.load(path.name).status
+            if self._refresh(path.name).status is not before:
+                fixed.append(path.name)
+        for link in self._store.names.iterdir():
+            if not link.exists():
+                link.unlink()
+        return fixed
 
 
-def _wait(launch: Launch, name: str) -> ExitStatus:
+_EXEC_OPS = ("bounding_set", "user", "capabilities", "no_new_privs", "seccomp", "exec")
+
+
+def _exec_steps(
+    plan: Plan, command: list[str], env: dict[str, str], user: str | None, workdir: str | None
+) -> list[Step]:
+    """The container's own privilege steps, with the exec'd command swapped in."""
+    steps = [dict(step) for step in plan.steps if step["op"] in _EXEC_OPS]
+    for step in steps:
+        if step["op"] == "user" and user:
+            step["user"] = user
+        if step["op"] == "exec":
+            base = dict(item.split("=", 1) for item in step["env"])
+            base.update(env)
+            step.update(
+                args=command,
+                init=None,
+                env=[f"{k}={v}" for k, v in base.items()],
+                cwd=workdir or step["cwd"],
+            )
+    return steps
+
+
+class _Captured:
+    """A caller's descriptor passed through, or a temp file read back afterwards."""
+
+    def __init__(self, target: FileArg, file: IO[bytes] | None) -> None:
+        self._file = file
+        self.target: FileArg = file if file is not None else target
+
+    def read(self) -> bytes:
+        if self._file is None:
+            return b""
+        self._file.seek(0)
+        return self._file.read()
+
+
+@contextmanager
+def _capture(target: FileArg) -> Iterator[_Captured]:
+    if target is not None:
+        yield _Captured(target, None)
+        return
+    with tempfile.TemporaryFile() as file:
+        yield _Captured(None, file)
+
+
+def _wait(launch: Launch) -> ExitStatus:
     try:
         return launch.wait()
-    except LaunchError:
-        raise
     except KeyboardInterrupt:
         launch.kill(signal.SIGKILL)
         return launch.wait()
@@ -359,44 +998,28 @@ def _forwarding(launch: Launch, enabled: bool) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-class _Capture:
-    """Either a caller's stream (passed through) or a temp file we read back."""
-
-    def __init__(self, target: FileArg, file: IO[bytes] | None) -> None:
-        self.target = target
-        self._file = file
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-
-    def read(self) -> bytes:
-        if self._file is None:
-            return b""
-        self._file.seek(0)
-        return self._file.read()
+SCRIPT_TEMPLATE = "python"
+SCRIPT_DIR = "/app"
 
 
-@contextmanager
-def _capture(target: FileArg, directory: Path) -> Iterator[_Capture]:
-    if target is not None:
-        yield _Capture(target, None)
-        return
-    with tempfile.TemporaryFile(dir=directory) as file:
-        yield _Capture(file, file)
+def _script_image(config: ContainerConfig) -> ContainerConfig:
+    """``image=/path/bot.py`` (the original design's quick start): run that script in
+    the python template, its folder bound read-only at /app."""
+    if not config.image.endswith(".py"):
+        return config
+    script = Path(config.image)
+    if not script.is_file():
+        raise ImageError(f"bot script {script} does not exist", hint="give the path of a .py file")
+    from .config import Volume
 
-
-def _load_plan(directory: Path) -> Plan:
-    return Plan.from_json((directory / "plan.json").read_text())
-
-
-def _start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: with the pid, it names one process for sure."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    volume = Volume(source=str(script.parent), target=SCRIPT_DIR, read_only=True)
+    return config.model_copy(
+        update={
+            "image": SCRIPT_TEMPLATE,
+            "volumes": [*config.volumes, volume],
+            "command": ["python3", f"{SCRIPT_DIR}/{script.name}", *config.command],
+        }
+    )
 
 
 def _require_root() -> None:
@@ -434,11 +1057,13 @@ async def init_engine(storage_dir: str | os.PathLike[str] | None = None) -> Cont
     """Create the process-wide engine (awaitable, as the FastAPI start-up uses it)."""
     global _engine  # noqa: PLW0603
     _engine = ContainerEngine(storage_dir)
-    _engine._store.ensure_layout()
+    _engine.reconcile()
     return _engine
 
 
 async def shutdown_engine() -> None:
-    """Forget the process-wide engine (containers keep running)."""
+    """Close and forget the process-wide engine (containers keep running)."""
     global _engine  # noqa: PLW0603
+    if _engine is not None:
+        _engine.close()
     _engine = None

@@ -1,12 +1,12 @@
-"""The set-up process: ``python -m codex32._init FD`` (runc's ``runc init``).
+"""Stage2 and PID 1 of the set-up (runc's ``runc init``), forked by the monitor.
 
-A fresh, single-threaded interpreter, so that a threaded engine never forks
-itself. It receives the plan on FD, builds the namespaces, forks the container's
-PID 1, runs the plan's steps there and execs the command; then it stays as the
-container's parent and reports its exit. The message table is in ``_sync``.
+stage2 enters the user namespace (the monitor writes the id maps) and the others,
+then forks the container's PID 1, which runs the plan's steps and execs. The
+message table is in ``_sync``; the process that forks stage2 is ``_monitor``.
 
-It imports only the standard library and the ``_linux`` helpers (no pydantic, no
-netlink): its start-up time is part of every container's start latency.
+Only the standard library and the ``_linux`` helpers are imported (no pydantic, no
+netlink): this is part of every container's start latency, and nothing can be
+imported after pivot_root.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import signal
 import socket
-import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -37,12 +35,6 @@ class StepError(Exception):
         self.errno = err
         self.message = message
         self.exit_code = exit_code
-
-
-def _set_subreaper() -> None:
-    import prctl
-
-    prctl.set_child_subreaper(1)
 
 
 class Setup:
@@ -187,7 +179,7 @@ def _report(sock: socket.socket, message: Message) -> None:
         _sync.send(sock, message)
 
 
-def _stage2(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
+def stage2(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
     """Enter the user namespace (if any), then the others, and fork PID 1."""
     step = "namespaces"
     try:
@@ -218,114 +210,3 @@ def _stage2(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
     except BaseException as exc:
         _report(sock, _sync.error_message(step, 0, f"{type(exc).__name__}: {exc}"))
         os._exit(125)
-
-
-def _write_maps(pid: int, plan: dict[str, Any]) -> None:
-    for kind, key in (("uid_map", "uid_mappings"), ("gid_map", "gid_mappings")):
-        lines = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in plan[key])
-        with open(f"/proc/{pid}/{kind}", "w") as f:
-            f.write(lines)
-
-
-def _wait_for(pid: int) -> int:
-    """Reap children until ``pid`` is reaped; return its wait status."""
-    while True:
-        try:
-            reaped, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            return 0
-        except InterruptedError:
-            continue
-        if reaped == pid:
-            return status
-
-
-def _kill_and_reap(pid: int | None) -> None:
-    if pid is None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    _wait_for(pid)
-
-
-def _exit_message(status: int) -> Message:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return {"type": "exited", "exit_code": 128 + sig, "signal": sig}
-    return {"type": "exited", "exit_code": os.WEXITSTATUS(status), "signal": 0}
-
-
-def stage1(engine: socket.socket) -> int:
-    """Receive the plan, make the container, relay its start, wait for its exit."""
-    first = _sync.receive(engine)
-    if not first or first.get("type") != "plan":
-        return 125
-    plan: dict[str, Any] = first["plan"]
-    _set_subreaper()
-    ours, theirs = _sync.socket_pair()
-    stage2_pid = os.fork()
-    if stage2_pid == 0:
-        engine.close()
-        ours.close()
-        _stage2(plan, theirs)
-    theirs.close()
-    pid1: int | None = None
-    try:
-        while pid1 is None:
-            message = _sync.receive(ours)
-            if message is None:
-                _sync.send(engine, _sync.error_message("namespaces", 0, "set-up process died"))
-                return 125
-            kind = message.get("type")
-            if kind == "map_request":
-                try:
-                    _write_maps(stage2_pid, plan)
-                except OSError as exc:
-                    _sync.send(
-                        engine,
-                        _sync.error_message("uid_map", exc.errno or 0, exc.strerror or ""),
-                    )
-                    return 125
-                _sync.send(ours, {"type": "map_done"})
-            elif kind == "pid":
-                pid1 = int(message["pid"])
-            else:
-                _sync.send(engine, message)
-                return 125
-        os.waitpid(stage2_pid, 0)
-        stage2_pid = 0
-        _sync.send(engine, {"type": "created", "pid": pid1})
-        reply = _sync.receive(engine)
-        if not reply or reply.get("type") != "proceed":
-            _kill_and_reap(pid1)
-            return 125
-        _sync.send(ours, {"type": "proceed"})
-        outcome = _sync.receive(ours)
-        ours.close()
-        _sync.send(engine, {"type": "started", "pid": pid1} if outcome is None else outcome)
-        status = _wait_for(pid1)
-        pid1 = None
-        with contextlib.suppress(OSError):  # the engine may have gone; nobody to tell
-            _sync.send(engine, _exit_message(status))
-        return 0
-    except BaseException:
-        _kill_and_reap(pid1)
-        raise
-    finally:
-        if stage2_pid:
-            _kill_and_reap(stage2_pid)
-
-
-def main() -> int:
-    """Entry point: ``python -m codex32._init FD``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    engine = socket.socket(fileno=int(sys.argv[1]))
-    try:
-        return stage1(engine)
-    except OSError as exc:
-        _report(engine, _sync.error_message("setup", exc.errno or 0, str(exc)))
-        return 125
-
-
-if __name__ == "__main__":
-    sys.exit(main())

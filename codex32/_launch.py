@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import IO
 
 from . import _sync
@@ -21,6 +21,13 @@ from ._plan import Plan
 from .errors import LaunchError
 
 FileArg = int | IO[bytes] | None
+
+# The monitor needs nothing but the standard library and codex32 itself: with -S it
+# skips site-packages (and their .pth files, ~20 ms), finding codex32 by PYTHONPATH.
+MONITOR_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+}
 
 
 @dataclass(frozen=True)
@@ -34,9 +41,10 @@ class ExitStatus:
 class Launch:
     """One container start: the set-up process and its sync socket."""
 
-    def __init__(self, plan: Plan, container: str) -> None:
+    def __init__(self, plan: Plan, container: str, monitor: dict[str, object]) -> None:
         self.plan = plan
         self.container = container
+        self.monitor = monitor
         self.pid: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._sock, self._child_sock = _sync.socket_pair()
@@ -53,8 +61,9 @@ class Launch:
         fd = self._child_sock.fileno()
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "codex32._init", str(fd)],
+                [sys.executable, "-S", "-m", "codex32._monitor", str(fd)],
                 pass_fds=(fd,),
+                env=MONITOR_ENV,
                 stdin=stdin if stdin is not None else subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
@@ -63,8 +72,11 @@ class Launch:
         finally:
             self._child_sock.close()
         try:
-            _sync.send(self._sock, {"type": "plan", "plan": _plan_dict(self.plan)})
+            message = {"type": "plan", "plan": asdict(self.plan), "monitor": self.monitor}
+            _sync.send(self._sock, message)
             created = self._expect("created")
+            # The monitor has daemonized by now; its first process has exited.
+            self._process.wait()
             self.pid = int(created["pid"])
             if on_created is not None:
                 try:
@@ -117,14 +129,20 @@ class Launch:
             )
         return message
 
+    def detach(self) -> None:
+        """Hang up: the monitor carries on without us."""
+        self._reap()
+
     def wait(self) -> ExitStatus:
-        """Block until PID 1 has exited and been reaped; return how it ended."""
+        """Block until PID 1 has exited and been reaped; return how it ended.
+
+        The socket stays open: an ``--rm`` container is removed by its monitor only
+        once we hang up (``detach``), so the caller can read its log first.
+        """
         try:
             message = _sync.receive(self._sock)
-        except InterruptedError:
+        except OSError:
             message = None
-        finally:
-            self._reap()
         if message is None or message.get("type") != "exited":
             raise LaunchError(
                 "the set-up process died without reporting the container's exit",
@@ -157,7 +175,43 @@ class Launch:
         self._sock.close()
 
 
-def _plan_dict(plan: Plan) -> dict[str, object]:
-    from dataclasses import asdict
-
-    return asdict(plan)
+def run_exec(
+    pid: int,
+    steps: list[dict[str, object]],
+    container: str,
+    *,
+    stdin: FileArg,
+    stdout: FileArg,
+    stderr: FileArg,
+) -> int:
+    """Run the exec set-up process against PID ``pid``; return the command's exit code."""
+    sock, child = _sync.socket_pair()
+    fd = child.fileno()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-S", "-m", "codex32._exec", str(fd)],
+            pass_fds=(fd,),
+            env=MONITOR_ENV,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    finally:
+        child.close()
+    with sock:
+        _sync.send(sock, {"type": "exec", "pid": pid, "steps": steps})
+        error: _sync.Message | None = None
+        while (message := _sync.receive(sock)) is not None:
+            if message.get("type") == "error":
+                error = message
+        code = process.wait()
+    if error is not None:
+        raise LaunchError(
+            str(error.get("message", "exec failed")),
+            exit_code=int(error.get("exit_code", 125)),
+            container=container,
+            step=str(error.get("step", "exec")),
+            errno=int(error.get("errno", 0)) or None,
+        )
+    return code

@@ -13,11 +13,13 @@ Layout under the storage directory::
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -32,6 +34,7 @@ class ContainerState(StrEnum):
     CREATED = "created"
     RUNNING = "running"
     PAUSED = "paused"
+    RESTARTING = "restarting"
     EXITED = "exited"
     REMOVED = "removed"
 
@@ -51,6 +54,13 @@ class ContainerRecord:
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    signal: int = 0
+    oom_killed: bool = False
+    monitor_pid: int | None = None
+    monitor_start_time: int | None = None
+    restart_count: int = 0
+    stopped_by_user: bool = False
+    cgroup_paths: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -61,9 +71,26 @@ class ContainerRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContainerRecord:
         """Inverse of ``to_dict``."""
-        data = dict(data)
+        data = {k: v for k, v in data.items() if k in _FIELDS}
         data["status"] = ContainerState(data["status"])
         return cls(**data)
+
+
+_FIELDS = frozenset(ContainerRecord.__dataclass_fields__)
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: with the pid, it names one process for sure."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def is_same_process(pid: int | None, start_time: int | None) -> bool:
+    """Whether ``pid`` is still the process recorded (guards against pid reuse)."""
+    return pid is not None and start_time is not None and process_start_time(pid) == start_time
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -113,6 +140,45 @@ class StateStore:
         """Forget a name (idempotent)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.names / name)
+
+    @contextlib.contextmanager
+    def locked(self, container_id: str) -> Iterator[None]:
+        """The lock on state.json: held for a read-change-write, never longer."""
+        with self._flock(container_id, "state.lock"):
+            yield
+
+    @contextlib.contextmanager
+    def operation(self, container_id: str) -> Iterator[None]:
+        """The lock on verbs (start, stop, remove): two callers never interleave them.
+
+        A separate file from the state lock, because the monitor writes state while
+        a ``start`` holds this one.
+        """
+        with self._flock(container_id, "operation.lock"):
+            yield
+
+    @contextlib.contextmanager
+    def _flock(self, container_id: str, name: str) -> Iterator[None]:
+        path = self.directory(container_id) / name
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise ContainerNotFoundError(f"no such container: {container_id}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def update(
+        self, container_id: str, change: Callable[[ContainerRecord], None]
+    ) -> ContainerRecord:
+        """Read, change and write state.json under the container's lock."""
+        with self.locked(container_id):
+            record = self.load(container_id)
+            change(record)
+            self.save(record)
+            return record
 
     def save(self, record: ContainerRecord) -> None:
         """Write state.json atomically."""

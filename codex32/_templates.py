@@ -171,7 +171,7 @@ class TemplateStore:
         shutil.rmtree(staging, ignore_errors=True)
         try:
             shutil.copytree(source, staging, symlinks=True)
-            _shift_ids(staging, host_base)
+            _shift_ids(source, staging, host_base)
             staging.rename(target)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -183,15 +183,20 @@ class TemplateStore:
         return target
 
 
-def _shift_ids(tree: Path, base: int) -> None:
-    """lchown every entry to (uid + base, gid + base), keeping its mode bits."""
-    for dirpath, dirnames, filenames in os.walk(tree):
-        # Directories are shifted when walked as dirpath; symlinks to directories
-        # are listed in dirnames but never walked, so they are shifted here.
+def _shift_ids(source: Path, copy: Path, base: int) -> None:
+    """Give every entry of ``copy`` its ``source`` twin's owner plus ``base``.
+
+    (copytree keeps modes and times but not owners.) The mode is set again after
+    lchown, which clears set-id bits.
+    """
+    for dirpath, dirnames, filenames in os.walk(source):
+        # Directories are handled when walked as dirpath; symlinks to directories
+        # are listed in dirnames but never walked, so they are handled here.
         links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
         for name in [*filenames, *links, ""]:
-            path = os.path.join(dirpath, name) if name else dirpath
-            st = os.lstat(path)
-            os.lchown(path, st.st_uid + base, st.st_gid + base)
-            if not os.path.islink(path):
-                os.chmod(path, st.st_mode & 0o7777)
+            original = os.path.join(dirpath, name) if name else dirpath
+            twin = os.path.join(copy, os.path.relpath(original, source))
+            st = os.lstat(original)
+            os.lchown(twin, st.st_uid + base, st.st_gid + base)
+            if not os.path.islink(twin):
+                os.chmod(twin, st.st_mode & 0o7777)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Any
@@ -48,6 +49,24 @@ def parse_size(value: str | int) -> int:
         raise ValueError(f"invalid size {value!r}: use a number with an optional unit b, k, m, g")
     number, unit = match.groups()
     return int(float(number) * _SIZE_UNITS[unit])
+
+
+def signal_name(value: str | int) -> str:
+    """Normalize ``TERM``, ``SIGTERM``, ``15`` to ``SIGTERM``; refuse unknown signals."""
+    text = str(value).strip().upper()
+    try:
+        number = int(text)
+    except ValueError:
+        name = text if text.startswith("SIG") else "SIG" + text
+        if name not in signal.Signals.__members__:
+            raise ValueError(
+                f"unknown signal {value!r}: use a name like SIGTERM or a number"
+            ) from None
+        return name
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        raise ValueError(f"unknown signal number {number}") from None
 
 
 def check_container_path(path: str, what: str) -> str:
@@ -207,6 +226,8 @@ class ResourceLimits(BaseModel):
     @field_validator("memory_bytes", "memory_swap_bytes", "memory_reservation_bytes", mode="before")
     @classmethod
     def _sizes(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() == "-1":
+            return -1
         return parse_size(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
@@ -218,6 +239,39 @@ class ResourceLimits(BaseModel):
             if swap < memory:
                 raise ValueError("memory_swap must be at least memory (it counts memory + swap)")
         return self
+
+
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+
+
+class RestartPolicy(BaseModel):
+    """What the monitor does when the container exits (Docker's ``--restart``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "no"
+    maximum_retry_count: int = Field(default=0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in RESTART_POLICIES:
+            raise ValueError(f"unknown restart policy {value!r}: use one of {RESTART_POLICIES}")
+        return value
+
+    @model_validator(mode="after")
+    def _count_only_on_failure(self) -> RestartPolicy:
+        if self.maximum_retry_count and self.name != "on-failure":
+            raise ValueError("a maximum retry count goes with on-failure only (on-failure:N)")
+        return self
+
+    @classmethod
+    def parse(cls, spec: str) -> RestartPolicy:
+        """Parse ``no``, ``always``, ``unless-stopped``, ``on-failure[:N]``."""
+        name, _, count = spec.partition(":")
+        if count and not count.isdigit():
+            raise ValueError(f"invalid restart policy {spec!r}: the count must be a number")
+        return cls(name=name, maximum_retry_count=int(count or 0))
 
 
 EnvName = Annotated[str, Field(pattern=r"^[^=\x00]+$")]
@@ -246,7 +300,23 @@ class ContainerConfig(BaseModel):
     ulimits: list[Ulimit] = Field(default_factory=list)
     init: bool = False
     auto_remove: bool = False
+    tty: bool = False
+    restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
+    stop_signal: str = "SIGTERM"
+    stop_timeout: int = Field(default=10, ge=0, le=3600)
+    log_max_size: int | None = Field(default=None, ge=4096)
+    log_max_files: int = Field(default=1, ge=1, le=100)
     resources: ResourceLimits = Field(default_factory=ResourceLimits)
+
+    @field_validator("log_max_size", mode="before")
+    @classmethod
+    def _log_size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _signal(cls, value: str) -> str:
+        return signal_name(value)
 
     @field_validator("image")
     @classmethod
@@ -283,6 +353,8 @@ class ContainerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ContainerConfig:
+        if self.auto_remove and self.restart_policy.name != "no":
+            raise ValueError("--rm and a restart policy exclude each other (as in Docker)")
         targets = [v.target for v in self.volumes] + [t.target for t in self.tmpfs]
         duplicates = sorted({t for t in targets if targets.count(t) > 1})
         if duplicates:
@@ -312,6 +384,7 @@ __all__ = [
     "ContainerImage",
     "IsolationType",
     "ResourceLimits",
+    "RestartPolicy",
     "TmpfsMount",
     "Ulimit",
     "Volume",

@@ -32,6 +32,7 @@ class Settings:
     default_isolation: IsolationType
     userns_uid_base: int
     userns_size: int
+    cgroup_parent: str = "codex32"
 
     @classmethod
     def from_env(cls, storage_dir: str | os.PathLike[str] | None = None) -> Settings:
@@ -59,6 +60,7 @@ class Settings:
                 hint="set CODEX32_USERNS_UID_BASE >= 1 and CODEX32_USERNS_SIZE so the sum < 2^32",
             )
         return cls(
+            cgroup_parent=env.get("CODEX32_CGROUP_PARENT") or "codex32",
             storage_dir=Path(storage).absolute(),
             templates_dir=_find_templates_dir(),
             default_isolation=isolation,

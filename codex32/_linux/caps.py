@@ -3,9 +3,9 @@
 Why not python-prctl here: its capability tables (1.8.1) stop at CAP_BPF (39), so
 ``capbset.limit()`` would leave CAP_CHECKPOINT_RESTORE (40) and anything newer in
 the bounding set. Dropping by number up to /proc/sys/kernel/cap_last_cap cannot
-miss one. python-prctl sets the subreaper flag in the set-up process, which stays on the host.
-no_new_privs goes through the same ctypes prctl: the set-up process must not import
-anything after pivot_root, when the host's site-packages are out of reach.
+miss one. no_new_privs and the subreaper flag go through the same ctypes prctl:
+the monitor runs without site-packages (``python -S``, for start-up time), and
+nothing can be imported after pivot_root.
 """
 
 from __future__ import annotations
@@ -86,6 +86,12 @@ def set_capabilities(keep: list[str]) -> None:
 
 
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper() -> None:
+    """Orphans below us are re-parented to us, not to init (the monitor reaps them)."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def set_no_new_privs() -> None:

@@ -1,0 +1,175 @@
+"""Containers' cgroups as the engine sees them: place, limit, sample, pause, remove.
+
+The drivers (``_cgroups``) know cgroup files; this module knows containers: one
+cgroup per container, named by its id, beneath the engine's cgroup parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from ._cgroups.detect import detect_driver
+from ._cgroups.driver import LIMIT_CONTROLLERS, Cgroup, CgroupDriver, CgroupStats
+from .config import ResourceLimits
+from .errors import CgroupError
+
+log = logging.getLogger("codex32")
+
+_V2_NAMES = {"blkio": "io"}
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    """One sample of a container's usage (``codex32 stats``, ``Container.stats()``)."""
+
+    time: float
+    cpu_usage_ns: int
+    memory_usage_bytes: int
+    memory_limit_bytes: int | None
+    memory_peak_bytes: int | None
+    pids: int
+    pids_limit: int | None
+    block_read_bytes: int
+    block_write_bytes: int
+    net_rx_bytes: int
+    net_tx_bytes: int
+    oom_kills: int
+
+    def cpu_percent(self, earlier: ContainerStats) -> float:
+        """CPU use between two samples, in percent of one core (Docker's CPU %)."""
+        elapsed = self.time - earlier.time
+        if elapsed <= 0:
+            return 0.0
+        return 100.0 * (self.cpu_usage_ns - earlier.cpu_usage_ns) / (elapsed * 1e9)
+
+
+def set_limits(limits: ResourceLimits) -> list[str]:
+    """The ResourceLimits fields that are set (and so must be enforced)."""
+    return [field for field in LIMIT_CONTROLLERS if getattr(limits, field) is not None]
+
+
+class ContainerCgroups:
+    """The engine's cgroup seam (the driver is detected on first use)."""
+
+    def __init__(self, parent: str, driver: CgroupDriver | None = None) -> None:
+        self._parent = parent
+        self._driver = driver
+        self._error: CgroupError | None = None
+
+    def driver(self) -> CgroupDriver | None:
+        """The host's driver, or ``None`` (with the reason in ``unavailable``)."""
+        if self._driver is None and self._error is None:
+            try:
+                self._driver = detect_driver(self._parent)
+            except CgroupError as exc:
+                self._error = exc
+        return self._driver
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why there is no driver, if there is none."""
+        self.driver()
+        return str(self._error) if self._error else None
+
+    def missing_controllers(self, limits: ResourceLimits) -> dict[str, str]:
+        """Each set limit whose controller the host lacks -> that controller."""
+        driver = self.driver()
+        have = driver.controllers() if driver else frozenset()
+        missing = {}
+        for field in set_limits(limits):
+            controller = LIMIT_CONTROLLERS[field]
+            if controller not in have and _V2_NAMES.get(controller) not in have:
+                missing[field] = controller
+        return missing
+
+    def place(self, container_id: str, limits: ResourceLimits, pid: int) -> dict[str, str]:
+        """Create (or re-open) the container's cgroup, apply limits, move ``pid`` in."""
+        driver = self.driver()
+        if driver is None:
+            return {}
+        try:
+            cgroup = driver.open(container_id)
+        except CgroupError:
+            cgroup = driver.create(container_id)
+        try:
+            if set_limits(limits):
+                cgroup.apply(limits)
+            cgroup.add_pid(pid)
+        except BaseException:
+            with contextlib.suppress(CgroupError):
+                cgroup.destroy(kill=True)
+            raise
+        return dict(cgroup.paths)
+
+    def handle(self, container_id: str) -> Cgroup | None:
+        """The container's cgroup, if it has one."""
+        driver = self.driver()
+        if driver is None:
+            return None
+        try:
+            return driver.open(container_id)
+        except CgroupError:
+            return None
+
+    def destroy(self, container_id: str) -> None:
+        """Kill whatever is left in the container's cgroup and remove it."""
+        cgroup = self.handle(container_id)
+        if cgroup is None:
+            return
+        paths = set(cgroup.paths.values())
+        cgroup.destroy(kill=True)
+        remove_empty_parents(paths)
+
+    def stats(self, container_id: str, pid: int | None) -> ContainerStats:
+        """A sample of the container's counters (zeros where the host has no controller)."""
+        cgroup = self.handle(container_id)
+        raw = cgroup.stats() if cgroup is not None else _EMPTY
+        rx, tx = _net_bytes(pid) if pid else (0, 0)
+        return ContainerStats(
+            time=time.time(),
+            cpu_usage_ns=raw.cpu_usage_ns,
+            memory_usage_bytes=raw.memory_usage_bytes,
+            memory_limit_bytes=raw.memory_limit_bytes,
+            memory_peak_bytes=raw.memory_peak_bytes,
+            pids=raw.pids_current,
+            pids_limit=raw.pids_limit,
+            block_read_bytes=raw.blkio_read_bytes,
+            block_write_bytes=raw.blkio_write_bytes,
+            net_rx_bytes=rx,
+            net_tx_bytes=tx,
+            oom_kills=raw.oom_kills,
+        )
+
+
+def remove_empty_parents(paths: set[str]) -> None:
+    """rmdir the engine's parent cgroups once the last container has left them.
+
+    (The kernel refuses while another container's cgroup is still inside.)
+    """
+    for parent in {os.path.dirname(p) for p in paths}:
+        with contextlib.suppress(OSError):
+            os.rmdir(parent)
+
+
+_EMPTY = CgroupStats(0, 0, None, None, None, 0, None, 0, 0, 0)
+
+
+def _net_bytes(pid: int) -> tuple[int, int]:
+    """Received and sent bytes of every interface but lo in PID's network namespace."""
+    rx = tx = 0
+    try:
+        with open(f"/proc/{pid}/net/dev") as f:
+            for line in f.readlines()[2:]:
+                name, _, data = line.partition(":")
+                if name.strip() == "lo":
+                    continue
+                fields = data.split()
+                rx += int(fields[0])
+                tx += int(fields[8])
+    except (OSError, IndexError, ValueError):
+        pass
+    return rx, tx

@@ -1,0 +1,82 @@
+"""What every CLI command shares: the engine, one-line errors, tables."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn, TypeVar
+
+import typer
+
+if TYPE_CHECKING:
+    from codex32 import ContainerEngine
+
+T = TypeVar("T")
+state: dict[str, bool] = {"debug": False}
+
+
+def fail(message: str, code: int = 125) -> NoReturn:
+    """Print one error line and exit with ``code`` (Docker's 125 by default)."""
+    typer.echo(f"codex32: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def guard(action: Callable[[], T]) -> T:
+    """Run ``action``; expected errors become one clear line and an exit code."""
+    from pydantic import ValidationError
+
+    from codex32 import Codex32Error, LaunchError
+
+    try:
+        return action()
+    except LaunchError as exc:
+        if state["debug"]:
+            raise
+        fail(str(exc), exc.exit_code)
+    except Codex32Error as exc:
+        if state["debug"]:
+            raise
+        fail(str(exc))
+    except ValidationError as exc:
+        if state["debug"]:
+            raise
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        fail(f"invalid configuration: {problems}")
+    except (ValueError, TimeoutError) as exc:
+        if state["debug"]:
+            raise
+        fail(str(exc))
+
+
+def engine() -> ContainerEngine:
+    """The engine for this invocation (settings from the environment)."""
+    from codex32 import ContainerEngine
+
+    return guard(ContainerEngine)
+
+
+def table(rows: list[list[str]]) -> None:
+    """Print rows as left-aligned columns (the first row is the header)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def ago(timestamp: float | None) -> str:
+    """``5 minutes ago``."""
+    if timestamp is None:
+        return "-"
+    seconds = int(time.time() - timestamp)
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} seconds ago"
+
+
+def flush_stdout() -> None:
+    """Flush Python's buffer before a child writes to the same descriptor."""
+    sys.stdout.flush()

@@ -1,0 +1,216 @@
+"""``run``, ``create`` and ``plan``: one set of Docker-style options, three actions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ._common import engine, flush_stdout, guard
+
+if TYPE_CHECKING:
+    from codex32 import ContainerConfig
+
+
+class Action(Enum):
+    """What the command does with the config."""
+
+    RUN = "run"
+    CREATE = "create"
+    PLAN = "plan"
+
+
+def parse_env(pairs: list[str], env_files: list[str]) -> dict[str, str]:
+    """Docker's ``-e NAME=VALUE``, ``-e NAME`` (from the caller's environment), --env-file."""
+    env: dict[str, str] = {}
+    lines: list[str] = []
+    for path in env_files:
+        try:
+            with open(path) as f:
+                lines += [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+        except OSError as exc:
+            raise ValueError(f"cannot read --env-file {path}: {exc.strerror}") from None
+    for item in [*lines, *pairs]:
+        name, sep, value = item.partition("=")
+        if sep:
+            env[name] = value
+        elif name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def container_command(action: Action) -> Callable[..., None]:
+    """The command function for ``action`` (typer reads its signature)."""
+
+    def command(
+        image: Annotated[
+            str | None,
+            typer.Argument(help="Rootfs template (see `codex32 images`) or a bot's .py file."),
+        ] = None,
+        args: Annotated[
+            list[str] | None, typer.Argument(help="Command and arguments.", show_default=False)
+        ] = None,
+        image_option: Annotated[
+            str | None, typer.Option("--image", help="Same as the IMAGE argument.")
+        ] = None,
+        detach: Annotated[
+            bool, typer.Option("-d", "--detach", help="Run in the background; print the id.")
+        ] = False,
+        rm: Annotated[
+            bool, typer.Option("--rm", help="Remove the container when it exits.")
+        ] = False,
+        interactive: Annotated[
+            bool, typer.Option("-i", "--interactive", help="Keep stdin attached.")
+        ] = False,
+        tty: Annotated[bool, typer.Option("-t", "--tty", help="Allocate a terminal.")] = False,
+        name: Annotated[str | None, typer.Option("--name", help="Container name.")] = None,
+        env: Annotated[list[str] | None, typer.Option("-e", "--env", help="NAME=VALUE")] = None,
+        env_file: Annotated[list[str] | None, typer.Option("--env-file")] = None,
+        volume: Annotated[
+            list[str] | None, typer.Option("-v", "--volume", help="SOURCE:TARGET[:ro]")
+        ] = None,
+        tmpfs: Annotated[
+            list[str] | None, typer.Option("--tmpfs", help="TARGET[:size=64m,mode=1777]")
+        ] = None,
+        workdir: Annotated[str | None, typer.Option("-w", "--workdir")] = None,
+        user: Annotated[str | None, typer.Option("-u", "--user", help="user[:group]")] = None,
+        hostname: Annotated[str | None, typer.Option("-h", "--hostname")] = None,
+        read_only: Annotated[bool, typer.Option("--read-only")] = False,
+        init: Annotated[bool, typer.Option("--init", help="Run a reaper (tini) as PID 1.")] = False,
+        isolation: Annotated[
+            str | None, typer.Option("--isolation", help="minimal, standard or strict")
+        ] = None,
+        cap_add: Annotated[list[str] | None, typer.Option("--cap-add")] = None,
+        cap_drop: Annotated[list[str] | None, typer.Option("--cap-drop")] = None,
+        ulimit: Annotated[
+            list[str] | None, typer.Option("--ulimit", help="NAME=SOFT[:HARD]")
+        ] = None,
+        restart: Annotated[
+            str, typer.Option("--restart", help="no, on-failure[:N], always, unless-stopped")
+        ] = "no",
+        stop_signal: Annotated[str, typer.Option("--stop-signal")] = "SIGTERM",
+        stop_timeout: Annotated[int, typer.Option("--stop-timeout")] = 10,
+        log_max_size: Annotated[
+            str | None, typer.Option("--log-max-size", help="Rotate the log at this size.")
+        ] = None,
+        log_max_files: Annotated[
+            int, typer.Option("--log-max-files", help="Log files kept with rotation.")
+        ] = 1,
+        cpus: Annotated[float | None, typer.Option("--cpus", help="CPU quota in cores.")] = None,
+        cpu_shares: Annotated[int | None, typer.Option("--cpu-shares")] = None,
+        cpuset_cpus: Annotated[str | None, typer.Option("--cpuset-cpus", help="e.g. 0-1")] = None,
+        memory: Annotated[str | None, typer.Option("-m", "--memory", help="e.g. 256m")] = None,
+        memory_swap: Annotated[
+            str | None, typer.Option("--memory-swap", help="memory + swap; -1: unlimited")
+        ] = None,
+        memory_reservation: Annotated[str | None, typer.Option("--memory-reservation")] = None,
+        pids_limit: Annotated[int | None, typer.Option("--pids-limit")] = None,
+        blkio_weight: Annotated[int | None, typer.Option("--blkio-weight")] = None,
+    ) -> None:
+        chosen = image_option or image
+
+        def build() -> ContainerConfig:
+            from codex32 import (
+                ContainerConfig,
+                IsolationType,
+                ResourceLimits,
+                RestartPolicy,
+                TmpfsMount,
+                Ulimit,
+                Volume,
+            )
+            from codex32.settings import Settings
+
+            if not chosen:
+                raise ValueError("name an image: a template (codex32 images) or a .py file")
+            command_args = list(args or [])
+            if command_args[:1] == ["--"]:
+                command_args = command_args[1:]
+            level = isolation or Settings.from_env().default_isolation.value
+            return ContainerConfig(
+                name=name,
+                image=os.path.abspath(chosen) if chosen.endswith(".py") else chosen,
+                command=command_args,
+                env=parse_env(env or [], env_file or []),
+                working_dir=workdir,
+                user=user,
+                hostname=hostname,
+                isolation=IsolationType(level.lower()),
+                volumes=[Volume.parse(v) for v in volume or []],
+                tmpfs=[TmpfsMount.parse(t) for t in tmpfs or []],
+                read_only=read_only,
+                cap_add=cap_add or [],
+                cap_drop=cap_drop or [],
+                ulimits=[Ulimit.parse(u) for u in ulimit or []],
+                init=init,
+                auto_remove=rm,
+                tty=tty,
+                restart_policy=RestartPolicy.parse(restart),
+                stop_signal=stop_signal,
+                stop_timeout=stop_timeout,
+                log_max_size=log_max_size,
+                log_max_files=log_max_files,
+                resources=ResourceLimits(
+                    cpus=cpus,
+                    cpu_shares=cpu_shares,
+                    cpuset_cpus=cpuset_cpus,
+                    memory_bytes=memory,
+                    memory_swap_bytes=memory_swap,
+                    memory_reservation_bytes=memory_reservation,
+                    pids_limit=pids_limit,
+                    blkio_weight=blkio_weight,
+                ),
+            )
+
+        config = guard(build)
+        eng = engine()
+        if action is Action.PLAN:
+            typer.echo(guard(lambda: eng.plan(config)).describe())
+            return
+        if action is Action.CREATE:
+            typer.echo(guard(lambda: eng.containers.create(config)).id)
+            return
+        if detach:
+            typer.echo(guard(lambda: eng.containers.run_detached(config)).id)
+            return
+        flush_stdout()
+        with _raw_terminal(tty and interactive):
+            result = guard(
+                lambda: eng.containers.run(
+                    config,
+                    stdin=sys.stdin.fileno() if interactive else None,
+                    stdout=sys.stdout.fileno(),
+                    stderr=sys.stderr.fileno(),
+                    forward_signals=True,
+                )
+            )
+        raise typer.Exit(result.exit_code)
+
+    command.__doc__ = {
+        Action.RUN: "Run a command in a new container.",
+        Action.CREATE: "Create a container (start it with `codex32 start`).",
+        Action.PLAN: "Print the set-up plan a container would run (nothing is created).",
+    }[action]
+    return command
+
+
+@contextlib.contextmanager
+def _raw_terminal(enabled: bool) -> Iterator[None]:
+    """Put the caller's terminal in raw mode for ``-it``, and restore it after."""
+    if not (enabled and sys.stdin.isatty()):
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(sys.stdin.fileno())
+    tty.setraw(sys.stdin.fileno())
+    try:
+        yield
+    finally:
+        termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)

@@ -1,0 +1,248 @@
+"""Read-only commands: ps, inspect, logs, events, images, build."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ._common import ago, engine, guard, table
+
+if TYPE_CHECKING:
+    from codex32 import Container
+
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def list_containers(
+    all_: Annotated[bool, typer.Option("-a", "--all", help="Show stopped ones too.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only ids.")] = False,
+    json_output: Json = False,
+) -> None:
+    """List containers."""
+    found = guard(partial(engine().containers.list, all=all_))
+    if quiet:
+        for c in found:
+            typer.echo(c.short_id)
+        return
+    if json_output:
+        typer.echo(json.dumps([c.record.to_dict() for c in found], indent=2))
+        return
+    rows = [["CONTAINER ID", "IMAGE", "CREATED", "STATUS", "NAME"]]
+    for c in found:
+        rows.append([c.short_id, c.record.image, ago(c.record.created_at), _status(c), c.name])
+    table(rows)
+
+
+def _status(container: Container) -> str:
+    r = container.record
+    if r.status.value == "running":
+        return f"Up {ago(r.started_at).removesuffix(' ago')}"
+    if r.status.value == "exited":
+        return f"Exited ({r.exit_code}) {ago(r.finished_at)}"
+    return r.status.value.capitalize()
+
+
+def inspect(
+    containers: Annotated[list[str], typer.Argument(help="Container names or ids.")],
+) -> None:
+    """Print containers' full records (state, config, paths) as JSON."""
+    eng = engine()
+    out: list[dict[str, Any]] = []
+    for ref in containers:
+        c = guard(partial(eng.containers.get, ref))
+        out.append({"State": c.record.to_dict(), "Config": c.config.model_dump(mode="json")})
+    typer.echo(json.dumps(out, indent=2))
+
+
+def logs(
+    container: Annotated[str, typer.Argument(help="Container name or id.")],
+    follow: Annotated[bool, typer.Option("-f", "--follow")] = False,
+    tail: Annotated[str, typer.Option("-n", "--tail", help="Lines from the end, or all.")] = "all",
+    since: Annotated[
+        str | None, typer.Option("--since", help="Timestamp or relative (10m).")
+    ] = None,
+    timestamps: Annotated[bool, typer.Option("-t", "--timestamps")] = False,
+) -> None:
+    """Print a container's output (stdout to stdout, stderr to stderr)."""
+    from codex32._logs import parse_since
+
+    c = guard(partial(engine().containers.get, container))
+    if tail != "all" and not tail.isdigit():
+        guard(partial(_raise, ValueError(f"--tail takes a number or 'all', not {tail!r}")))
+    lines = None if tail == "all" else int(tail)
+    start = guard(partial(parse_since, since, time.time())) if since else None
+    if follow:
+        follow_output(c, timestamps=timestamps, tail=lines, since=start)
+        return
+    from codex32._logs import format_entry, read_logs
+
+    path = c._engine._log_path(c.id)
+    for entry in read_logs(path, tail=lines, since=start, until=None,
+                           streams={"stdout", "stderr"}):  # fmt: skip
+        stream = sys.stderr if entry.stream == "stderr" else sys.stdout
+        stream.write(format_entry(entry, timestamps))
+    sys.stdout.flush()
+
+
+def _raise(exc: Exception) -> None:
+    raise exc
+
+
+def follow_output(
+    container: Container, *, timestamps: bool, tail: int | None, since: float | None
+) -> None:
+    """Print the log as it grows until the container stops (survives rotation)."""
+    from codex32._logs import follow_logs, format_entry
+
+    last_check = [0.0]
+
+    def stopped() -> bool:
+        now = time.monotonic()
+        if now - last_check[0] < 0.2:
+            return False
+        last_check[0] = now
+        container.reload()
+        return container.status not in ("running", "restarting", "paused")
+
+    path = container._engine._log_path(container.id)
+    for entry in follow_logs(path, since=since, tail=tail, streams={"stdout", "stderr"},
+                             stop=stopped):  # fmt: skip
+        stream = sys.stderr if entry.stream == "stderr" else sys.stdout
+        stream.write(format_entry(entry, timestamps))
+        stream.flush()
+
+
+def events(
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new ones.")] = False,
+    since: Annotated[str | None, typer.Option("--since")] = None,
+    until: Annotated[str | None, typer.Option("--until")] = None,
+    filter_: Annotated[
+        list[str] | None, typer.Option("--filter", help="container=NAME, event=die, type=...")
+    ] = None,
+    json_output: Json = False,
+) -> None:
+    """Print engine events (create, start, die, stop, kill, destroy, ...)."""
+    from codex32._events import follow_events, parse_filters, read_events
+    from codex32._logs import parse_since
+
+    eng = engine()
+    filters = guard(partial(parse_filters, filter_ or []))
+    now = time.time()
+    start = guard(partial(parse_since, since, now)) if since else None
+    end = guard(partial(parse_since, until, now)) if until else None
+    path = eng.settings.storage_dir / "events.jsonl"
+    if follow:
+        stream = follow_events(path, since=start, filters=filters, stop=lambda: False)
+    else:
+        stream = read_events(path, since=start, until=end, filters=filters)
+    for event in stream:
+        if json_output:
+            typer.echo(event.to_json())
+        else:
+            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(event.time))
+            attrs = ", ".join(f"{k}={v}" for k, v in sorted(event.attributes.items()))
+            typer.echo(
+                f"{when} {event.type} {event.action} {event.id[:12]} (name={event.name}"
+                + (f", {attrs}" if attrs else "")
+                + ")"
+            )
+
+
+def images(json_output: Json = False) -> None:
+    """List the rootfs templates."""
+    found = guard(engine().images.list)
+    if json_output:
+        typer.echo(json.dumps([i.model_dump() for i in found], indent=2))
+        return
+    rows = [["TEMPLATE", "BUILT", "DESCRIPTION"]]
+    rows += [[i.name, "yes" if i.built else "no", i.description] for i in found]
+    table(rows)
+
+
+def build(name: Annotated[str, typer.Argument(help="Template to (re)build.")]) -> None:
+    """Build a rootfs template from its recipe in rootfs-templates/."""
+    guard(partial(engine().images.build, name))
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "unlimited"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n}B" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(n)
+
+
+def stats(
+    containers: Annotated[
+        list[str] | None, typer.Argument(help="Names or ids (default: all running).")
+    ] = None,
+    no_stream: Annotated[bool, typer.Option("--no-stream", help="One sample, then exit.")] = False,
+    json_output: Json = False,
+) -> None:
+    """Live CPU, memory, pids, block I/O and network use of containers."""
+    eng = engine()
+    if containers:
+        targets = [guard(partial(eng.containers.get, ref)) for ref in containers]
+    else:
+        targets = guard(eng.containers.list)
+    previous = {c.id: guard(c.stats) for c in targets}
+    while True:
+        time.sleep(1.0)
+        rows = [["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM PEAK", "PIDS",
+                 "BLOCK I/O", "NET I/O"]]  # fmt: skip
+        records = []
+        for c in targets:
+            now = guard(c.stats)
+            cpu = now.cpu_percent(previous[c.id])
+            previous[c.id] = now
+            records.append({"id": c.id, "name": c.name, "cpu_percent": round(cpu, 2),
+                            **now.__dict__})  # fmt: skip
+            rows.append([
+                c.short_id, c.name, f"{cpu:.2f}%",
+                f"{_size(now.memory_usage_bytes)} / {_size(now.memory_limit_bytes)}",
+                _size(now.memory_peak_bytes) if now.memory_peak_bytes is not None else "-",
+                str(now.pids), f"{_size(now.block_read_bytes)} / {_size(now.block_write_bytes)}",
+                f"{_size(now.net_rx_bytes)} / {_size(now.net_tx_bytes)}",
+            ])  # fmt: skip
+        if json_output:
+            typer.echo(json.dumps(records, indent=2))
+        else:
+            if not no_stream:
+                typer.echo("\x1b[2J\x1b[H", nl=False)
+            table(rows)
+        if no_stream:
+            return
+
+
+def top(container: Annotated[str, typer.Argument(help="Container name or id.")]) -> None:
+    """The container's processes (host pids), as ``docker top``."""
+    c = guard(partial(engine().containers.get, container))
+    rows = [["PID", "PPID", "USER", "RSS", "COMMAND"]]
+    for p in guard(c.top):
+        rows.append([str(p["pid"]), str(p["ppid"]), str(p["user"]),
+                     _size(int(str(p["rss_bytes"]))), str(p["command"])])  # fmt: skip
+    table(rows)
+
+
+def doctor() -> None:
+    """What this host offers: cgroup driver and controllers, namespaces, storage."""
+    from codex32._cgroups.detect import host_info
+
+    eng = engine()
+    typer.echo(host_info().describe())
+    driver = eng._cgroups.driver()
+    if driver is not None:
+        typer.echo(f"controllers usable for containers: {', '.join(sorted(driver.controllers()))}")
+    else:
+        typer.echo(f"no cgroup driver: {eng._cgroups.unavailable}")
+    typer.echo(f"storage: {eng.settings.storage_dir}")
+    typer.echo(f"templates: {eng.settings.templates_dir}")
+    typer.echo(f"default isolation: {eng.settings.default_isolation.value}")
