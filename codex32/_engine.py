@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from ._events import Event, EventHooks, EventWatcher, follow_events, read_events
-from ._launch import MONITOR_ENV, ExitStatus, FileArg, Launch, run_exec
+from ._launch import MONITOR_ENV, ExitStatus, FileArg, ForkServer, Launch, run_exec
 from ._logs import LogEntry
 from ._plan import ContainerPaths, Plan, Step, build_plan
 from ._profiles import Profile, resolve_profile
@@ -121,7 +121,8 @@ class Container:
     @property
     def config(self) -> ContainerConfig:
         """What the container was created from."""
-        return ContainerConfig.model_validate(self._engine._store.load_config(self.id))
+        stored = self._engine._store.load_config(self.id)
+        return ContainerConfig.model_validate(stored, context={"stored": True})
 
     def reload(self) -> None:
         """Re-read the state, checked against the kernel."""
@@ -336,9 +337,17 @@ class ContainerEngine:
     """The engine: containers and images under one storage directory."""
 
     def __init__(
-        self, storage_dir: str | os.PathLike[str] | None = None, settings: Settings | None = None
+        self,
+        storage_dir: str | os.PathLike[str] | None = None,
+        settings: Settings | None = None,
+        *,
+        fork_server: bool = True,
     ) -> None:
+        """``fork_server``: start containers' monitors from a warm launcher process
+        (fast starts for long-lived engines); the CLI, which starts one container per
+        process, turns it off."""
         self.settings = settings or Settings.from_env(storage_dir)
+        self._fork_server = ForkServer() if fork_server else None
         self._store = StateStore(self.settings.storage_dir)
         self._templates = TemplateStore(self.settings.templates_dir, self.settings.storage_dir)
         self._cgroups = ContainerCgroups(self.settings.cgroup_parent)
@@ -389,12 +398,20 @@ class ContainerEngine:
                                  stop=lambda: False)  # fmt: skip
         return read_events(self._events_path, since=since, until=until, filters=filters)
 
+    def __enter__(self) -> ContainerEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Stop the event-hook thread, if one runs. Containers keep running."""
+        """Stop the event-hook thread and the launcher, if any. Containers keep running."""
         with self._watch_lock:
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher = None
+        if self._fork_server is not None:
+            self._fork_server.close()
 
     # -- compile -------------------------------------------------------------
 
@@ -584,7 +601,7 @@ class ContainerEngine:
         config = container.config
         plan = Plan.from_json((directory / "plan.json").read_text())
         monitor = self._monitor_config(container, config, attach, config.tty)
-        launch = Launch(plan, container.name, monitor)
+        launch = Launch(plan, container.name, monitor, self._fork_server)
 
         def place(pid: int) -> None:
             paths = self._cgroups.place(container.id, config.resources, pid)

@@ -7,11 +7,14 @@ container runs yet, then waits for ``started`` or a typed error.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import IO
@@ -38,13 +41,124 @@ class ExitStatus:
     signal: int
 
 
+class ForkServer:
+    """The engine's handle on ``_forkserver``: started on first use, one per engine.
+
+    Thread-safe: one ``sendmsg`` per request under a lock. ``spawn`` declines (and
+    the caller starts a fresh interpreter instead) when the calling thread is in
+    other namespaces than the server, e.g. a test that entered its own network
+    namespace after the server started.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._control: socket.socket | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._namespaces: tuple[int, int] = (0, 0)
+
+    @staticmethod
+    def _current_namespaces() -> tuple[int, int]:
+        return (
+            os.stat("/proc/thread-self/ns/net").st_ino,
+            os.stat("/proc/thread-self/ns/mnt").st_ino,
+        )
+
+    def _ensure(self) -> socket.socket:
+        if self._control is not None and self._process and self._process.poll() is None:
+            return self._control
+        self._stop()
+        ours, theirs = _sync.socket_pair()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-S", "-m", "codex32._forkserver", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                env=MONITOR_ENV,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self._control = ours
+        self._namespaces = self._current_namespaces()
+        return ours
+
+    def spawn(self, sync_fd: int, stdin: FileArg, stdout: FileArg, stderr: FileArg) -> bool:
+        """Have the server fork a monitor on ``sync_fd``; False if it cannot serve us."""
+        with self._lock:
+            control = self._ensure()
+            if self._current_namespaces() != self._namespaces:
+                return False
+            with _Descriptors((stdin, stdout, stderr)) as stdio:
+                fds = array.array("i", [sync_fd, *stdio])
+                control.sendmsg([b"spawn"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            return True
+
+    def close(self) -> None:
+        """Hang up; the server exits (running containers are not affected)."""
+        with self._lock:
+            self._stop()
+
+    def __del__(self) -> None:
+        # An engine dropped without close(): hang up quietly; the server then exits.
+        if self._control is not None:
+            self._control.close()
+
+    def _stop(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+
+class _Descriptors:
+    """Turn ``FileArg`` values into raw descriptors for SCM_RIGHTS (None: ours)."""
+
+    def __init__(self, args: tuple[FileArg, FileArg, FileArg]) -> None:
+        self._args = args
+        self._opened: list[int] = []
+
+    def __enter__(self) -> list[int]:
+        fds = []
+        for default, arg in zip((0, 1, 2), self._args, strict=True):
+            if arg is None:
+                fds.append(default)
+            elif arg == subprocess.DEVNULL:
+                fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                self._opened.append(fd)
+                fds.append(fd)
+            elif isinstance(arg, int):
+                fds.append(arg)
+            else:
+                fds.append(arg.fileno())
+        return fds
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._opened:
+            os.close(fd)
+
+
 class Launch:
     """One container start: the set-up process and its sync socket."""
 
-    def __init__(self, plan: Plan, container: str, monitor: dict[str, object]) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        container: str,
+        monitor: dict[str, object],
+        fork_server: ForkServer | None = None,
+    ) -> None:
         self.plan = plan
         self.container = container
         self.monitor = monitor
+        self.fork_server = fork_server
         self.pid: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._sock, self._child_sock = _sync.socket_pair()
@@ -60,23 +174,26 @@ class Launch:
         """Run the plan up to the container's exec; return PID 1's host pid."""
         fd = self._child_sock.fileno()
         try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-S", "-m", "codex32._monitor", str(fd)],
-                pass_fds=(fd,),
-                env=MONITOR_ENV,
-                stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,
-            )
+            stdin = stdin if stdin is not None else subprocess.DEVNULL
+            if self.fork_server is None or not self.fork_server.spawn(fd, stdin, stdout, stderr):
+                self._process = subprocess.Popen(
+                    [sys.executable, "-S", "-m", "codex32._monitor", str(fd)],
+                    pass_fds=(fd,),
+                    env=MONITOR_ENV,
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
         finally:
             self._child_sock.close()
         try:
             message = {"type": "plan", "plan": asdict(self.plan), "monitor": self.monitor}
             _sync.send(self._sock, message)
             created = self._expect("created")
-            # The monitor has daemonized by now; its first process has exited.
-            self._process.wait()
+            if self._process is not None:
+                # The monitor has daemonized by now; its first process has exited.
+                self._process.wait()
             self.pid = int(created["pid"])
             if on_created is not None:
                 try:

@@ -29,7 +29,7 @@ from . import _sync
 from ._cgroups.oom import oom_kill_count
 from ._events import Event, append_event
 from ._init import stage2
-from ._linux.caps import set_child_subreaper
+from ._linux.caps import set_child_subreaper, set_process_name
 from ._logs import LogWriter
 from ._state import (
     ContainerRecord,
@@ -422,17 +422,17 @@ def _daemonize() -> None:
         os._exit(0)
 
 
-def main() -> int:
-    """Entry point of ``python -m codex32._init FD`` (see ``_sync`` for the protocol)."""
+def serve(engine: socket.socket) -> int:
+    """Receive the plan on ``engine``, daemonize, start and supervise the container."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    engine = socket.socket(fileno=int(sys.argv[1]))
     first = _sync.receive(engine)
     if not first or first.get("type") != "plan":
         return 125
     config = MonitorConfig.from_message(first["monitor"])
     _daemonize()
     set_child_subreaper()
+    set_process_name(f"c32mon-{config.container_id[:8]}")
     monitor = Monitor(first["plan"], config, engine)
     try:
         if not monitor.start():
@@ -442,6 +442,11 @@ def main() -> int:
         return 125
     monitor.finish(monitor.supervise())
     return 0
+
+
+def main() -> int:
+    """Entry point of ``python -S -m codex32._monitor FD`` (see ``_sync``)."""
+    return serve(socket.socket(fileno=int(sys.argv[1])))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ STRICT    + user, time                        read-only root, tmpfs /tmp   no ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ._caps import ALL_CAPABILITIES, DOCKER_DEFAULT_CAPABILITIES, HOST_DANGEROUS_CAPABILITIES
+from ._netconfig import HOST, resolve_network
 from .config import ContainerConfig, IsolationType
 
 # Docker's masked and read-only paths (moby oci/defaults.go).
@@ -96,7 +97,24 @@ def _capabilities(base: frozenset[str], config: ContainerConfig) -> frozenset[st
 def resolve_profile(
     config: ContainerConfig, *, userns_uid_base: int = 100000, userns_size: int = 65536
 ) -> Profile:
-    """Map an isolation level plus the config onto namespaces, privileges and mounts."""
+    """Map an isolation level plus the config onto namespaces, privileges and mounts.
+
+    ``profile.network`` is the network the container joins (``host``, ``none`` or a
+    network name, see ``_netconfig``): a net namespace of its own unless ``host``,
+    whatever the level's default, so ``--network`` may widen or narrow it.
+    """
+    profile = _level_profile(config, userns_uid_base, userns_size)
+    network = resolve_network(config.network, config.isolation.value)
+    namespaces = tuple(n for n in profile.namespaces if n != "net")
+    if network != HOST:
+        # before "cgroup": the plan unshares the cgroup namespace last, after placing
+        at = namespaces.index("cgroup") if "cgroup" in namespaces else len(namespaces)
+        namespaces = (*namespaces[:at], "net", *namespaces[at:])
+    return replace(profile, namespaces=namespaces, network=network)
+
+
+def _level_profile(config: ContainerConfig, userns_uid_base: int, userns_size: int) -> Profile:
+    """The isolation level's table row (its default network included)."""
     level = config.isolation
     if level is IsolationType.MINIMAL:
         return Profile(
@@ -108,7 +126,9 @@ def resolve_profile(
             no_new_privs=False,
             seccomp=False,
             masked_paths=(),
-            readonly_paths=(),
+            # Not in the guide's table, but host root with CAP_SYS_ADMIN must not
+            # rewrite the host's sysctls through a writable /proc/sys by accident.
+            readonly_paths=READONLY_PATHS,
             read_only_root=config.read_only,
             tmpfs_tmp=False,
             network="host",

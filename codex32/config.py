@@ -13,9 +13,23 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ._caps import ALL_CAPABILITIES, normalize_capability
+from ._netconfig import (
+    PortMapping,
+    check_network_options,
+    normalize_network,
+    parse_rate,
+    resolve_network,
+)
 
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
 NAME_MAX = 128
@@ -92,9 +106,11 @@ class Volume(BaseModel):
 
     @field_validator("source")
     @classmethod
-    def _source_exists(cls, value: str) -> str:
+    def _source_exists(cls, value: str, info: ValidationInfo) -> str:
         if not value.startswith("/"):
             raise ValueError(f"volume source {value!r} must be an absolute host path")
+        if info.context and info.context.get("stored"):
+            return value  # checked at create; at start the set-up process checks again
         if not os.path.exists(value):
             raise ValueError(
                 f"volume source {value!r} does not exist: create it first, or fix the path"
@@ -307,6 +323,21 @@ class ContainerConfig(BaseModel):
     log_max_size: int | None = Field(default=None, ge=4096)
     log_max_files: int = Field(default=1, ge=1, le=100)
     resources: ResourceLimits = Field(default_factory=ResourceLimits)
+    # None: the isolation level's default (see _netconfig); rates in bit/s.
+    network: str | None = None
+    ports: list[PortMapping] = Field(default_factory=list)
+    network_egress_rate: int | None = None
+    network_ingress_rate: int | None = None
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_network(value)
+
+    @field_validator("network_egress_rate", "network_ingress_rate", mode="before")
+    @classmethod
+    def _rate(cls, value: Any) -> Any:
+        return value if value is None else parse_rate(value)
 
     @field_validator("log_max_size", mode="before")
     @classmethod
@@ -353,6 +384,15 @@ class ContainerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ContainerConfig:
+        check_network_options(
+            resolve_network(self.network, self.isolation.value),
+            self.ports, self.network_egress_rate, self.network_ingress_rate,
+        )  # fmt: skip
+        if self.hostname and self.isolation is IsolationType.MINIMAL:
+            raise ValueError(
+                "a hostname needs a UTS namespace of its own, and MINIMAL shares the host's "
+                "(as docker run --uts=host refuses -h): use STANDARD or drop the hostname"
+            )
         if self.auto_remove and self.restart_policy.name != "no":
             raise ValueError("--rm and a restart policy exclude each other (as in Docker)")
         targets = [v.target for v in self.volumes] + [t.target for t in self.tmpfs]
@@ -383,6 +423,7 @@ __all__ = [
     "ContainerConfig",
     "ContainerImage",
     "IsolationType",
+    "PortMapping",
     "ResourceLimits",
     "RestartPolicy",
     "TmpfsMount",

@@ -38,18 +38,19 @@ def _codex32_mounts() -> list[str]:
 
 
 def _setup_processes() -> list[str]:
-    """Set-up processes (``codex32._init``) that are still alive and descend from us."""
+    """Monitors, fork servers and set-up processes of codex32 that are still alive."""
     out = subprocess.run(
-        ["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
+        ["ps", "-eo", "pid=,comm=,args="], capture_output=True, text=True, check=True
     ).stdout
-    return [line.strip() for line in out.splitlines() if "codex32._init" in line]
+    marks = ("c32mon-", "codex32-forksrv", "codex32._monitor", "codex32._forkserver")
+    return [line.strip() for line in out.splitlines() if any(m in line for m in marks)]
 
 
 def _cgroups() -> list[str]:
     found = []
-    for controller in Path("/sys/fs/cgroup").iterdir():
-        if controller.is_dir():
-            found += [str(p) for p in controller.rglob("*codex32*") if p.is_dir()]
+    for top, dirs, _files in os.walk("/sys/fs/cgroup", onerror=lambda _e: None):
+        # Directories may vanish while we walk (other cgroups being removed).
+        found += [os.path.join(top, d) for d in dirs if "codex32" in d]
     return found
 
 
@@ -89,9 +90,11 @@ def storage_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def engine(storage_dir: Path) -> ContainerEngine:
+def engine(storage_dir: Path) -> Iterator[ContainerEngine]:
     """An engine on the session's storage directory (templates built once)."""
     if not IS_ROOT:
         pytest.skip("needs root: namespaces, mounts and cgroups (run as root)")
     settings = Settings.from_env(storage_dir)
-    return ContainerEngine(settings=settings)
+    eng = ContainerEngine(settings=settings)
+    yield eng
+    eng.close()

@@ -56,7 +56,7 @@ def engine() -> ContainerEngine:
     """The engine for this invocation (settings from the environment)."""
     from codex32 import ContainerEngine
 
-    return guard(ContainerEngine)
+    return guard(lambda: ContainerEngine(fork_server=False))
 
 
 def table(rows: list[list[str]]) -> None:

@@ -75,6 +75,7 @@ def test_restrictions_per_level() -> None:
     assert "no_new_privs" not in minimal
     assert "mask" not in minimal
     assert "hostname" not in minimal  # the host's UTS namespace must not be touched
+    assert "readonly_paths" in minimal  # /proc/sys is the host's sysctls
     standard = ops(plan_for(isolation="standard"))
     for op in ("seccomp", "no_new_privs", "mask", "readonly_paths", "hostname", "loopback_up"):
         assert op in standard

@@ -1,0 +1,88 @@
+"""A warm, single-threaded launcher: forks one monitor per container (a zygote).
+
+A fresh interpreter per container costs tens of milliseconds of start-up and
+imports on these machines; forking a process that has already imported the
+monitor costs about one. The engine may be threaded (the host service), so it
+never forks itself: it starts this server once with ``subprocess`` and sends it,
+per container, the container's sync socket and stdio over a control socket
+(SCM_RIGHTS). Monitors forked from here also share its pages, which keeps their
+unique memory small. The server exits when the engine hangs up.
+
+Control message (one datagram): ``b"spawn"`` with four descriptors attached:
+the sync socket, stdin, stdout, stderr.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import signal
+import socket
+import sys
+
+from . import _monitor
+from ._linux.caps import set_process_name
+
+_FDS = 4
+
+
+def _receive(control: socket.socket) -> list[int] | None:
+    fds = array.array("i")
+    message, ancillary, _flags, _addr = control.recvmsg(64, socket.CMSG_SPACE(_FDS * fds.itemsize))
+    if not message:
+        return None
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return list(fds)
+
+
+def _child(control: socket.socket, fds: list[int]) -> None:
+    sync_fd, stdin, stdout, stderr = fds
+    control.close()
+    for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+        os.dup2(fd, target)
+    for fd in (stdin, stdout, stderr):
+        if fd > 2:
+            os.close(fd)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    code = _monitor.serve(socket.socket(fileno=sync_fd))
+    os._exit(code)
+
+
+def main() -> int:
+    """``python -S -m codex32._forkserver FD``: serve spawn requests until EOF."""
+    control = socket.socket(fileno=int(sys.argv[1]))
+    set_process_name("codex32-forksrv")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Monitors daemonize at once (their first process exits): reap those here.
+    signal.signal(signal.SIGCHLD, lambda *_: _reap())
+    while True:
+        try:
+            fds = _receive(control)
+        except InterruptedError:
+            continue
+        if fds is None:
+            return 0
+        if len(fds) != _FDS:
+            for fd in fds:
+                os.close(fd)
+            continue
+        if os.fork() == 0:
+            _child(control, fds)
+        for fd in fds:
+            os.close(fd)
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

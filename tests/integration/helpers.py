@@ -1,0 +1,276 @@
+"""Shared helpers of the runtime integration tests (real containers, real kernel).
+
+Each test starts containers from the session's engine (``tests/conftest.py``) and
+reads what the kernel says from inside them. The helpers here build the usual
+``sh -c`` configs, parse what the container printed, and take snapshots of
+everything a container could leave behind (its directory, its name, a host mount,
+a set-up process) so that a test can check that a failure left nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from codex32 import ContainerConfig, ContainerEngine, IsolationType
+
+BUSYBOX = "busybox"
+PYTHON = "python"
+LEVELS = (IsolationType.MINIMAL, IsolationType.STANDARD, IsolationType.STRICT)
+NAMESPACES = ("pid", "mnt", "uts", "ipc", "net", "cgroup", "user", "time")
+EROFS_TEXT = "Read-only file system"
+
+
+def sh(
+    script: str,
+    *,
+    isolation: IsolationType = IsolationType.STANDARD,
+    image: str = BUSYBOX,
+    **options: Any,
+) -> ContainerConfig:
+    """A self-removing container that runs ``sh -c SCRIPT``."""
+    return ContainerConfig(
+        image=image,
+        command=["sh", "-c", script],
+        isolation=isolation,
+        auto_remove=True,
+        **options,
+    )
+
+
+def output_of(engine: ContainerEngine, config: ContainerConfig) -> str:
+    """Run ``config``; it must exit 0; return what it printed on stdout."""
+    result = engine.containers.run(config)
+    assert result.exit_code == 0, (
+        f"container exited {result.exit_code}\n"
+        f"stdout: {result.output.decode(errors='replace')}\n"
+        f"stderr: {result.error_output.decode(errors='replace')}"
+    )
+    return result.output.decode()
+
+
+def facts(text: str) -> dict[str, str]:
+    """``key=value`` lines (the first ``=`` splits) as a dict; other lines are ignored."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key and " " not in key:
+            found[key] = value
+    return found
+
+
+def status_fields(text: str) -> dict[str, str]:
+    """``Name:\\tvalue`` lines of /proc/PID/status."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/PID/mountinfo, the fields the tests look at."""
+
+    mount_point: str
+    options: frozenset[str]
+    fstype: str
+    source: str
+
+
+def mountinfo(text: str) -> dict[str, MountEntry]:
+    """Mount point -> the topmost mount there (later lines win, as the kernel stacks)."""
+    entries: dict[str, MountEntry] = {}
+    for line in text.splitlines():
+        if " - " not in line:
+            continue
+        head, _, tail = line.partition(" - ")
+        fields = head.split()
+        if len(fields) < 6:
+            continue
+        point = fields[4].replace("\\040", " ")
+        fstype, source = [*tail.split(), "", ""][:2]
+        entries[point] = MountEntry(point, frozenset(fields[5].split(",")), fstype, source)
+    return entries
+
+
+def cap_mask(names: frozenset[str] | set[str]) -> int:
+    """The bit mask of capability names, numbered as in linux/capability.h."""
+    from codex32._caps import CAPABILITY_NUMBERS
+
+    mask = 0
+    for name in names:
+        mask |= 1 << CAPABILITY_NUMBERS[name]
+    return mask
+
+
+def host_status() -> dict[str, str]:
+    """The test process's own /proc/self/status."""
+    with open("/proc/self/status") as f:
+        return status_fields(f.read())
+
+
+def host_namespaces() -> dict[str, str]:
+    """The test process's namespaces, as ``readlink /proc/self/ns/NAME`` shows them."""
+    return {name: os.readlink(f"/proc/self/ns/{name}") for name in NAMESPACES}
+
+
+@contextmanager
+def host_tmpdir(mode: int = 0o755) -> Iterator[Path]:
+    """A host directory under /tmp that a user-namespaced root can reach.
+
+    pytest's ``tmp_path`` lives below a 0700 directory, which a STRICT container's
+    root (an unprivileged host uid) cannot traverse.
+    """
+    path = Path(tempfile.mkdtemp(prefix="codex32-it-", dir="/tmp"))
+    os.chmod(path, mode)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_recipe(recipes: Path, name: str, build_script: str, command: str = "sh") -> None:
+    """A rootfs template recipe (template.toml + build.sh) named ``name``."""
+    folder = recipes / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "template.toml").write_text(
+        f'description = "integration-test template {name}"\n'
+        'build = "build.sh"\n'
+        f'command = ["{command}"]\n'
+    )
+    (folder / "build.sh").write_text("set -eu\n" + build_script)
+
+
+def engine_with_templates(engine: ContainerEngine, recipes: Path) -> ContainerEngine:
+    """An engine on the same storage directory whose recipes come from ``recipes``."""
+    return ContainerEngine(settings=dataclasses.replace(engine.settings, templates_dir=recipes))
+
+
+# -- what a container can leave behind -------------------------------------------
+
+
+def _parent_pids() -> dict[int, int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def processes_running(argv: list[str]) -> list[int]:
+    """Every live process whose arguments are exactly ``argv``."""
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and cmdline(int(e)) == argv]
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Every live process below ``pid`` (default: this test process)."""
+    root = os.getpid() if pid is None else pid
+    parents = _parent_pids()
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        current = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == current]
+        found += children
+        frontier += children
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    """A process's arguments ([] once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What exists of containers: directories, names, host mounts, set-up processes."""
+
+    containers: frozenset[str]
+    names: frozenset[str]
+    mounts: frozenset[str]
+    processes: frozenset[str]
+
+
+def _listing(path: Path) -> frozenset[str]:
+    return frozenset(p.name for p in path.iterdir()) if path.is_dir() else frozenset()
+
+
+SETUP_PROCESS_NAMES = ("codex32._init", "codex32._monitor")
+
+
+def _refers_to(pid: int, storage_dir: Path) -> bool:
+    """Whether a process has a file, or its cwd, under ``storage_dir``."""
+    prefix = str(storage_dir) + "/"
+    links = [f"/proc/{pid}/cwd"]
+    try:
+        links += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return False
+    for link in links:
+        try:
+            if (os.readlink(link) + "/").startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def setup_processes(storage_dir: Path) -> frozenset[str]:
+    """Set-up/monitor processes of this test run: below this process, or using its storage.
+
+    Other test runs on the machine (other storage directories) are not counted.
+    """
+    below = set(descendants())
+    found: set[str] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        text = " ".join(cmdline(pid))
+        if not any(name in text for name in SETUP_PROCESS_NAMES):
+            continue
+        if pid in below or str(storage_dir) in text or _refers_to(pid, storage_dir):
+            found.add(f"{pid} {text}")
+    return frozenset(found)
+
+
+def snapshot(storage_dir: Path) -> Snapshot:
+    """Take stock of ``storage_dir``, host mounts and this run's set-up processes."""
+    with open("/proc/self/mountinfo") as f:
+        mounts = frozenset(
+            line.strip() for line in f if str(storage_dir) in line or "codex32" in line
+        )
+    return Snapshot(
+        containers=_listing(storage_dir / "containers"),
+        names=_listing(storage_dir / "names"),
+        mounts=mounts,
+        processes=setup_processes(storage_dir),
+    )
+
+
+def assert_nothing_new(before: Snapshot, storage_dir: Path) -> None:
+    """No container directory, name, host mount or set-up process since ``before``."""
+    after = snapshot(storage_dir)
+    assert after.containers - before.containers == set(), "container directory left"
+    assert after.names - before.names == set(), "container name left"
+    assert after.mounts - before.mounts == set(), "host mount left"
+    assert after.processes - before.processes == set(), "set-up process left"
