@@ -441,13 +441,15 @@ class EventWatcher:
         self.stop()
 
     def _run(self, tail: _EventTail) -> None:
+        last_error = ""
         try:
             while not self._stopping.is_set():
                 try:
                     events = tail.read()
                 except OSError as error:
-                    _logger().warning("cannot read events from %s: %s", self.path, error)
-                    events = []
+                    if str(error) != last_error:  # once, not at every poll
+                        _logger().warning("cannot read events from %s: %s", self.path, error)
+                    last_error, events = str(error), []
                 for event in events:
                     if self._stopping.is_set():
                         return

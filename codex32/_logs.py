@@ -35,6 +35,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection, Generator, Iterator
+from json.encoder import encode_basestring as _json_string  # json.dumps(s, ensure_ascii=False)
 from pathlib import Path
 from typing import NamedTuple
 
@@ -69,14 +70,19 @@ def _days_from_civil(year: int, month: int, day: int) -> int:
     return era * 146097 + doe - 719468
 
 
-def format_time_ns(time_ns: int) -> str:
-    """RFC 3339 UTC text with nanoseconds, fixed width (``2024-05-01T12:00:00.000000001Z``)."""
-    seconds, nanos = divmod(time_ns, 1_000_000_000)
+@functools.lru_cache(maxsize=4)
+def _second_text(seconds: int) -> str:
     t = time.gmtime(seconds)
     return (
         f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
-        f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{nanos:09d}Z"
+        f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
     )
+
+
+def format_time_ns(time_ns: int) -> str:
+    """RFC 3339 UTC text with nanoseconds, fixed width (``2024-05-01T12:00:00.000000001Z``)."""
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    return f"{_second_text(seconds)}.{nanos:09d}Z"
 
 
 _RFC3339 = re.compile(
@@ -150,6 +156,7 @@ class LogWriter:
         self._lock = threading.Lock()
         self._held: dict[str, tuple[int, bytes]] = {}  # stream -> (time_ns, bytes)
         self._fd: int | None = None
+        self._closed = False
         self._size = 0
         self._open()
 
@@ -166,7 +173,7 @@ class LogWriter:
 
     @property
     def closed(self) -> bool:
-        return self._fd is None
+        return self._closed
 
     def write(self, stream: str, data: bytes) -> None:
         """Add a chunk of ``stream``'s output; complete lines are written now."""
@@ -174,7 +181,7 @@ class LogWriter:
             raise ValueError(f"unknown log stream {stream!r}: expected stdout or stderr")
         now = time.time_ns()
         with self._lock:
-            if self._fd is None:
+            if self._closed:
                 raise ValueError(f"log writer for {self.path} is closed")
             started, held = self._held.pop(stream, (now, b""))
             buffer = held + data if held else data
@@ -200,7 +207,7 @@ class LogWriter:
     def flush(self) -> None:
         """Write the text held for lines without a newline, as partial entries."""
         with self._lock:
-            if self._fd is None:
+            if self._closed:
                 return
             held, self._held = self._held, {}
             for stream, (started, data) in held.items():
@@ -208,11 +215,14 @@ class LogWriter:
 
     def close(self) -> None:
         """Flush held text and close the file; closing twice is harmless."""
-        self.flush()
-        with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                self._closed = True
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
 
     def _write_entries(self, stream: str, entries: list[tuple[int, bytes]]) -> None:
         batch: list[bytes] = []
@@ -220,7 +230,7 @@ class LogWriter:
         for time_ns, data in entries:
             text = data.decode("utf-8", errors="replace")
             line = (
-                f'{{"log":{json.dumps(text, ensure_ascii=False)},"stream":"{stream}",'
+                f'{{"log":{_json_string(text)},"stream":"{stream}",'
                 f'"time":"{format_time_ns(time_ns)}"}}\n'
             ).encode()
             if (
@@ -237,7 +247,9 @@ class LogWriter:
             self._append(b"".join(batch))
 
     def _append(self, data: bytes) -> None:
-        assert self._fd is not None
+        if self._fd is None:
+            self._open()  # a rotation failed to open the new file: try again
+            assert self._fd is not None
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
@@ -246,17 +258,19 @@ class LogWriter:
 
     def _rotate(self) -> None:
         """container.log -> .1 -> .2 ...; the oldest beyond max_files goes."""
-        assert self._fd is not None
-        os.close(self._fd)
-        self._fd = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self.max_files == 1:
             self.path.unlink(missing_ok=True)
         else:
-            _rotated(self.path, self.max_files - 1).unlink(missing_ok=True)
-            for index in range(self.max_files - 2, 0, -1):
-                source = _rotated(self.path, index)
-                if source.exists():
-                    os.replace(source, _rotated(self.path, index + 1))
+            # Rotated files are .1 ... .k without a gap; the oldest to drop is .max_files-1.
+            free = 1
+            while free < self.max_files - 1 and _rotated(self.path, free).exists():
+                free += 1
+            _rotated(self.path, free).unlink(missing_ok=True)
+            for index in range(free - 1, 0, -1):  # oldest first: readers rely on it
+                os.replace(_rotated(self.path, index), _rotated(self.path, index + 1))
             os.replace(self.path, _rotated(self.path, 1))
         self._open()
 
@@ -298,30 +312,33 @@ def _ino(path: Path) -> int | None:
         return None
 
 
-def _chain(path: Path) -> list[tuple[Path, int]]:
-    """(path, inode) of the log's files, oldest first, current last (if it exists)."""
+_RETRIES = 50
+
+
+def _chain(path: Path) -> tuple[list[tuple[Path, int]], bool]:
+    """(path, inode) of the log's files, oldest first, current last (if it exists); and
+    whether the set looked whole: no gap in the numbers (a rotation shifts them)."""
     files: list[tuple[Path, int]] = []
     index = 1
-    while True:
-        ino = _ino(_rotated(path, index))
-        if ino is None:
-            break
+    while (ino := _ino(_rotated(path, index))) is not None:
         files.append((_rotated(path, index), ino))
         index += 1
+    whole = _ino(_rotated(path, index + 1)) is None
     files.reverse()
     current = _ino(path)
     if current is not None:
         files.append((path, current))
-    return files
+    return files, whole
 
 
 def _open_chain(path: Path) -> list[int]:
     """Descriptors of the log's files, oldest first, opened as one consistent set.
 
-    If a rotation moves files while they are being opened, the set is opened again.
+    If a rotation is under way or moves files while they are opened, the set is opened
+    again; a gap that stays (a writer that died while rotating) is taken as the end.
     """
-    for _ in range(20):
-        before = _chain(path)
+    for attempt in range(_RETRIES):
+        before, whole = _chain(path)
         fds: list[int] = []
         try:
             for file, ino in before:
@@ -329,41 +346,45 @@ def _open_chain(path: Path) -> list[int]:
                 fds.append(fd)
                 if os.fstat(fd).st_ino != ino:
                     raise FileNotFoundError(file)
-            if _chain(path) == before:
+            if _chain(path) == (before, whole) and (whole or attempt == _RETRIES - 1):
                 return fds
         except FileNotFoundError:
             pass
         for fd in fds:
             os.close(fd)
+        time.sleep(0.001)
     raise OSError(f"log {path} keeps rotating while it is being opened")
 
 
-def _successor(path: Path, ino: int) -> int | None:
-    """Open the file written after the one with inode ``ino``, or None if not there yet.
+def _successor(path: Path, fd: int) -> int | None:
+    """Open the file written after the one open as ``fd``; None if not there (yet).
 
-    The file after ``.k`` is ``.k-1`` (after ``.1``: the current file). If ``ino`` was
-    deleted, every file still there is newer than it: the oldest one comes next.
-    The choice is kept only if the set of files did not change while opening it.
+    The file after ``.k`` is ``.k-1`` (after ``.1``: the current file). If ``fd``'s file
+    was deleted, every file still there is newer than it: the oldest one comes next.
+    The choice is kept only if the set of files is whole and did not change while the
+    file was opened; otherwise it is tried again at the next poll.
     """
-    for _ in range(20):
-        chain = _chain(path)
-        inodes = [file_ino for _, file_ino in chain]
-        if ino in inodes:
-            position = inodes.index(ino) + 1
-            if position == len(inodes):
-                return None  # still the newest file: the new current is not there yet
-        else:
-            position = 0
-        if position >= len(chain):
-            return None
-        candidate, candidate_ino = chain[position]
-        try:
-            fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        if os.fstat(fd).st_ino == candidate_ino and _chain(path) == chain:
-            return fd
-        os.close(fd)
+    stat = os.fstat(fd)
+    chain, whole = _chain(path)
+    if not whole:
+        return None  # files are being shifted right now
+    inodes = [ino for _, ino in chain]
+    if stat.st_ino in inodes:
+        position = inodes.index(stat.st_ino) + 1
+    elif stat.st_nlink == 0:
+        position = 0  # deleted: all the files there now came after it
+    else:
+        return None  # still linked but not in sight: a rename is under way
+    if position >= len(chain):
+        return None  # it is still the newest file: the new current is not there yet
+    candidate, candidate_ino = chain[position]
+    try:
+        following = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    if os.fstat(following).st_ino == candidate_ino and _chain(path) == (chain, True):
+        return following
+    os.close(following)
     return None
 
 
@@ -537,7 +558,7 @@ def follow_logs(
             if current_ino != reader.ino:
                 # Rotated: what the old descriptor still holds comes first.
                 yield from _entries(reader.read_lines(), keep)
-                following = _successor(path, reader.ino)
+                following = _successor(path, reader.fd)
                 if following is not None:
                     reader.close()
                     reader = _Reader(following)
