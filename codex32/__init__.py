@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .config import ContainerConfig as ContainerConfig
     from .config import ContainerImage as ContainerImage
     from .config import IsolationType as IsolationType
+    from .config import PortMapping as PortMapping
     from .config import ResourceLimits as ResourceLimits
     from .config import RestartPolicy as RestartPolicy
     from .config import TmpfsMount as TmpfsMount
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from .errors import ContainerNotFoundError as ContainerNotFoundError
     from .errors import ImageError as ImageError
     from .errors import LaunchError as LaunchError
+    from .errors import NetworkError as NetworkError
     from .errors import StateError as StateError
 
 _EXPORTS = {
@@ -45,6 +47,7 @@ _EXPORTS = {
     "ContainerConfig": ".config",
     "ContainerImage": ".config",
     "IsolationType": ".config",
+    "PortMapping": ".config",
     "ResourceLimits": ".config",
     "RestartPolicy": ".config",
     "TmpfsMount": ".config",
@@ -56,6 +59,7 @@ _EXPORTS = {
     "ContainerNotFoundError": ".errors",
     "ImageError": ".errors",
     "LaunchError": ".errors",
+    "NetworkError": ".errors",
     "StateError": ".errors",
 }
 

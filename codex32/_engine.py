@@ -28,6 +28,7 @@ from typing import IO
 from ._events import Event, EventHooks, EventWatcher, follow_events, read_events
 from ._launch import MONITOR_ENV, ExitStatus, FileArg, ForkServer, Launch, run_exec
 from ._logs import LogEntry
+from ._networking import NetworkCollection, Networking
 from ._plan import ContainerPaths, Plan, Step, build_plan
 from ._profiles import Profile, resolve_profile
 from ._resources import ContainerCgroups, ContainerStats
@@ -41,6 +42,7 @@ from .errors import (
     ContainerError,
     ImageError,
     LaunchError,
+    NetworkError,
     StateError,
 )
 from .settings import Settings
@@ -217,6 +219,10 @@ class Container:
 
     resume = unpause
 
+    def network_settings(self) -> dict[str, object]:
+        """Network mode, address, gateway, published ports, rate limits (for inspect)."""
+        return self._engine._networking.settings(self.id, self.config)
+
     def stats(self) -> ContainerStats:
         """A sample of CPU, memory, pids, block I/O and network counters."""
         return self._engine._stats(self)
@@ -351,8 +357,10 @@ class ContainerEngine:
         self._store = StateStore(self.settings.storage_dir)
         self._templates = TemplateStore(self.settings.templates_dir, self.settings.storage_dir)
         self._cgroups = ContainerCgroups(self.settings.cgroup_parent)
+        self._networking = Networking(self.settings.storage_dir, self._store)
         self.containers = ContainerCollection(self)
         self.images = ImageCollection(self)
+        self.networks = NetworkCollection(self._networking)
         self._hooks: EventHooks | None = None
         self._watcher: EventWatcher | None = None
         self._watch_lock = threading.Lock()
@@ -458,6 +466,7 @@ class ContainerEngine:
             paths,
             hostname=config.hostname or container_id[:12],
             seccomp_program=program,
+            network_files=self._networking.files(container_id, profile.network),
         )
 
     def _lower(self, template: Template, profile: Profile | None = None) -> Path:
@@ -492,10 +501,13 @@ class ContainerEngine:
                 for sub in ("upper", "work"):
                     os.chown(directory / sub, base, base)
             self._store.save_config(container_id, config.model_dump(mode="json"))
+            hostname = config.hostname or container_id[:12]
+            self._networking.prepare(container_id, name, hostname, config, profile.network)
             plan = self._plan(container_id, config, profile, template, lower)
             (directory / "plan.json").write_text(plan.describe())
             self._store.save(record)
         except BaseException:
+            self._networking.release(container_id)
             self._store.delete(record)
             raise
         container = Container(self, record)
@@ -610,6 +622,13 @@ class ContainerEngine:
                 r.cgroup_paths = paths
 
             self._store.update(container.id, remember)
+            try:
+                self._networking.attach(container.id, pid)
+            except NetworkError as exc:
+                raise LaunchError(
+                    exc.message, container=container.name, step=exc.step,
+                    errno=exc.errno, hint=exc.hint,
+                ) from exc  # fmt: skip
 
         try:
             launch.start(stdin=stdin, stdout=stdout, stderr=stderr, on_created=place)
@@ -622,6 +641,7 @@ class ContainerEngine:
 
             self._store.update(container.id, failed)
             if config.auto_remove:
+                self._networking.release(container.id)
                 self._store.delete(container.record)
             raise
         return launch
@@ -858,6 +878,7 @@ class ContainerEngine:
                 self._wait_exit(record, 10)
                 self._wait_recorded(container.id, 5)
             self._cgroups.destroy(container.id)
+            self._networking.release(container.id)
             self._store.delete(record)
         self._event(container, "destroy")
         container._record.status = ContainerState.REMOVED
@@ -937,6 +958,8 @@ class ContainerEngine:
         for link in self._store.names.iterdir():
             if not link.exists():
                 link.unlink()
+        fixed += self._cgroups.remove_orphans(set(self._store.ids()))
+        fixed += self._networking.reconcile()
         return fixed
 
 

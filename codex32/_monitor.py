@@ -357,6 +357,14 @@ class Monitor:
             for parent in {os.path.dirname(p) for p in self.cgroup_paths.values()}:
                 with contextlib.suppress(OSError):
                     os.rmdir(parent)  # the engine's parent, once no container is left
+            if (self.directory / "network.json").exists():  # lease, hosts entries, links
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    subprocess.run(
+                        [sys.executable, "-m", "codex32._netrelease", self.config.storage_dir,
+                         record.id],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, check=False, timeout=60,
+                    )  # fmt: skip
             with contextlib.suppress(OSError):
                 self.store.delete(record)
             self._event("destroy")

@@ -86,6 +86,7 @@ def build_plan(
     *,
     hostname: str,
     seccomp_program: str | None = None,
+    network_files: tuple[tuple[str, str], ...] = (),
 ) -> Plan:
     """The ordered set-up steps: mounts, pivot_root, hostname, limits, privileges, exec."""
     ns = set(profile.namespaces)
@@ -134,6 +135,19 @@ def build_plan(
                 steps.append(_tmpfs_step(target, None, 0o1777, ["nosuid", "nodev"]))
     for tmpfs in config.tmpfs:
         steps.append(_tmpfs_step(tmpfs.target, tmpfs.size_bytes, tmpfs.mode, list(tmpfs.flags)))
+    for source, target in network_files:
+        # /etc/hosts, /etc/resolv.conf: the engine rewrites them in place (peers come
+        # and go), so read-only; before the volumes, so a user's own bind wins.
+        steps.append(
+            {
+                "op": "bind",
+                "source": source,
+                "target": target,
+                "read_only": True,
+                "optional": False,
+                "what": "network file",
+            }
+        )
     for volume in config.volumes:
         steps.append(
             {

@@ -124,6 +124,19 @@ class ContainerCgroups:
         cgroup.destroy(kill=True)
         remove_empty_parents(paths)
 
+    def remove_orphans(self, known: set[str]) -> list[str]:
+        """Remove container cgroups whose container is gone (after a crash)."""
+        driver = self.driver()
+        if driver is None:
+            return []
+        removed = []
+        for name in driver.names():
+            if len(name) == 64 and name not in known:
+                with contextlib.suppress(CgroupError):
+                    self.destroy(name)
+                    removed.append(name)
+        return removed
+
     def stats(self, container_id: str, pid: int | None) -> ContainerStats:
         """A sample of the container's counters (zeros where the host has no controller)."""
         cgroup = self.handle(container_id)

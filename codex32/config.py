@@ -334,6 +334,13 @@ class ContainerConfig(BaseModel):
     def _network(cls, value: str | None) -> str | None:
         return None if value is None else normalize_network(value)
 
+    @field_validator("ports", mode="before")
+    @classmethod
+    def _ports(cls, value: Any) -> Any:
+        if isinstance(value, list):  # Docker's spellings are accepted too: "8080:80/tcp"
+            return [PortMapping.parse(v) if isinstance(v, str) else v for v in value]
+        return value
+
     @field_validator("network_egress_rate", "network_ingress_rate", mode="before")
     @classmethod
     def _rate(cls, value: Any) -> Any:

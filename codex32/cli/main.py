@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from . import verbs, views
+from . import network, verbs, views
 from ._common import state
 from .run import Action, container_command
 
@@ -59,6 +59,7 @@ app.command("stats")(views.stats)
 app.command("top")(views.top)
 app.command("doctor")(views.doctor)
 app.command("info", hidden=True)(views.doctor)
+app.add_typer(network.app, name="network")
 
 
 def main() -> None:

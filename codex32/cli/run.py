@@ -111,6 +111,24 @@ def container_command(action: Action) -> Callable[..., None]:
         memory_reservation: Annotated[str | None, typer.Option("--memory-reservation")] = None,
         pids_limit: Annotated[int | None, typer.Option("--pids-limit")] = None,
         blkio_weight: Annotated[int | None, typer.Option("--blkio-weight")] = None,
+        network: Annotated[
+            str | None,
+            typer.Option("--network", help="host, none, bridge or a network's name."),
+        ] = None,
+        publish: Annotated[
+            list[str] | None,
+            typer.Option(
+                "-p", "--publish", help="HOSTPORT:CONTAINERPORT (IP: before, /udp after)."
+            ),
+        ] = None,
+        network_egress_rate: Annotated[
+            str | None,
+            typer.Option("--network-egress-rate", help="What it may send, e.g. 10mbit."),
+        ] = None,
+        network_ingress_rate: Annotated[
+            str | None,
+            typer.Option("--network-ingress-rate", help="What it may receive, e.g. 10mbit."),
+        ] = None,
     ) -> None:
         chosen = image_option or image
 
@@ -118,6 +136,7 @@ def container_command(action: Action) -> Callable[..., None]:
             from codex32 import (
                 ContainerConfig,
                 IsolationType,
+                PortMapping,
                 ResourceLimits,
                 RestartPolicy,
                 TmpfsMount,
@@ -165,6 +184,10 @@ def container_command(action: Action) -> Callable[..., None]:
                     pids_limit=pids_limit,
                     blkio_weight=blkio_weight,
                 ),
+                network=network,
+                ports=[PortMapping.parse(p) for p in publish or []],
+                network_egress_rate=network_egress_rate,
+                network_ingress_rate=network_ingress_rate,
             )
 
         config = guard(build)

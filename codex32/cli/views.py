@@ -55,7 +55,13 @@ def inspect(
     out: list[dict[str, Any]] = []
     for ref in containers:
         c = guard(partial(eng.containers.get, ref))
-        out.append({"State": c.record.to_dict(), "Config": c.config.model_dump(mode="json")})
+        out.append(
+            {
+                "State": c.record.to_dict(),
+                "Config": c.config.model_dump(mode="json"),
+                "NetworkSettings": c.network_settings(),
+            }
+        )
     typer.echo(json.dumps(out, indent=2))
 
 

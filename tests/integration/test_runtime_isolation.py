@@ -342,10 +342,13 @@ def test_strict_process_runs_as_the_base_uid_seen_from_the_host(
 
 
 @pytest.mark.parametrize("level", [STANDARD, STRICT], ids=lambda lv: lv.value)
-def test_network_is_loopback_only_and_up(
+def test_network_devices_and_loopback_up(
     probes: dict[IsolationType, Probe], level: IsolationType
 ) -> None:
-    assert probes[level].facts["net_devices"] == "lo,"
+    # STANDARD joins the default bridge network (eth0); STRICT is loopback only
+    # (docs/networking.md; tests/integration/test_networking.py has the rest).
+    expected = "eth0,lo," if level is STANDARD else "lo,"
+    assert probes[level].facts["net_devices"] == expected
     assert "UP" in probes[level].facts["lo_flags"].split(",")
 
 

@@ -1,0 +1,516 @@
+"""Engine-side container networking: endpoints, networks as objects, hosts files, ports.
+
+The engine calls this module at four points of a container's life (``_engine.py``):
+
+=========  =================================================================================
+create     ``prepare``: lease an address (bridge networks), write the container's
+           ``hosts`` and ``resolv.conf`` into its directory (bound into it by the plan) and
+           its endpoint record ``network.json``; add it to its peers' ``hosts`` files.
+           Refused, before anything exists, for a missing network, an exhausted subnet
+           or a host port a running container already publishes.
+created    ``attach`` (the launch protocol's network step; PID 1 exists, runs nothing):
+           bridge up, veth pair with ``eth0`` inside, address and default route, tc
+           limits, the port proxy. A failure undoes this call's work and raises, and the
+           launch protocol then kills PID 1: the start is aborted cleanly.
+remove     ``release``: proxy, leftover links, lease, peers' ``hosts`` entries, record.
+reconcile  leases of containers that no longer exist, links and proxies of dead ones,
+           the masquerade table after a reboot.
+=========  =================================================================================
+
+The address is leased at create and kept until remove (as the issue asks), so a
+container keeps its address across restarts and peers' ``hosts`` entries stay true.
+Every peer holding a lease on the network is listed in ``hosts``, running or not:
+the address is reserved for it, so the name never resolves to someone else.
+
+All netlink work is :mod:`codex32._linux.network` (pyroute2), imported only when a
+container actually joins a bridge; host and none containers never pay for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._netconfig import HOST, NONE, PortMapping, format_rate, is_bridged, resolve_network
+from ._network.etc_files import (
+    HOSTS,
+    RESOLV_CONF,
+    SYSTEMD_RESOLV_CONF,
+    HostEntry,
+    names_for,
+    read_text,
+    render_hosts,
+    render_resolv_conf,
+    write_in_place,
+)
+from ._network.ipam import IPAM, NetworkDefinition
+from ._state import ContainerState, StateStore, is_same_process, process_start_time
+from ._state import write_json_atomic as _write_json_atomic
+from .config import ContainerConfig
+from .errors import Codex32Error, NetworkError
+
+log = logging.getLogger("codex32")
+
+ENDPOINT_FILE = "network.json"
+HOST_HOSTS = "/etc/hosts"
+HOST_RESOLV_CONF = "/etc/resolv.conf"
+_LIVE = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
+
+
+@dataclass
+class Endpoint:
+    """A bridged container's place on its network (``containers/ID/network.json``)."""
+
+    network: str
+    name: str
+    hostname: str
+    address: str  # with prefix: 10.88.0.5/16
+    gateway: str
+    bridge: str
+    ifname_host: str
+    ifname_ifb: str = ""  # the IFB shaping its egress, if limited
+    ports: list[dict[str, Any]] = field(default_factory=list)
+    egress_bps: int | None = None
+    ingress_bps: int | None = None
+    proxy_pid: int | None = None
+    proxy_start_time: int | None = None
+
+    @property
+    def ip(self) -> str:
+        """The address without its prefix length."""
+        return self.address.split("/", 1)[0]
+
+    @property
+    def port_mappings(self) -> list[PortMapping]:
+        return [PortMapping.model_validate(p) for p in self.ports]
+
+    def proxy_alive(self) -> bool:
+        """Whether the proxy recorded is still that process (pid and start time)."""
+        return is_same_process(self.proxy_pid, self.proxy_start_time)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Endpoint:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _link_exists(ifname: str) -> bool:
+    """Whether a link of that name exists in the caller's namespace (no netlink import)."""
+    try:
+        socket.if_nametoindex(ifname)
+    except OSError:
+        return False
+    return True
+
+
+class Networking:
+    """Networks and container endpoints under one storage directory."""
+
+    def __init__(self, storage_dir: Path, store: StateStore) -> None:
+        self.directory = storage_dir / "networks"
+        self.ipam = IPAM(self.directory)
+        self._store = store
+
+    # -- networks ------------------------------------------------------------------
+
+    def create_network(
+        self, name: str, subnet: str, gateway: str | None = None, masquerade: bool = False
+    ) -> NetworkDefinition:
+        """Define a network and build its bridge (and NAT); all of it or nothing."""
+        from ._linux import network as netlink
+
+        definition = self.ipam.create_network(name, subnet, gateway, None, masquerade)
+        bridge_existed = _link_exists(definition.bridge)
+        try:
+            netlink.ensure_bridge(definition.bridge, definition.gateway_cidr, None)
+            if masquerade:
+                self._apply_nat()
+        except BaseException:
+            with contextlib.suppress(Codex32Error):
+                self.ipam.remove_network(name)
+            if not bridge_existed:
+                with contextlib.suppress(Codex32Error):
+                    netlink.remove_bridge(definition.bridge, None)
+            if masquerade:
+                with contextlib.suppress(Codex32Error):
+                    self._apply_nat()
+            raise
+        return definition
+
+    def remove_network(self, name: str) -> NetworkDefinition:
+        """Delete a network, its bridge and its NAT rule; refused while containers use it."""
+        definition = self.ipam.remove_network(name)
+        if _link_exists(definition.bridge):
+            from ._linux import network as netlink
+
+            netlink.remove_bridge(definition.bridge, None)
+        if definition.masquerade:
+            self._apply_nat()
+        return definition
+
+    def inspect_network(self, name: str) -> dict[str, Any]:
+        """A network's definition, whether its bridge is up, and who is on it."""
+        definition = self.ipam.get_network(name)
+        containers = []
+        for container_id, address in sorted(self.ipam.leases(name).items()):
+            endpoint = self._load(container_id)
+            containers.append(
+                {
+                    "Id": container_id,
+                    "Name": endpoint.name if endpoint else None,
+                    "IPAddress": str(address),
+                }
+            )
+        return {
+            "Name": definition.name,
+            "Subnet": definition.subnet,
+            "Gateway": definition.gateway,
+            "Bridge": definition.bridge,
+            "BridgePresent": _link_exists(definition.bridge),
+            "Masquerade": definition.masquerade,
+            "Default": definition.name == self.ipam.default_network.name,
+            "Containers": containers,
+        }
+
+    def _apply_nat(self) -> None:
+        from ._linux.nat import MasqueradedNetwork, apply_masquerade
+
+        apply_masquerade(
+            [
+                MasqueradedNetwork(n.name, n.subnet)
+                for n in self.ipam.list_networks()
+                if n.masquerade
+            ]
+        )
+
+    # -- files a container gets ----------------------------------------------------
+
+    def files(self, container_id: str, network: str) -> tuple[tuple[str, str], ...]:
+        """(source, target) binds of the network files for the plan."""
+        directory = self._store.directory(container_id)
+        binds = [(str(directory / HOSTS), "/etc/hosts")]
+        if network != NONE:
+            binds.append((str(directory / RESOLV_CONF), "/etc/resolv.conf"))
+        return tuple(binds)
+
+    # -- create --------------------------------------------------------------------
+
+    def prepare(
+        self, container_id: str, name: str, hostname: str, config: ContainerConfig, network: str
+    ) -> None:
+        """At create: files, and for a bridge network the lease and the endpoint record.
+
+        On failure the caller runs :meth:`release` (idempotent) and deletes the
+        container's directory, so nothing is left.
+        """
+        directory = self._store.directory(container_id)
+        if network == HOST:
+            # As Docker: the host's own files, copied (the host's may be a symlink).
+            write_in_place(directory / HOSTS, read_text(HOST_HOSTS) or render_hosts(None, [], None))
+            write_in_place(directory / RESOLV_CONF, read_text(HOST_RESOLV_CONF) or "")
+            return
+        if network == NONE:
+            own = HostEntry("127.0.1.1", names_for(name, container_id, hostname))
+            write_in_place(directory / HOSTS, render_hosts(own, [], None))
+            return
+        definition = self.ipam.get_network(network)
+        self._check_ports(container_id, name, config.ports)
+        lease = self.ipam.allocate(definition.name, container_id)
+        from ._linux.network import host_ifname, ifb_ifname
+
+        endpoint = Endpoint(
+            network=definition.name,
+            name=name,
+            hostname=hostname,
+            address=lease.cidr,
+            gateway=str(lease.gateway),
+            bridge=definition.bridge,
+            ifname_host=host_ifname(container_id),
+            ifname_ifb=ifb_ifname(host_ifname(container_id)),
+            ports=[p.model_dump(mode="json") for p in config.ports],
+            egress_bps=config.network_egress_rate,
+            ingress_bps=config.network_ingress_rate,
+        )
+        self._save(container_id, endpoint)
+        host_resolv = read_text(HOST_RESOLV_CONF) or ""
+        write_in_place(
+            directory / RESOLV_CONF, render_resolv_conf(host_resolv, read_text(SYSTEMD_RESOLV_CONF))
+        )
+        write_in_place(directory / HOSTS, render_hosts(None, [], definition.name))
+        self._refresh_hosts(definition.name)
+
+    def _check_ports(self, container_id: str, name: str, ports: list[PortMapping]) -> None:
+        """Refuse a host port that a running container publishes already."""
+        for port in ports:
+            holder = self._holder(container_id, port)
+            if holder is not None:
+                raise NetworkError(
+                    f"host port {port.host_ip}:{port.host_port}/{port.protocol} is already "
+                    f"published by container {holder}",
+                    container=name,
+                    step="network.ports",
+                    hint="choose another host port, or stop that container first",
+                )
+
+    def _holder(self, container_id: str, port: PortMapping) -> str | None:
+        """The name of a running container publishing a port that clashes with ``port``."""
+        for other_id in self._store.ids():
+            if other_id == container_id:
+                continue
+            endpoint = self._load(other_id)
+            if endpoint is None or not endpoint.proxy_alive():
+                continue
+            if any(port.conflicts_with(p) for p in endpoint.port_mappings):
+                return endpoint.name
+        return None
+
+    # -- start ---------------------------------------------------------------------
+
+    def attach(self, container_id: str, pid: int) -> None:
+        """Wire PID ``pid`` (created, not yet running) to its network; all or nothing."""
+        endpoint = self._load(container_id)
+        if endpoint is None:
+            return  # host or none: the plan's loopback step is all there is
+        from ._linux import network as netlink
+
+        definition = self.ipam.get_network(endpoint.network)
+        self._stop_proxy(endpoint)  # one left by an earlier run, if it still lingers
+        netlink.ensure_bridge(definition.bridge, definition.gateway_cidr, None)
+        if definition.masquerade:
+            self._apply_nat()
+        if _link_exists(endpoint.ifname_host) or _link_exists(endpoint.ifname_ifb):
+            netlink.detach_container(endpoint.ifname_host, None)  # an earlier run's
+        netlink.attach_container(
+            pid, definition.bridge, endpoint.ifname_host, endpoint.address, endpoint.gateway, None
+        )
+        try:
+            if endpoint.egress_bps or endpoint.ingress_bps:
+                netlink.apply_rate_limits(
+                    endpoint.ifname_host, endpoint.egress_bps, endpoint.ingress_bps, None
+                )
+            if endpoint.ports:
+                endpoint.proxy_pid = self._publish(container_id, pid, endpoint)
+                endpoint.proxy_start_time = process_start_time(endpoint.proxy_pid)
+                self._save(container_id, endpoint)
+        except BaseException:
+            self._stop_proxy(endpoint)
+            with contextlib.suppress(Codex32Error):
+                netlink.detach_container(endpoint.ifname_host, None)
+            raise
+
+    def _publish(self, container_id: str, pid: int, endpoint: Endpoint) -> int:
+        from ._linux.ports import Publish, bind_listeners, start_proxy
+
+        ports = [
+            Publish(p.host_ip, p.host_port, p.protocol, endpoint.ip, p.container_port)
+            for p in endpoint.port_mappings
+        ]
+        try:
+            sockets = bind_listeners(ports)
+        except NetworkError as exc:
+            clash = next(
+                (
+                    (p, holder)
+                    for p in endpoint.port_mappings
+                    if (holder := self._holder(container_id, p)) is not None
+                ),
+                None,
+            )
+            if clash is None:
+                raise
+            raise NetworkError(
+                f"host port {clash[0].host_ip}:{clash[0].host_port}/{clash[0].protocol} is "
+                f"already published by container {clash[1]}",
+                step="network.ports",
+                errno=exc.errno,
+                hint="choose another host port, or stop that container first",
+            ) from exc
+        try:
+            return start_proxy(container_id, pid, ports, sockets)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    def _stop_proxy(self, endpoint: Endpoint) -> None:
+        if endpoint.proxy_pid is not None and endpoint.proxy_alive():
+            from ._linux.ports import stop_process
+
+            stop_process(endpoint.proxy_pid)
+
+    # -- remove --------------------------------------------------------------------
+
+    def release(self, container_id: str) -> None:
+        """Give back everything a container holds on its network; idempotent.
+
+        Best effort past the first failure: a link that cannot be deleted is logged and
+        the lease and hosts entries are released anyway (``reconcile`` retries links).
+        """
+        endpoint = self._load(container_id)
+        if endpoint is None:
+            return
+        self._stop_proxy(endpoint)
+        self._drop_links(endpoint.ifname_host, endpoint.ifname_ifb)
+        self.ipam.release(endpoint.network, container_id)
+        with contextlib.suppress(FileNotFoundError):
+            (self._store.directory(container_id) / ENDPOINT_FILE).unlink()
+        self._refresh_hosts(endpoint.network)
+
+    def _drop_links(self, ifname_host: str, ifname_ifb: str) -> None:
+        """Delete a container's host veth and IFB if present (netlink only if needed)."""
+        if not (_link_exists(ifname_host) or _link_exists(ifname_ifb)):
+            return
+        from ._linux import network as netlink
+
+        try:
+            netlink.detach_container(ifname_host, None)
+        except NetworkError as exc:
+            log.warning("could not remove the links of %s: %s", ifname_host, exc)
+
+    # -- reconcile -----------------------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Clean what crashed containers left; return the ids whose leases were freed."""
+        known = set(self._store.ids())
+        freed: list[str] = []
+        for definition in self.ipam.list_networks():
+            stale = [cid for cid in self.ipam.leases(definition.name) if cid not in known]
+            for container_id in stale:
+                from ._linux.network import host_ifname, ifb_ifname
+
+                veth = host_ifname(container_id)
+                self._drop_links(veth, ifb_ifname(veth))
+                self.ipam.release(definition.name, container_id)
+                freed.append(container_id)
+            if stale:
+                self._refresh_hosts(definition.name)
+        for container_id in known:
+            endpoint = self._load(container_id)
+            if endpoint is None:
+                continue
+            with contextlib.suppress(Codex32Error, OSError):
+                if self._store.load(container_id).status in _LIVE:
+                    continue
+            self._stop_proxy(endpoint)
+            self._drop_links(endpoint.ifname_host, endpoint.ifname_ifb)
+        if any(n.masquerade for n in self.ipam.list_networks()):
+            try:
+                self._apply_nat()  # the table is gone after a reboot
+            except NetworkError as exc:
+                log.warning("could not restore the masquerade rules: %s", exc)
+        return freed
+
+    # -- inspect -------------------------------------------------------------------
+
+    def settings(self, container_id: str, config: ContainerConfig) -> dict[str, Any]:
+        """``NetworkSettings`` for inspect: mode, address, ports, limits, proxy."""
+        network = resolve_network(config.network, config.isolation.value)
+        endpoint = self._load(container_id)
+        if endpoint is None:
+            return {"Mode": network if not is_bridged(network) else "bridge", "Network": network}
+        return {
+            "Mode": "bridge",
+            "Network": endpoint.network,
+            "IPAddress": endpoint.ip,
+            "PrefixLen": int(endpoint.address.split("/")[1]),
+            "Gateway": endpoint.gateway,
+            "Bridge": endpoint.bridge,
+            "HostInterface": endpoint.ifname_host,
+            "Ports": [p.describe() for p in endpoint.port_mappings],
+            "RateLimits": {
+                "Egress": format_rate(endpoint.egress_bps) if endpoint.egress_bps else None,
+                "Ingress": format_rate(endpoint.ingress_bps) if endpoint.ingress_bps else None,
+            },
+            "PortProxyPid": endpoint.proxy_pid if endpoint.proxy_alive() else None,
+        }
+
+    # -- records and hosts files -----------------------------------------------------
+
+    def endpoint(self, container_id: str) -> Endpoint | None:
+        """A container's endpoint record, if it is on a bridge network."""
+        return self._load(container_id)
+
+    def _load(self, container_id: str) -> Endpoint | None:
+        path = self._store.directory(container_id) / ENDPOINT_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return Endpoint.from_json(data) if isinstance(data, dict) else None
+
+    def _save(self, container_id: str, endpoint: Endpoint) -> None:
+        _write_json_atomic(self._store.directory(container_id) / ENDPOINT_FILE, asdict(endpoint))
+
+    @contextlib.contextmanager
+    def _hosts_lock(self) -> Iterator[None]:
+        """One writer of hosts files at a time (CLI and service may race)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / ".hosts.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _refresh_hosts(self, network: str) -> None:
+        """Rewrite, in place, the hosts file of every container holding a lease on ``network``.
+
+        Each change of the lease set is followed by a refresh that reads the leases after
+        taking the lock, so the last refresh always writes the final state.
+        """
+        with self._hosts_lock():
+            try:
+                leases = self.ipam.leases(network)
+            except NetworkError:
+                return  # the network is gone
+            members = []
+            for container_id, leased in leases.items():
+                endpoint = self._load(container_id)
+                if endpoint is not None:
+                    members.append((container_id, endpoint, str(leased)))
+            for container_id, endpoint, address in members:
+                own = HostEntry(address, names_for(endpoint.name, container_id, endpoint.hostname))
+                peers = [
+                    HostEntry(a, names_for(e.name, c)) for c, e, a in members if c != container_id
+                ]
+                path = self._store.directory(container_id) / HOSTS
+                try:
+                    write_in_place(path, render_hosts(own, peers, network), create=False)
+                except OSError as exc:
+                    log.debug("hosts file of %s not updated: %s", container_id[:12], exc)
+
+
+class NetworkCollection:
+    """``engine.networks``: networks as objects, as docker-py's ``client.networks``."""
+
+    def __init__(self, networking: Networking) -> None:
+        self._networking = networking
+
+    def create(
+        self, name: str, subnet: str, *, gateway: str | None = None, masquerade: bool = False
+    ) -> NetworkDefinition:
+        """Create a network and its bridge (``codex32 network create``)."""
+        return self._networking.create_network(name, subnet, gateway, masquerade)
+
+    def get(self, name: str) -> NetworkDefinition:
+        """A network's definition (NetworkError if it does not exist)."""
+        return self._networking.ipam.get_network(name)
+
+    def list(self) -> list[NetworkDefinition]:
+        """Every network, the default one first."""
+        return self._networking.ipam.list_networks()
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        """A network's definition with its bridge state and containers."""
+        return self._networking.inspect_network(name)
+
+    def remove(self, name: str) -> None:
+        """Remove a network (refused while in use; the default one cannot be removed)."""
+        self._networking.remove_network(name)
