@@ -15,7 +15,10 @@ setup:
 run: setup
 	$(CODEX32) build busybox
 	$(CODEX32) build python
-	$(CODEX32) run --rm --isolation standard -v $(CURDIR)/bots:/bots:ro python -- python3 /bots/sample_bot.py --beats 3
+	@# --network none: the sample needs no network, and the default bridge would be
+	@# created in this machine's real network namespace.
+	$(CODEX32) run --rm --isolation standard --network none -v $(CURDIR)/bots:/bots:ro \
+		python -- python3 /bots/sample_bot.py --beats 3 --interval 0.5
 
 lint: setup
 	$(BIN)/ruff check codex32 tests bench
