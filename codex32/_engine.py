@@ -528,8 +528,12 @@ class ContainerEngine:
                 "with RLIMIT_AS=%d instead (a container's processes together may use more)",
                 size,
             )
+            resources = config.resources.model_copy(update={"memory_bytes": None})
             return config.model_copy(
-                update={"ulimits": [*config.ulimits, Ulimit(name="as", soft=size, hard=size)]}
+                update={
+                    "ulimits": [*config.ulimits, Ulimit(name="as", soft=size, hard=size)],
+                    "resources": resources,
+                }
             )
         reason = self._cgroups.unavailable
         fields = ", ".join(f"{f} (needs {c})" for f, c in sorted(missing.items()))
@@ -703,12 +707,21 @@ class ContainerEngine:
                     captured[entry.stream] += entry.text.encode()
         finally:
             launch.detach()  # an --rm container's monitor now removes it
+        if container.config.auto_remove:
+            self._wait_removed(container.id, timeout=10)
         return RunResult(
             exit_code=status.exit_code,
             output=captured["stdout"],
             error_output=captured["stderr"],
             container_id=container.id,
         )
+
+    def _wait_removed(self, container_id: str, timeout: float) -> None:
+        """As ``docker run --rm``: return once the monitor has removed the container."""
+        directory = self._store.directory(container_id)
+        deadline = time.monotonic() + timeout
+        while directory.exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     def _signal_pid1(self, record: ContainerRecord, sig: int) -> bool:
         if not is_same_process(record.pid, record.pid_start_time):
@@ -841,7 +854,8 @@ class ContainerEngine:
         deadline = time.monotonic() + timeout
         while True:
             record = self._refresh(container_id)
-            if record.status is not ContainerState.RUNNING or time.monotonic() > deadline:
+            running = record.status in (ContainerState.RUNNING, ContainerState.PAUSED)
+            if not running or time.monotonic() > deadline:
                 return record
             time.sleep(0.005)
 
@@ -904,10 +918,12 @@ class ContainerEngine:
         plan = Plan.from_json((self._store.directory(container.id) / "plan.json").read_text())
         steps = _exec_steps(plan, command, env, user, workdir)
         self._event(container, "exec_start", execID=" ".join(command)[:64])
+        cgroup = self._cgroups.handle(container.id)
         with _capture(stdout) as out, _capture(stderr) as err:
             code = run_exec(
                 record.pid or 0, steps, container.name,
                 stdin=stdin, stdout=out.target, stderr=err.target,
+                on_created=cgroup.add_pid if cgroup is not None else None,
             )  # fmt: skip
             result = ExecResult(code, out.read(), err.read())
         self._event(container, "exec_die", exitCode=str(code))

@@ -57,6 +57,9 @@ def _join(pid: int) -> None:
 
 def _child(setup: Setup, sock: socket.socket) -> NoReturn:
     try:
+        go = _sync.receive(sock)  # the engine has put us in the container's cgroup
+        if not go or go.get("type") != "proceed":
+            os._exit(125)
         setup.run()
     except StepError as exc:
         with contextlib.suppress(OSError):

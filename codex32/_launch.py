@@ -300,8 +300,13 @@ def run_exec(
     stdin: FileArg,
     stdout: FileArg,
     stderr: FileArg,
+    on_created: Callable[[int], None] | None = None,
 ) -> int:
-    """Run the exec set-up process against PID ``pid``; return the command's exit code."""
+    """Run the exec set-up process against PID ``pid``; return the command's exit code.
+
+    ``on_created`` gets the new process's pid before it runs anything of its own
+    (the engine puts it in the container's cgroup there).
+    """
     sock, child = _sync.socket_pair()
     fd = child.fileno()
     try:
@@ -322,6 +327,15 @@ def run_exec(
         while (message := _sync.receive(sock)) is not None:
             if message.get("type") == "error":
                 error = message
+            elif message.get("type") == "created":
+                try:
+                    if on_created is not None:
+                        on_created(int(message["pid"]))
+                except BaseException:
+                    process.kill()
+                    process.wait()
+                    raise
+                _sync.send(sock, {"type": "proceed"})
         code = process.wait()
     if error is not None:
         raise LaunchError(

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,12 +39,30 @@ def _codex32_mounts() -> list[str]:
 
 
 def _setup_processes() -> list[str]:
-    """Monitors, fork servers and set-up processes of codex32 that are still alive."""
+    """Monitors, fork servers and set-up processes of codex32 that are still alive.
+
+    Exited ones waiting for init to reap them (zombies) do not count: a monitor
+    daemonizes, so init reaps it, a moment after it exits.
+    """
     out = subprocess.run(
-        ["ps", "-eo", "pid=,comm=,args="], capture_output=True, text=True, check=True
+        ["ps", "-eo", "pid=,stat=,comm=,args="], capture_output=True, text=True, check=True
     ).stdout
     marks = ("c32mon-", "codex32-forksrv", "codex32._monitor", "codex32._forkserver")
-    return [line.strip() for line in out.splitlines() if any(m in line for m in marks)]
+    return [
+        line.strip()
+        for line in out.splitlines()
+        if any(m in line for m in marks) and not line.split()[1].startswith("Z")
+    ]
+
+
+def _lingering(before: list[str], timeout: float = 5.0) -> list[str]:
+    """New live codex32 processes, after giving exiting ones a moment to go."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in _setup_processes() if p not in before]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 def _cgroups() -> list[str]:
@@ -81,7 +100,7 @@ def storage_dir() -> Iterator[Path]:
     if names.is_dir():
         leaks += [f"container name {p.name}" for p in names.iterdir()]
     leaks += [f"mount {m.strip()}" for m in _codex32_mounts() if m not in before["mounts"]]
-    leaks += [f"process {p}" for p in _setup_processes() if p not in before["processes"]]
+    leaks += [f"process {p}" for p in _lingering(before["processes"])]
     leaks += [f"cgroup {c}" for c in _cgroups() if c not in before["cgroups"]]
     leaks += [f"link {link}" for link in _links() if link not in before["links"]]
     shutil.rmtree(path, ignore_errors=True)
