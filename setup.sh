@@ -7,11 +7,13 @@ cd "$(dirname "$0")"
 # busybox-static: the busybox template; tini: the --init reaper (tini-static);
 # libcap-dev + python3-dev + gcc: python-prctl builds against libcap;
 # libseccomp2: the seccomp profiles (loaded through pyseccomp); iproute2: tests look at links;
-# nftables: masquerade for networks created with --masquerade;
+# nftables: masquerade for networks created with --masquerade; crun, runc, bubblewrap:
+# the anchors `make bench` compares against;
 # qemu-system-x86 + linux-image-amd64 (a stock kernel in /boot; the running kernel is not
 # changed): the cgroup v2 tests boot it with virtme-ng, since this host's controllers are v1.
 PACKAGES=(busybox-static tini libcap-dev libseccomp2 python3 python3-venv python3-dev gcc
-          iproute2 util-linux procps nftables qemu-system-x86 linux-image-amd64)
+          iproute2 util-linux procps nftables qemu-system-x86 linux-image-amd64
+          crun runc bubblewrap)
 # Extra packages named by the caller (e.g. the cgroup v2 VM tools), space separated.
 read -r -a EXTRA <<< "${CODEX32_EXTRA_PACKAGES:-}"
 
