@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # busybox-static: the busybox template; tini: the --init reaper (tini-static);
-# libcap-dev + python3-dev + gcc: python-prctl builds against libcap;
+# libcap-dev + python3-dev + gcc: for Python packages that build C extensions;
 # libseccomp2: the seccomp profiles (loaded through pyseccomp); iproute2: tests look at links;
 # nftables: masquerade for networks created with --masquerade; crun, runc, bubblewrap:
 # the anchors `make bench` compares against;
