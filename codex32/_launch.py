@@ -101,9 +101,10 @@ class ForkServer:
             self._stop()
 
     def __del__(self) -> None:
-        # An engine dropped without close(): hang up quietly; the server then exits.
-        if self._control is not None:
-            self._control.close()
+        # An engine dropped without close(): hang up; the server exits at once, and
+        # is reaped here so that it leaves no zombie.
+        with contextlib.suppress(Exception):
+            self._stop()
 
     def _stop(self) -> None:
         if self._control is not None:

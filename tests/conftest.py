@@ -91,7 +91,8 @@ def storage_dir() -> Iterator[Path]:
         "cgroups": _cgroups(),
         "links": _links(),
     }
-    path = Path(tempfile.mkdtemp(prefix="codex32-test-", dir="/tmp"))
+    base = os.environ.get("CODEX32_TEST_TMPDIR", "/tmp")  # the v2 VM sets a tmpfs here
+    path = Path(tempfile.mkdtemp(prefix="codex32-test-", dir=base))
     os.chmod(path, 0o711)  # a STRICT container's mapped root must reach its layers
     yield path
     leaks: list[str] = []

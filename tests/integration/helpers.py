@@ -130,7 +130,8 @@ def host_tmpdir(mode: int = 0o755) -> Iterator[Path]:
     pytest's ``tmp_path`` lives below a 0700 directory, which a STRICT container's
     root (an unprivileged host uid) cannot traverse.
     """
-    path = Path(tempfile.mkdtemp(prefix="codex32-it-", dir="/tmp"))
+    base = os.environ.get("CODEX32_TEST_TMPDIR", "/tmp")
+    path = Path(tempfile.mkdtemp(prefix="codex32-it-", dir=base))
     os.chmod(path, mode)
     try:
         yield path

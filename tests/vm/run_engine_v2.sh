@@ -5,7 +5,7 @@
 # Exit status: the tests' own.
 #
 # Same VM as tests/vm/run_v2.sh (virtme-ng, the host filesystem read-only), with a
-# fresh tmpfs on /tmp where the session's storage directory and templates are built.
+# fresh tmpfs (beside /tmp) where the session's storage directory and templates are built.
 # The default selection uses the python template only (one template build; under
 # TCG about 1 min to boot and 3 min of tests); others may need busybox-static.
 #
@@ -34,7 +34,10 @@ args=""
 for arg in "$@"; do args+=" $(printf '%q' "$arg")"; done
 # The VM's /tmp is an overlayfs (virtme's writable layer over the host's /tmp), which
 # overlayfs refuses as an upper layer: the containers' root filesystems need a tmpfs.
-inner="mount -t tmpfs -o mode=1777 tmpfs /tmp && cd $(printf '%q' "$repo") && PYTHONDONTWRITEBYTECODE=1 CODEX32_REQUIRE_V2=1 \
+# It goes beside /tmp, not over it: the checkout itself may live under /tmp.
+scratch=/run/codex32-vm-tmp
+inner="mkdir -p $scratch && mount -t tmpfs -o mode=1777 tmpfs $scratch && cd $(printf '%q' "$repo") && \
+TMPDIR=$scratch CODEX32_TEST_TMPDIR=$scratch PYTHONDONTWRITEBYTECODE=1 CODEX32_REQUIRE_V2=1 \
 $(printf '%q' "$venv/bin/python") -m pytest -q -p no:cacheprovider -s \
 tests/integration/test_resources.py -k $(printf '%q' "$selection")$args"
 
