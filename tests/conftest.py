@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -50,10 +51,13 @@ def _setup_processes() -> list[str]:
         ["ps", "-eo", "pid=,stat=,comm=,args="], capture_output=True, text=True, check=True
     ).stdout
     marks = ("c32mon-", "codex32-forksrv", "codex32._monitor", "codex32._forkserver")
+    ours = os.path.dirname(sys.executable)  # not another checkout's runs on this machine
     return [
         line.strip()
         for line in out.splitlines()
-        if any(m in line for m in marks) and not line.split()[1].startswith("Z")
+        if any(m in line for m in marks)
+        and ours in line
+        and not line.split()[1].startswith("Z")
     ]
 
 
