@@ -7,6 +7,7 @@ removed again if a later step fails.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -749,6 +750,11 @@ class ContainerEngine:
             record = self._refresh(container.id)
             live = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
             if record.status not in live:
+                # It may have just crashed: its monitor must not restart it now.
+                def keep_stopped(r: ContainerRecord) -> None:
+                    r.stopped_by_user = True
+
+                self._store.update(container.id, keep_stopped)
                 container.reload()
                 return
             config = container.config
@@ -1113,7 +1119,8 @@ async def init_engine(storage_dir: str | os.PathLike[str] | None = None) -> Cont
     """Create the process-wide engine (awaitable, as the FastAPI start-up uses it)."""
     global _engine  # noqa: PLW0603
     _engine = ContainerEngine(storage_dir)
-    _engine.reconcile()
+    # reconcile uses pyroute2, which runs an event loop of its own: not on this one.
+    await asyncio.to_thread(_engine.reconcile)
     return _engine
 
 

@@ -354,9 +354,6 @@ class Monitor:
             for path in set(self.cgroup_paths.values()):
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
-            for parent in {os.path.dirname(p) for p in self.cgroup_paths.values()}:
-                with contextlib.suppress(OSError):
-                    os.rmdir(parent)  # the engine's parent, once no container is left
             if (self.directory / "network.json").exists():  # lease, hosts entries, links
                 with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                     subprocess.run(
@@ -385,21 +382,32 @@ class Monitor:
         delay = min(_BACKOFF_START * (2**count), _BACKOFF_MAX)
 
         def change(r: ContainerRecord) -> None:
-            r.status = ContainerState.RESTARTING
+            if not r.stopped_by_user:
+                r.status = ContainerState.RESTARTING
 
-        self.store.update(self.config.container_id, change)
+        if self.store.update(self.config.container_id, change).stopped_by_user:
+            return
         self._forget_engine()
         time.sleep(delay)
+
+        def give_up(r: ContainerRecord) -> None:
+            if r.status is ContainerState.RESTARTING:
+                r.status = ContainerState.EXITED
+
         current = self.store.load(self.config.container_id)
         if current.stopped_by_user or current.status is not ContainerState.RESTARTING:
+            self.store.update(self.config.container_id, give_up)
             return
-        subprocess.run(
-            [sys.executable, "-m", "codex32._restart", self.config.storage_dir, record.id],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
+        with open(self.directory / "restart.log", "ab") as log:  # why a restart failed
+            result = subprocess.run(
+                [sys.executable, "-m", "codex32._restart", self.config.storage_dir, record.id],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                check=False,
+            )
+        if result.returncode != 0:
+            self.store.update(self.config.container_id, give_up)
 
     def _wait_for_engine_to_let_go(self) -> None:
         """An attached engine reads the log after the exit; wait until it hangs up."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -120,9 +119,7 @@ class ContainerCgroups:
         cgroup = self.handle(container_id)
         if cgroup is None:
             return
-        paths = set(cgroup.paths.values())
         cgroup.destroy(kill=True)
-        remove_empty_parents(paths)
 
     def remove_orphans(self, known: set[str]) -> list[str]:
         """Remove container cgroups whose container is gone (after a crash)."""
@@ -156,16 +153,6 @@ class ContainerCgroups:
             net_tx_bytes=tx,
             oom_kills=raw.oom_kills,
         )
-
-
-def remove_empty_parents(paths: set[str]) -> None:
-    """rmdir the engine's parent cgroups once the last container has left them.
-
-    (The kernel refuses while another container's cgroup is still inside.)
-    """
-    for parent in {os.path.dirname(p) for p in paths}:
-        with contextlib.suppress(OSError):
-            os.rmdir(parent)
 
 
 _EMPTY = CgroupStats(0, 0, None, None, None, 0, None, 0, 0, 0)

@@ -7,19 +7,29 @@ process, which starts the container again under a fresh monitor.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from ._engine import ContainerEngine
+from ._state import ContainerRecord
 from .errors import Codex32Error
 
 
 def main() -> int:
     storage, container_id = sys.argv[1], sys.argv[2]
-    engine = ContainerEngine(storage)
+    engine = ContainerEngine(storage, fork_server=False)
     try:
         engine.containers.get(container_id).start(restarting=True)
     except Codex32Error as exc:
         print(f"codex32: restart of {container_id[:12]} failed: {exc}", file=sys.stderr)
+
+        reason = f"restart failed: {exc}"
+
+        def failed(record: ContainerRecord) -> None:
+            record.error = reason
+
+        with contextlib.suppress(Codex32Error, OSError):
+            engine._store.update(container_id, failed)
         return 1
     return 0
 

@@ -83,8 +83,14 @@ def process_start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat: with the pid, it names one process for sure."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    try:
+        if fields[0] in ("Z", "X"):
+            return None  # exited, not yet reaped: not running any more
+        return int(fields[19])
+    except (IndexError, ValueError):
         return None
 
 

@@ -147,7 +147,8 @@ def container_command(action: Action) -> Callable[..., None]:
 
             if not chosen:
                 raise ValueError("name an image: a template (codex32 images) or a .py file")
-            command_args = list(args or [])
+            # With --image, a first positional word is the command's, not an image.
+            command_args = ([image] if image_option and image else []) + list(args or [])
             if command_args[:1] == ["--"]:
                 command_args = command_args[1:]
             level = isolation or Settings.from_env().default_isolation.value
