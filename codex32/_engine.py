@@ -746,6 +746,12 @@ class ContainerEngine:
         container.reload()
 
     def _stop(self, container: Container, timeout: float | None) -> None:
+        # Said before waiting for the verb lock: a restart under way (the monitor's
+        # _restart holds the lock) then sees it and does not bring the container back.
+        def intend(r: ContainerRecord) -> None:
+            r.stopped_by_user = True
+
+        self._store.update(container.id, intend)
         with self._store.operation(container.id):
             record = self._refresh(container.id)
             live = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
@@ -753,6 +759,8 @@ class ContainerEngine:
                 # It may have just crashed: its monitor must not restart it now.
                 def keep_stopped(r: ContainerRecord) -> None:
                     r.stopped_by_user = True
+                    if r.status is ContainerState.RESTARTING:  # the monitor got there first
+                        r.status = ContainerState.EXITED
 
                 self._store.update(container.id, keep_stopped)
                 container.reload()

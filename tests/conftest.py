@@ -56,9 +56,7 @@ def _setup_processes() -> list[str]:
     return [
         line.strip()
         for line in out.splitlines()
-        if any(m in line for m in marks)
-        and ours in line
-        and not line.split()[1].startswith("Z")
+        if any(m in line for m in marks) and ours in line and not line.split()[1].startswith("Z")
     ]
 
 
