@@ -10,8 +10,10 @@ a set-up process) so that a test can check that a failure left nothing.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -275,3 +277,20 @@ def assert_nothing_new(before: Snapshot, storage_dir: Path) -> None:
     assert after.names - before.names == set(), "container name left"
     assert after.mounts - before.mounts == set(), "host mount left"
     assert after.processes - before.processes == set(), "set-up process left"
+
+
+def vm_tools_missing() -> list[str]:
+    """What the cgroup v2 VM runners (tests/vm/) need and this host lacks, with its package."""
+    venv_bin = os.path.dirname(sys.executable)
+    path = f"{venv_bin}:{os.environ.get('PATH', '')}"
+    missing = [
+        f"{tool} ({package})"
+        for tool, package in (
+            ("vng", "pip install virtme-ng"),
+            ("qemu-system-x86_64", "apt-get install qemu-system-x86"),
+        )
+        if shutil.which(tool, path=path) is None
+    ]
+    if not glob.glob("/boot/vmlinuz-*"):
+        missing.append("/boot/vmlinuz-* (apt-get install linux-image-amd64)")
+    return missing

@@ -6,41 +6,24 @@ Skips only when the VM cannot be built here, naming what is missing: virtme-ng's
 
 from __future__ import annotations
 
-import glob
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import vm_tools_missing
 
 pytestmark = pytest.mark.root
 
 RUNNER = Path(__file__).resolve().parents[1] / "vm" / "run_v2.sh"
 
 
-def _missing() -> list[str]:
-    venv_bin = os.path.dirname(sys.executable)
-    path = f"{venv_bin}:{os.environ.get('PATH', '')}"
-    missing = [
-        f"{tool} ({package})"
-        for tool, package in (
-            ("vng", "pip install virtme-ng"),
-            ("qemu-system-x86_64", "apt-get install qemu-system-x86"),
-        )
-        if shutil.which(tool, path=path) is None
-    ]
-    if not glob.glob("/boot/vmlinuz-*"):
-        missing.append("/boot/vmlinuz-* (apt-get install linux-image-amd64)")
-    return missing
-
-
 def test_cgroup_v2_suite_passes_in_a_vm() -> None:
     if os.environ.get("CODEX32_REQUIRE_V2") == "1":
         pytest.skip("already inside the VM")
-    missing = _missing()
+    missing = vm_tools_missing()
     if missing:
         pytest.skip(f"cannot boot the v2 VM, missing: {', '.join(missing)}")
     env = dict(os.environ, VENV=str(Path(sys.executable).parents[1]))

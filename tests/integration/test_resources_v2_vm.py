@@ -8,15 +8,14 @@ built here, naming what is missing (``vng``, ``qemu-system-x86_64``, a kernel im
 
 from __future__ import annotations
 
-import glob
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import vm_tools_missing
 
 pytestmark = pytest.mark.root
 
@@ -24,26 +23,10 @@ RUNNER = Path(__file__).resolve().parents[1] / "vm" / "run_engine_v2.sh"
 EXPECTED = 3  # the runner's default selection: OOM, pids, pause
 
 
-def _missing() -> list[str]:
-    venv_bin = os.path.dirname(sys.executable)
-    path = f"{venv_bin}:{os.environ.get('PATH', '')}"
-    missing = [
-        f"{tool} ({package})"
-        for tool, package in (
-            ("vng", "pip install virtme-ng"),
-            ("qemu-system-x86_64", "apt-get install qemu-system-x86"),
-        )
-        if shutil.which(tool, path=path) is None
-    ]
-    if not glob.glob("/boot/vmlinuz-*"):
-        missing.append("/boot/vmlinuz-* (apt-get install linux-image-amd64)")
-    return missing
-
-
 def test_engine_resource_limits_pass_on_cgroup_v2_in_a_vm() -> None:
     if os.environ.get("CODEX32_REQUIRE_V2") == "1":
         pytest.skip("already inside the VM")
-    missing = _missing()
+    missing = vm_tools_missing()
     if missing:
         pytest.skip(f"cannot boot the v2 VM, missing: {', '.join(missing)}")
     env = {k: v for k, v in os.environ.items() if k != "CODEX32_VM_TESTS"}
