@@ -645,6 +645,10 @@ class ContainerEngine:
                 r.error = message
 
             self._store.update(container.id, failed)
+            # Whatever got into the cgroup before the failure is dead or dies here;
+            # a failed start keeps no cgroup (Docker's "created" has none either).
+            with contextlib.suppress(CgroupError):
+                self._cgroups.destroy(container.id)
             if config.auto_remove:
                 self._networking.release(container.id)
                 self._store.delete(container.record)

@@ -26,6 +26,13 @@ from codex32.settings import Settings
 
 IS_ROOT = os.geteuid() == 0
 
+#: What this test session names its host objects after: its storage and scratch
+#: directories, and the cgroup parent its engines use (``CODEX32_CGROUP_PARENT``,
+#: inherited by the CLI runs). The leak checks look only at objects carrying it, so
+#: two checkouts may run their suites on one machine at the same time.
+SESSION_TAG = os.environ.setdefault("CODEX32_TEST_SESSION", f"codex32-test-{os.getpid()}")
+os.environ["CODEX32_CGROUP_PARENT"] = SESSION_TAG
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``root`` skip, naming what is missing, when not run as root."""
@@ -39,7 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _codex32_mounts() -> list[str]:
     with open("/proc/self/mountinfo") as f:
-        return [line for line in f if "codex32" in line]
+        return [line for line in f if SESSION_TAG in line]
 
 
 def _setup_processes() -> list[str]:
@@ -71,10 +78,11 @@ def _lingering(before: list[str], timeout: float = 5.0) -> list[str]:
 
 
 def _cgroups() -> list[str]:
+    """This session's cgroups: its engines' parents and everything beneath them."""
     found = []
     for top, dirs, _files in os.walk("/sys/fs/cgroup", onerror=lambda _e: None):
         # Directories may vanish while we walk (other cgroups being removed).
-        found += [os.path.join(top, d) for d in dirs if "codex32" in d]
+        found += [os.path.join(top, d) for d in dirs if SESSION_TAG in os.path.join(top, d)]
     return found
 
 
@@ -95,7 +103,7 @@ def storage_dir() -> Iterator[Path]:
         "links": _links(),
     }
     base = os.environ.get("CODEX32_TEST_TMPDIR", "/tmp")  # the v2 VM sets a tmpfs here
-    path = Path(tempfile.mkdtemp(prefix="codex32-test-", dir=base))
+    path = Path(tempfile.mkdtemp(prefix=f"{SESSION_TAG}-", dir=base))
     os.chmod(path, 0o711)  # a STRICT container's mapped root must reach its layers
     yield path
     leaks: list[str] = []
@@ -108,11 +116,11 @@ def storage_dir() -> Iterator[Path]:
     leaks += [f"mount {m.strip()}" for m in _codex32_mounts() if m not in before["mounts"]]
     leaks += [f"process {p}" for p in _lingering(before["processes"])]
     new_cgroups = [c for c in _cgroups() if c not in before["cgroups"]]
-    # The engine's parent cgroup ("codex32", as Docker's "docker") stays by design;
-    # a container's cgroup left inside it is a leak. Tidy up the empty parents.
-    leaks += [f"cgroup {c}" for c in new_cgroups if os.path.basename(c) != "codex32"]
+    # The engine's parent cgroup (as Docker's "docker") stays by design; a
+    # container's cgroup left inside it is a leak. Tidy up the empty parents.
+    leaks += [f"cgroup {c}" for c in new_cgroups if os.path.basename(c) != SESSION_TAG]
     for parent in new_cgroups:
-        if os.path.basename(parent) == "codex32":
+        if os.path.basename(parent) == SESSION_TAG:
             with contextlib.suppress(OSError):
                 os.rmdir(parent)
     leaks += [f"link {link}" for link in _links() if link not in before["links"]]

@@ -23,6 +23,10 @@ from typing import Any
 
 from codex32 import ContainerConfig, ContainerEngine, IsolationType
 
+#: The test session's tag (set by the root conftest): scratch directories and cgroup
+#: parents carry it, so the leak checks can tell this session's objects from others'.
+SESSION_TAG = os.environ["CODEX32_TEST_SESSION"]
+
 BUSYBOX = "busybox"
 PYTHON = "python"
 LEVELS = (IsolationType.MINIMAL, IsolationType.STANDARD, IsolationType.STRICT)
@@ -133,7 +137,7 @@ def host_tmpdir(mode: int = 0o755) -> Iterator[Path]:
     root (an unprivileged host uid) cannot traverse.
     """
     base = os.environ.get("CODEX32_TEST_TMPDIR", "/tmp")
-    path = Path(tempfile.mkdtemp(prefix="codex32-it-", dir=base))
+    path = Path(tempfile.mkdtemp(prefix=f"{SESSION_TAG}-it-", dir=base))
     os.chmod(path, mode)
     try:
         yield path
@@ -154,7 +158,10 @@ def write_recipe(recipes: Path, name: str, build_script: str, command: str = "sh
 
 
 def engine_with_templates(engine: ContainerEngine, recipes: Path) -> ContainerEngine:
-    """An engine on the same storage directory whose recipes come from ``recipes``."""
+    """An engine on the same storage directory whose recipes come from ``recipes``.
+
+    Use it in a ``with`` block: it may start a fork server, which must not outlive the test.
+    """
     return ContainerEngine(settings=dataclasses.replace(engine.settings, templates_dir=recipes))
 
 
@@ -205,12 +212,23 @@ def cmdline(pid: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What exists of containers: directories, names, host mounts, set-up processes."""
+    """What exists of containers: directories, names, host mounts, set-up processes, cgroups."""
 
     containers: frozenset[str]
     names: frozenset[str]
     mounts: frozenset[str]
     processes: frozenset[str]
+    cgroups: frozenset[str]
+
+
+def session_cgroups() -> frozenset[str]:
+    """Container cgroups beneath this session's cgroup parents, in every hierarchy."""
+    found = set()
+    for top, dirs, _files in os.walk("/sys/fs/cgroup", onerror=lambda _e: None):
+        if os.path.basename(top).startswith(SESSION_TAG):
+            found.update(os.path.join(top, d) for d in dirs)
+            dirs.clear()
+    return frozenset(found)
 
 
 def _listing(path: Path) -> frozenset[str]:
@@ -260,23 +278,25 @@ def snapshot(storage_dir: Path) -> Snapshot:
     """Take stock of ``storage_dir``, host mounts and this run's set-up processes."""
     with open("/proc/self/mountinfo") as f:
         mounts = frozenset(
-            line.strip() for line in f if str(storage_dir) in line or "codex32" in line
+            line.strip() for line in f if str(storage_dir) in line or SESSION_TAG in line
         )
     return Snapshot(
         containers=_listing(storage_dir / "containers"),
         names=_listing(storage_dir / "names"),
         mounts=mounts,
         processes=setup_processes(storage_dir),
+        cgroups=session_cgroups(),
     )
 
 
 def assert_nothing_new(before: Snapshot, storage_dir: Path) -> None:
-    """No container directory, name, host mount or set-up process since ``before``."""
+    """No container directory, name, host mount, set-up process or cgroup since ``before``."""
     after = snapshot(storage_dir)
     assert after.containers - before.containers == set(), "container directory left"
     assert after.names - before.names == set(), "container name left"
     assert after.mounts - before.mounts == set(), "host mount left"
     assert after.processes - before.processes == set(), "set-up process left"
+    assert after.cgroups - before.cgroups == set(), "cgroup left"
 
 
 def vm_tools_missing() -> list[str]:

@@ -21,6 +21,7 @@ from cgroup_checks import (
     check_oom,
     check_pids,
 )
+from helpers import SESSION_TAG
 
 from codex32._cgroups.detect import host_info
 from codex32._cgroups.v1 import V1Cgroup, V1Driver
@@ -44,7 +45,7 @@ def driver() -> Iterator[V1Driver]:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    driver = V1Driver(f"codex32-test-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    driver = V1Driver(f"{SESSION_TAG}-{uuid.uuid4().hex[:6]}")
     bases = driver.base_dirs()
     try:
         yield driver

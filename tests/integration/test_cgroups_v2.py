@@ -25,6 +25,7 @@ from cgroup_checks import (
     check_oom,
     check_pids,
 )
+from helpers import SESSION_TAG
 
 from codex32._cgroups.detect import detect_driver, host_info
 from codex32._cgroups.v2 import WANTED, V2Cgroup, V2Driver
@@ -53,7 +54,7 @@ def driver() -> Iterator[V2Driver]:
         if os.environ.get("CODEX32_REQUIRE_V2") == "1":
             pytest.fail(f"CODEX32_REQUIRE_V2=1 but {reason}")
         pytest.skip(reason)
-    driver = V2Driver(f"codex32-test-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    driver = V2Driver(f"{SESSION_TAG}-{uuid.uuid4().hex[:6]}")
     try:
         yield driver
     finally:

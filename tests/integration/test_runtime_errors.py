@@ -147,9 +147,11 @@ def test_a_template_that_fails_to_build_is_refused(
         (recipes / name).mkdir()
         (recipes / name / "template.toml").write_text('build = "build.sh"\n')
         (recipes / name / "build.sh").write_text("echo 'cannot build this' >&2\nexit 3\n")
-        broken = engine_with_templates(engine, recipes)
         before = snapshot(storage_dir)
-        with pytest.raises(ImageError, match="cannot build this"):
+        with (
+            engine_with_templates(engine, recipes) as broken,
+            pytest.raises(ImageError, match="cannot build this"),
+        ):
             broken.containers.run(_config(image=name))
     assert_nothing_new(before, storage_dir)
     built = storage_dir / "templates" / name
@@ -174,7 +176,7 @@ def test_strict_refuses_a_storage_dir_its_root_cannot_reach(engine: ContainerEng
     with host_tmpdir(mode=0o700) as private:
         storage = private / "storage"
         locked = ContainerEngine(settings=dataclasses.replace(engine.settings, storage_dir=storage))
-        with pytest.raises(ConfigError, match="not searchable"):
+        with locked, pytest.raises(ConfigError, match="not searchable"):
             locked.containers.run(_config(isolation=IsolationType.STRICT))
         containers = storage / "containers"
         assert not containers.exists() or os.listdir(containers) == []

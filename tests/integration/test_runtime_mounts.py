@@ -19,6 +19,7 @@ from helpers import (
     EROFS_TEXT,
     LEVELS,
     PYTHON,
+    SESSION_TAG,
     Snapshot,
     assert_nothing_new,
     engine_with_templates,
@@ -263,9 +264,9 @@ def escape_engine(engine: ContainerEngine, escape_target: Path) -> Iterator[Cont
             f'ln -s ../../../../../../../../..{escape_target} "$1/rel"\n'
             f'mkdir -p "$1/inside"\n',
         )
-        escaping = engine_with_templates(engine, recipes)
-        escaping.images.build("escapebox", quiet=True)
-        yield escaping
+        with engine_with_templates(engine, recipes) as escaping:
+            escaping.images.build("escapebox", quiet=True)
+            yield escaping
 
 
 # Below a symlink, and the symlink itself ('..' in a target is refused by the model).
@@ -306,7 +307,7 @@ def test_the_escape_template_symlinks_are_there(escape_engine: ContainerEngine) 
         sh("for l in escape abs rel; do echo $l=$(readlink /$l); done", image="escapebox"),
     )
     found = facts(out)
-    assert found["abs"].startswith("/tmp/codex32-it-")
+    assert found["abs"].startswith(f"/tmp/{SESSION_TAG}-it-")
     assert found["escape"].startswith("/../")
     assert found["rel"].startswith("../")
 
