@@ -213,8 +213,8 @@ def phases(run: Run) -> dict[str, float | None]:
     wait_e = run.find("ContainerEngine._wait_removed", "E", pid=eng)
     out["engine: read log, hang up"] = _span(got_exit, wait_b or end)
     out["engine: wait for the monitor's --rm removal"] = _span(wait_b, wait_e)
-    release = _duration(run, "subprocess:codex32._netrelease", monitor)
-    out["  of which `python -m codex32._netrelease` (in the monitor)"] = release
+    release = _duration(run, "EndpointFiles.release", monitor)
+    out["  of which the network release (in the monitor)"] = release
     out["engine: return"] = _span(wait_e, end)
     out["total (run() call to return)"] = _span(begin, end)
     out["  fsync, all processes, until removed (overlaps the phases)"] = _sum_of(

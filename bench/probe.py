@@ -45,6 +45,7 @@ CHILD_TARGETS: tuple[tuple[str, str], ...] = (
     ("codex32._monitor", "Monitor.supervise"),
     ("codex32._monitor", "Monitor.finish"),
     ("codex32._monitor", "Monitor._wait_for_engine_to_let_go"),
+    ("codex32._network.endpoint", "EndpointFiles.release"),
     ("codex32._forkserver", "_child"),
     ("codex32._init", "Setup.__init__"),
     ("codex32._init", "Setup.run"),

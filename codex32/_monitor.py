@@ -31,6 +31,7 @@ from ._events import Event, append_event
 from ._init import stage2
 from ._linux.caps import set_child_subreaper, set_process_name
 from ._logs import LogWriter
+from ._network.endpoint import ENDPOINT_FILE, EndpointFiles
 from ._state import (
     ContainerRecord,
     ContainerState,
@@ -354,14 +355,9 @@ class Monitor:
             for path in set(self.cgroup_paths.values()):
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
-            if (self.directory / "network.json").exists():  # lease, hosts entries, links
-                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                    subprocess.run(
-                        [sys.executable, "-m", "codex32._netrelease", self.config.storage_dir,
-                         record.id],
-                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL, check=False, timeout=60,
-                    )  # fmt: skip
+            if (self.directory / ENDPOINT_FILE).exists():  # lease, hosts entries, links
+                with contextlib.suppress(OSError, Codex32Error):
+                    EndpointFiles(Path(self.config.storage_dir), self.store).release(record.id)
             with contextlib.suppress(OSError):
                 self.store.delete(record)
             self._event("destroy")

@@ -29,17 +29,20 @@ container actually joins a bridge; host and none containers never pay for it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
-import os
-import socket
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ._netconfig import HOST, NONE, PortMapping, format_rate, is_bridged, resolve_network
+from ._network.endpoint import (
+    ENDPOINT_FILE,
+    Endpoint,
+    EndpointFiles,
+    drop_links,
+    link_exists,
+    load_endpoint,
+)
 from ._network.etc_files import (
     HOSTS,
     RESOLV_CONF,
@@ -51,72 +54,26 @@ from ._network.etc_files import (
     render_resolv_conf,
     write_in_place,
 )
-from ._network.ipam import IPAM, NetworkDefinition
-from ._state import ContainerState, StateStore, is_same_process, process_start_time
+from ._network.ipam import NetworkDefinition
+from ._state import ContainerState, StateStore, process_start_time
 from ._state import write_json_atomic as _write_json_atomic
 from .config import ContainerConfig
 from .errors import Codex32Error, NetworkError
 
 log = logging.getLogger("codex32")
 
-ENDPOINT_FILE = "network.json"
 HOST_HOSTS = "/etc/hosts"
 HOST_RESOLV_CONF = "/etc/resolv.conf"
 _LIVE = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
-
-
-@dataclass
-class Endpoint:
-    """A bridged container's place on its network (``containers/ID/network.json``)."""
-
-    network: str
-    name: str
-    hostname: str
-    address: str  # with prefix: 10.88.0.5/16
-    gateway: str
-    bridge: str
-    ifname_host: str
-    ifname_ifb: str = ""  # the IFB shaping its egress, if limited
-    ports: list[dict[str, Any]] = field(default_factory=list)
-    egress_bps: int | None = None
-    ingress_bps: int | None = None
-    proxy_pid: int | None = None
-    proxy_start_time: int | None = None
-
-    @property
-    def ip(self) -> str:
-        """The address without its prefix length."""
-        return self.address.split("/", 1)[0]
-
-    @property
-    def port_mappings(self) -> list[PortMapping]:
-        return [PortMapping.model_validate(p) for p in self.ports]
-
-    def proxy_alive(self) -> bool:
-        """Whether the proxy recorded is still that process (pid and start time)."""
-        return is_same_process(self.proxy_pid, self.proxy_start_time)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Endpoint:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def _link_exists(ifname: str) -> bool:
-    """Whether a link of that name exists in the caller's namespace (no netlink import)."""
-    try:
-        socket.if_nametoindex(ifname)
-    except OSError:
-        return False
-    return True
 
 
 class Networking:
     """Networks and container endpoints under one storage directory."""
 
     def __init__(self, storage_dir: Path, store: StateStore) -> None:
-        self.directory = storage_dir / "networks"
-        self.ipam = IPAM(self.directory)
+        self._files = EndpointFiles(storage_dir, store)
+        self.directory = self._files.directory
+        self.ipam = self._files.ipam
         self._store = store
 
     # -- networks ------------------------------------------------------------------
@@ -128,7 +85,7 @@ class Networking:
         from ._linux import network as netlink
 
         definition = self.ipam.create_network(name, subnet, gateway, None, masquerade)
-        bridge_existed = _link_exists(definition.bridge)
+        bridge_existed = link_exists(definition.bridge)
         try:
             netlink.ensure_bridge(definition.bridge, definition.gateway_cidr, None)
             if masquerade:
@@ -148,7 +105,7 @@ class Networking:
     def remove_network(self, name: str) -> NetworkDefinition:
         """Delete a network, its bridge and its NAT rule; refused while containers use it."""
         definition = self.ipam.remove_network(name)
-        if _link_exists(definition.bridge):
+        if link_exists(definition.bridge):
             from ._linux import network as netlink
 
             netlink.remove_bridge(definition.bridge, None)
@@ -161,7 +118,7 @@ class Networking:
         definition = self.ipam.get_network(name)
         containers = []
         for container_id, address in sorted(self.ipam.leases(name).items()):
-            endpoint = self._load(container_id)
+            endpoint = load_endpoint(self._store, container_id)
             containers.append(
                 {
                     "Id": container_id,
@@ -174,7 +131,7 @@ class Networking:
             "Subnet": definition.subnet,
             "Gateway": definition.gateway,
             "Bridge": definition.bridge,
-            "BridgePresent": _link_exists(definition.bridge),
+            "BridgePresent": link_exists(definition.bridge),
             "Masquerade": definition.masquerade,
             "Default": definition.name == self.ipam.default_network.name,
             "Containers": containers,
@@ -245,7 +202,7 @@ class Networking:
             directory / RESOLV_CONF, render_resolv_conf(host_resolv, read_text(SYSTEMD_RESOLV_CONF))
         )
         write_in_place(directory / HOSTS, render_hosts(None, [], definition.name))
-        self._refresh_hosts(definition.name)
+        self._files.refresh_hosts(definition.name)
 
     def _check_ports(self, container_id: str, name: str, ports: list[PortMapping]) -> None:
         """Refuse a host port that a running container publishes already."""
@@ -265,7 +222,7 @@ class Networking:
         for other_id in self._store.ids():
             if other_id == container_id:
                 continue
-            endpoint = self._load(other_id)
+            endpoint = load_endpoint(self._store, other_id)
             if endpoint is None or not endpoint.proxy_alive():
                 continue
             if any(port.conflicts_with(p) for p in endpoint.port_mappings):
@@ -276,7 +233,7 @@ class Networking:
 
     def attach(self, container_id: str, pid: int) -> None:
         """Wire PID ``pid`` (created, not yet running) to its network; all or nothing."""
-        endpoint = self._load(container_id)
+        endpoint = load_endpoint(self._store, container_id)
         if endpoint is None:
             return  # host or none: the plan's loopback step is all there is
         from ._linux import network as netlink
@@ -286,7 +243,7 @@ class Networking:
         netlink.ensure_bridge(definition.bridge, definition.gateway_cidr, None)
         if definition.masquerade:
             self._apply_nat()
-        if _link_exists(endpoint.ifname_host) or _link_exists(endpoint.ifname_ifb):
+        if link_exists(endpoint.ifname_host) or link_exists(endpoint.ifname_ifb):
             netlink.detach_container(endpoint.ifname_host, None)  # an earlier run's
         netlink.attach_container(
             pid, definition.bridge, endpoint.ifname_host, endpoint.address, endpoint.gateway, None
@@ -353,26 +310,7 @@ class Networking:
         Best effort past the first failure: a link that cannot be deleted is logged and
         the lease and hosts entries are released anyway (``reconcile`` retries links).
         """
-        endpoint = self._load(container_id)
-        if endpoint is None:
-            return
-        self._stop_proxy(endpoint)
-        self._drop_links(endpoint.ifname_host, endpoint.ifname_ifb)
-        self.ipam.release(endpoint.network, container_id)
-        with contextlib.suppress(FileNotFoundError):
-            (self._store.directory(container_id) / ENDPOINT_FILE).unlink()
-        self._refresh_hosts(endpoint.network)
-
-    def _drop_links(self, ifname_host: str, ifname_ifb: str) -> None:
-        """Delete a container's host veth and IFB if present (netlink only if needed)."""
-        if not (_link_exists(ifname_host) or _link_exists(ifname_ifb)):
-            return
-        from ._linux import network as netlink
-
-        try:
-            netlink.detach_container(ifname_host, None)
-        except NetworkError as exc:
-            log.warning("could not remove the links of %s: %s", ifname_host, exc)
+        self._files.release(container_id)
 
     # -- reconcile -----------------------------------------------------------------
 
@@ -386,20 +324,20 @@ class Networking:
                 from ._linux.network import host_ifname, ifb_ifname
 
                 veth = host_ifname(container_id)
-                self._drop_links(veth, ifb_ifname(veth))
+                drop_links(veth, ifb_ifname(veth))
                 self.ipam.release(definition.name, container_id)
                 freed.append(container_id)
             if stale:
-                self._refresh_hosts(definition.name)
+                self._files.refresh_hosts(definition.name)
         for container_id in known:
-            endpoint = self._load(container_id)
+            endpoint = load_endpoint(self._store, container_id)
             if endpoint is None:
                 continue
             with contextlib.suppress(Codex32Error, OSError):
                 if self._store.load(container_id).status in _LIVE:
                     continue
             self._stop_proxy(endpoint)
-            self._drop_links(endpoint.ifname_host, endpoint.ifname_ifb)
+            drop_links(endpoint.ifname_host, endpoint.ifname_ifb)
         if any(n.masquerade for n in self.ipam.list_networks()):
             try:
                 self._apply_nat()  # the table is gone after a reboot
@@ -412,7 +350,7 @@ class Networking:
     def settings(self, container_id: str, config: ContainerConfig) -> dict[str, Any]:
         """``NetworkSettings`` for inspect: mode, address, ports, limits, proxy."""
         network = resolve_network(config.network, config.isolation.value)
-        endpoint = self._load(container_id)
+        endpoint = load_endpoint(self._store, container_id)
         if endpoint is None:
             return {"Mode": network if not is_bridged(network) else "bridge", "Network": network}
         return {
@@ -435,56 +373,10 @@ class Networking:
 
     def endpoint(self, container_id: str) -> Endpoint | None:
         """A container's endpoint record, if it is on a bridge network."""
-        return self._load(container_id)
-
-    def _load(self, container_id: str) -> Endpoint | None:
-        path = self._store.directory(container_id) / ENDPOINT_FILE
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        return Endpoint.from_json(data) if isinstance(data, dict) else None
+        return load_endpoint(self._store, container_id)
 
     def _save(self, container_id: str, endpoint: Endpoint) -> None:
         _write_json_atomic(self._store.directory(container_id) / ENDPOINT_FILE, asdict(endpoint))
-
-    @contextlib.contextmanager
-    def _hosts_lock(self) -> Iterator[None]:
-        """One writer of hosts files at a time (CLI and service may race)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / ".hosts.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    def _refresh_hosts(self, network: str) -> None:
-        """Rewrite, in place, the hosts file of every container holding a lease on ``network``.
-
-        Each change of the lease set is followed by a refresh that reads the leases after
-        taking the lock, so the last refresh always writes the final state.
-        """
-        with self._hosts_lock():
-            try:
-                leases = self.ipam.leases(network)
-            except NetworkError:
-                return  # the network is gone
-            members = []
-            for container_id, leased in leases.items():
-                endpoint = self._load(container_id)
-                if endpoint is not None:
-                    members.append((container_id, endpoint, str(leased)))
-            for container_id, endpoint, address in members:
-                own = HostEntry(address, names_for(endpoint.name, container_id, endpoint.hostname))
-                peers = [
-                    HostEntry(a, names_for(e.name, c)) for c, e, a in members if c != container_id
-                ]
-                path = self._store.directory(container_id) / HOSTS
-                try:
-                    write_in_place(path, render_hosts(own, peers, network), create=False)
-                except OSError as exc:
-                    log.debug("hosts file of %s not updated: %s", container_id[:12], exc)
 
 
 class NetworkCollection:

@@ -223,7 +223,7 @@ class Snapshot:
 
 def session_cgroups() -> frozenset[str]:
     """Container cgroups beneath this session's cgroup parents, in every hierarchy."""
-    found = set()
+    found: set[str] = set()
     for top, dirs, _files in os.walk("/sys/fs/cgroup", onerror=lambda _e: None):
         if os.path.basename(top).startswith(SESSION_TAG):
             found.update(os.path.join(top, d) for d in dirs)
