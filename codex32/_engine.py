@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from ._events import Event, EventHooks, EventWatcher, follow_events, read_events
 from ._launch import MONITOR_ENV, ExitStatus, FileArg, ForkServer, Launch, run_exec
@@ -560,28 +560,25 @@ class ContainerEngine:
             append_event(self.settings.storage_dir / "events.jsonl", event)
 
     def _refresh(self, container_id: str) -> ContainerRecord:
-        """The record, corrected by what the kernel says (pid alive and the same?)."""
-        record = self._store.load(container_id)
-        live = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
-        if record.status not in live:
+        """The record, corrected by what the kernel says (pid alive and the same?).
+
+        A live record whose PID 1 is gone while its monitor lives is being written
+        down: give the monitor a moment. It may then move on to RESTARTING, or to a new
+        PID 1, as well as to EXITED; each is judged afresh, and only a record that
+        stays orphaned (no PID 1, no monitor) is marked as lost.
+        """
+        deadline = time.monotonic() + 2
+        while True:
+            record = self._store.load(container_id)
+            verdict = _liveness(record)
+            if verdict != "settling" or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        if verdict != "orphaned":
             return record
-        monitor_alive = is_same_process(record.monitor_pid, record.monitor_start_time)
-        if record.status is ContainerState.RESTARTING:
-            if monitor_alive or time.time() - (record.finished_at or 0) < 5:
-                return record
-        elif is_same_process(record.pid, record.pid_start_time):
-            return record
-        elif monitor_alive:
-            # PID 1 is gone and its monitor is writing the exit down: give it a moment.
-            deadline = time.monotonic() + 2
-            while time.monotonic() < deadline:
-                record = self._store.load(container_id)
-                if record.status not in live:
-                    return record
-                time.sleep(0.01)
 
         def lost(r: ContainerRecord) -> None:
-            if r.status in live:
+            if _liveness(r) == "orphaned":  # judged again under the state lock
                 r.status = ContainerState.EXITED
                 r.exit_code = r.exit_code if r.exit_code is not None else 255
                 r.finished_at = r.finished_at or time.time()
@@ -758,8 +755,7 @@ class ContainerEngine:
         self._store.update(container.id, intend)
         with self._store.operation(container.id):
             record = self._refresh(container.id)
-            live = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
-            if record.status not in live:
+            if record.status not in _LIVE:
                 # It may have just crashed: its monitor must not restart it now.
                 def keep_stopped(r: ContainerRecord) -> None:
                     r.stopped_by_user = True
@@ -893,8 +889,7 @@ class ContainerEngine:
     def _remove(self, container: Container, force: bool) -> None:
         with self._store.operation(container.id):
             record = self._refresh(container.id)
-            live = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
-            if record.status in live:
+            if record.status in _LIVE:
                 if not force:
                     raise StateError(
                         f"cannot remove a {record.status.value} container",
@@ -1041,6 +1036,24 @@ def _capture(target: FileArg) -> Iterator[_Captured]:
         return
     with tempfile.TemporaryFile() as file:
         yield _Captured(None, file)
+
+
+def _liveness(record: ContainerRecord) -> Literal["ok", "settling", "orphaned"]:
+    """How a record stands against the kernel.
+
+    ``ok`` (not live, or its PID 1 or, restarting, its monitor is there), ``settling``
+    (PID 1 gone, its monitor alive and about to record the exit) or ``orphaned``.
+    """
+    if record.status not in _LIVE:
+        return "ok"
+    monitor_alive = is_same_process(record.monitor_pid, record.monitor_start_time)
+    if record.status is ContainerState.RESTARTING:
+        # A restart hands over to a new monitor; a moment without one is no loss.
+        recent = time.time() - (record.finished_at or 0) < 5
+        return "ok" if monitor_alive or recent else "orphaned"
+    if is_same_process(record.pid, record.pid_start_time):
+        return "ok"
+    return "settling" if monitor_alive else "orphaned"
 
 
 def _wait(launch: Launch) -> ExitStatus:

@@ -474,12 +474,6 @@ def test_on_failure_does_not_restart_a_success(
     assert actions(engine, container).count("start") == 1
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, open: about 1 run in 4 the monitor of an `always` container dies "
-    "silently during its 4th back-off and the container is left exited; see the closing "
-    "note of issue 3",
-)
 def test_always_restarts_with_growing_back_off_until_stopped(
     engine: ContainerEngine, containers: Containers
 ) -> None:
