@@ -1,7 +1,8 @@
 """Pydantic models of what a user asks for: data with validation, no behaviour.
 
-Nothing here touches the OS except checking that a volume source exists, which is
-part of refusing a bad config before anything is created.
+Nothing here touches the OS except checking that a volume source exists and that a
+throttled device is a whole-disk block device, which is part of refusing a bad config
+before anything is created.
 """
 
 from __future__ import annotations
