@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._state import ContainerState as ContainerState
     from .config import ContainerConfig as ContainerConfig
     from .config import ContainerImage as ContainerImage
+    from .config import DeviceRate as DeviceRate
     from .config import IsolationType as IsolationType
     from .config import PortMapping as PortMapping
     from .config import ResourceLimits as ResourceLimits
@@ -46,6 +47,7 @@ _EXPORTS = {
     "ContainerState": "._state",
     "ContainerConfig": ".config",
     "ContainerImage": ".config",
+    "DeviceRate": ".config",
     "IsolationType": ".config",
     "PortMapping": ".config",
     "ResourceLimits": ".config",

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from ._cgroups.detect import detect_driver
-from ._cgroups.driver import LIMIT_CONTROLLERS, Cgroup, CgroupDriver, CgroupStats
+from ._cgroups.driver import LIMIT_CONTROLLERS, Cgroup, CgroupDriver, CgroupStats, requested
 from .config import ResourceLimits
 from .errors import CgroupError
 
@@ -48,7 +48,7 @@ class ContainerStats:
 
 def set_limits(limits: ResourceLimits) -> list[str]:
     """The ResourceLimits fields that are set (and so must be enforced)."""
-    return [field for field in LIMIT_CONTROLLERS if getattr(limits, field) is not None]
+    return requested(limits)
 
 
 class ContainerCgroups:

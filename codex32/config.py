@@ -1,7 +1,8 @@
 """Pydantic models of what a user asks for: data with validation, no behaviour.
 
-Nothing here touches the OS except checking that a volume source exists, which is
-part of refusing a bad config before anything is created.
+Nothing here touches the OS except checking that a volume source exists and that a
+throttled device is a whole-disk block device, which is part of refusing a bad config
+before anything is created.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Any
@@ -44,6 +46,13 @@ RLIMIT_NAMES = frozenset(
 )  # fmt: skip
 
 TMPFS_OPTIONS = frozenset({"rw", "ro", "nosuid", "suid", "nodev", "dev", "exec", "noexec"})
+
+#: Where the kernel lists block devices by major:minor (a partition has a "partition" file).
+SYS_DEV_BLOCK = "/sys/dev/block"
+
+#: The largest rates blk-throttle stores: bytes/s in a u64, IOs/s in an unsigned int.
+BPS_MAX = (1 << 64) - 1
+IOPS_MAX = (1 << 32) - 1
 
 
 class IsolationType(StrEnum):
@@ -224,6 +233,103 @@ class Ulimit(BaseModel):
         return cls(name=name, soft=soft, hard=number(hard_text) if hard_text else soft)
 
 
+def check_block_device(path: str) -> str:
+    """Refuse anything but a whole-disk block device node; return its resolved path.
+
+    The kernel throttles whole disks only (a partition's major:minor fails with
+    ENODEV when the limit is written), so a partition is refused here, naming its disk.
+    """
+    real = os.path.realpath(path)
+    try:
+        info = os.stat(real)
+    except OSError as exc:
+        raise ValueError(
+            f"device {path!r} cannot be used ({exc.strerror}): give an existing block "
+            "device, e.g. /dev/sda (lsblk lists them)"
+        ) from None
+    if not stat.S_ISBLK(info.st_mode):
+        raise ValueError(
+            f"{path!r} is not a block device: give a disk's device node, e.g. /dev/sda "
+            "(lsblk lists them)"
+        )
+    number = f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
+    entry = os.path.join(SYS_DEV_BLOCK, number)
+    if os.path.exists(os.path.join(entry, "partition")):
+        disk = os.path.basename(os.path.dirname(os.path.realpath(entry)))
+        raise ValueError(
+            f"{path!r} is a partition ({number}): the kernel throttles whole disks only, "
+            f"so limit /dev/{disk} instead"
+        )
+    return real
+
+
+class DeviceRate(BaseModel):
+    """A rate limit on one host block device (``--device-write-bps /dev/sda:1mb``).
+
+    The path is kept as given and turned into major:minor when the limit is applied,
+    at every start (as Docker does): the numbers of loop, dm and nvme devices change
+    across reboots, paths such as ``/dev/disk/by-id/...`` do not. The rate is bytes
+    or IOs per second, by the list it is in (``ResourceLimits.device_*``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    rate: int
+
+    @field_validator("path")
+    @classmethod
+    def _block_device(cls, value: str, info: ValidationInfo) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"device {value!r} must be an absolute host path, e.g. /dev/sda")
+        if "\x00" in value:
+            raise ValueError(f"device {value!r} contains a NUL byte")
+        if info.context and info.context.get("stored"):
+            return value  # checked at create; resolved again when the limit is applied
+        check_block_device(value)
+        return os.path.normpath(value)
+
+    @field_validator("rate")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError(
+                f"rate {value} must be above 0 (to leave a device unlimited, do not list it)"
+            )
+        return value
+
+    @classmethod
+    def parse(cls, spec: str, *, iops: bool = False) -> DeviceRate:
+        """Parse Docker's ``PATH:RATE`` (bytes/s: ``1mb``, ``512kb``) or ``PATH:N`` (IOs/s)."""
+        path, sep, text = spec.rpartition(":")
+        example = "/dev/sda:100" if iops else "/dev/sda:1mb"
+        if not sep or not path or not text:
+            raise ValueError(
+                f"invalid device limit {spec!r}: use {'PATH:N' if iops else 'PATH:RATE'}, "
+                f"e.g. {example}"
+            )
+        if iops:
+            if not re.fullmatch(r"[0-9]+", text.strip()):
+                raise ValueError(
+                    f"invalid IO rate {text!r} in {spec!r}: use a whole number of IOs per "
+                    f"second, e.g. {example}"
+                )
+            rate = int(text)
+        else:
+            try:
+                rate = parse_size(text)
+            except ValueError:
+                raise ValueError(
+                    f"invalid rate {text!r} in {spec!r}: use bytes per second with an "
+                    f"optional unit kb, mb or gb, e.g. {example}"
+                ) from None
+        return cls(path=path, rate=rate)
+
+
+#: The per-device limit lists of ResourceLimits; the IOs/s ones end in "_iops".
+DEVICE_LIMITS = ("device_read_bps", "device_write_bps", "device_read_iops", "device_write_iops")
+
+
 class ResourceLimits(BaseModel):
     """cgroup limits (enforced by the cgroup drivers) and per-process limits."""
 
@@ -238,6 +344,11 @@ class ResourceLimits(BaseModel):
     pids_limit: int | None = Field(default=None, ge=1)
     blkio_weight: int | None = Field(default=None, ge=10, le=1000)
     max_open_files: int | None = Field(default=None, ge=1, le=1 << 20)
+    # Per-device throttles (Docker's --device-{read,write}-{bps,iops}); bytes or IOs/s.
+    device_read_bps: list[DeviceRate] = Field(default_factory=list)
+    device_write_bps: list[DeviceRate] = Field(default_factory=list)
+    device_read_iops: list[DeviceRate] = Field(default_factory=list)
+    device_write_iops: list[DeviceRate] = Field(default_factory=list)
 
     @field_validator("memory_bytes", "memory_swap_bytes", "memory_reservation_bytes", mode="before")
     @classmethod
@@ -245,6 +356,31 @@ class ResourceLimits(BaseModel):
         if isinstance(value, str) and value.strip() == "-1":
             return -1
         return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator(*DEVICE_LIMITS, mode="before")
+    @classmethod
+    def _device_specs(cls, value: Any, info: ValidationInfo) -> Any:
+        """Docker's ``PATH:RATE`` strings are accepted as list items too."""
+        if not isinstance(value, list):
+            return value
+        iops = str(info.field_name).endswith("_iops")
+        return [DeviceRate.parse(v, iops=iops) if isinstance(v, str) else v for v in value]
+
+    @field_validator(*DEVICE_LIMITS)
+    @classmethod
+    def _device_rates(cls, value: list[DeviceRate], info: ValidationInfo) -> list[DeviceRate]:
+        top = IOPS_MAX if str(info.field_name).endswith("_iops") else BPS_MAX
+        for item in value:
+            if item.rate > top:
+                raise ValueError(
+                    f"rate {item.rate} for {item.path} is above the kernel's maximum {top}"
+                )
+        if not (info.context and info.context.get("stored")):
+            devices = [os.path.realpath(item.path) for item in value]
+            duplicates = sorted({d for d in devices if devices.count(d) > 1})
+            if duplicates:
+                raise ValueError(f"device {duplicates[0]} is given more than once")
+        return value
 
     @model_validator(mode="after")
     def _swap_above_memory(self) -> ResourceLimits:
@@ -429,6 +565,7 @@ __all__ = [
     "ALL_CAPABILITIES",
     "ContainerConfig",
     "ContainerImage",
+    "DeviceRate",
     "IsolationType",
     "PortMapping",
     "ResourceLimits",

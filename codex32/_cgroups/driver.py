@@ -20,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import ResourceLimits
+from ..errors import CgroupError
 
 #: CFS period used for ``--cpus`` (as Docker and runc).
 CPU_PERIOD_US = 100_000
@@ -39,6 +41,18 @@ LIMIT_CONTROLLERS: Mapping[str, str] = {
     "memory_reservation_bytes": "memory",
     "pids_limit": "pids",
     "blkio_weight": "blkio",
+    "device_read_bps": "blkio",
+    "device_write_bps": "blkio",
+    "device_read_iops": "blkio",
+    "device_write_iops": "blkio",
+}
+
+#: Per-device throttle field -> (v1 blkio file, v2 io.max key).
+THROTTLES: Mapping[str, tuple[str, str]] = {
+    "device_read_bps": ("blkio.throttle.read_bps_device", "rbps"),
+    "device_write_bps": ("blkio.throttle.write_bps_device", "wbps"),
+    "device_read_iops": ("blkio.throttle.read_iops_device", "riops"),
+    "device_write_iops": ("blkio.throttle.write_iops_device", "wiops"),
 }
 
 
@@ -156,8 +170,47 @@ def cpu_quota_us(cpus: float, period_us: int = CPU_PERIOD_US) -> int:
 
 
 def requested(limits: ResourceLimits) -> list[str]:
-    """Names of the cgroup limits that are set (rlimit-only fields are not ours)."""
-    return [field for field in LIMIT_CONTROLLERS if getattr(limits, field) is not None]
+    """Names of the cgroup limits that are set (rlimit-only fields are not ours).
+
+    An empty per-device list is unset, as ``None`` is for the other fields.
+    """
+    return [field for field in LIMIT_CONTROLLERS if getattr(limits, field) not in (None, [])]
+
+
+def device_number(path: str) -> str:
+    """``MAJ:MIN`` of the block device at *path*, read now (as runc does at start).
+
+    Read at apply time, not at create: loop, dm and nvme numbers change across
+    reboots and re-attachments, so a number stored at create could throttle another disk.
+    """
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise CgroupError(
+            f"cannot throttle {path}: {exc.strerror}",
+            step="apply",
+            path=path,
+            errno=exc.errno,
+            hint="the device went away since the container was created: attach it "
+            "again, or recreate the container without that device limit",
+        ) from exc
+    if not stat.S_ISBLK(info.st_mode):
+        raise CgroupError(
+            f"cannot throttle {path}: it is no longer a block device",
+            step="apply",
+            path=path,
+            hint="recreate the container with the disk's current device path",
+        )
+    return f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
+
+
+def throttle_rules(limits: ResourceLimits) -> list[tuple[str, str, int]]:
+    """``(field, MAJ:MIN, rate)`` for every per-device limit, devices resolved now."""
+    return [
+        (field, device_number(item.path), item.rate)
+        for field in THROTTLES
+        for item in getattr(limits, field)
+    ]
 
 
 def signal_pids(pids: Iterable[int], sig: int) -> None:

@@ -61,8 +61,10 @@ class FakeCgroup:
                     f"the {controller} controller is not available, so {name} cannot be set",
                     step="apply",
                 )
-        merged = self.limits.model_dump(exclude_none=True) | limits.model_dump(exclude_none=True)
-        self.limits = ResourceLimits.model_validate(merged)
+        # Fields that are set replace earlier values; "stored": the paths were checked.
+        update = {k: v for k, v in limits.model_dump(exclude_none=True).items() if v != []}
+        merged = self.limits.model_dump(exclude_none=True) | update
+        self.limits = ResourceLimits.model_validate(merged, context={"stored": True})
 
     def freeze(self) -> None:
         self._alive("freeze")

@@ -49,7 +49,14 @@ from ._fs import (
     prune_dirs,
     remove_tree,
 )
-from .driver import CPU_PERIOD_US, CgroupStats, cpu_quota_us, signal_pids
+from .driver import (
+    CPU_PERIOD_US,
+    THROTTLES,
+    CgroupStats,
+    cpu_quota_us,
+    signal_pids,
+    throttle_rules,
+)
 
 #: Hierarchies a container joins (devices: so a device policy has a place later).
 MANAGED = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices")
@@ -148,6 +155,9 @@ class V1Cgroup:
             if not self._has("blkio", name) and self._has("blkio", "blkio.bfq.weight"):
                 name = "blkio.bfq.weight"
             writes.append(("blkio", name, limits.blkio_weight))
+        # One "MAJ:MIN RATE" write per device: each write sets that device's rule only.
+        for field, number, rate in throttle_rules(limits):
+            writes.append(("blkio", THROTTLES[field][0], f"{number} {rate}"))
         return [(controller, name, str(value)) for controller, name, value in writes]
 
     def _require(self, controller: str, filename: str) -> None:

@@ -48,7 +48,14 @@ from ._fs import (
     prune_dirs,
     remove_tree,
 )
-from .driver import CPU_PERIOD_US, CgroupStats, cpu_quota_us, signal_pids
+from .driver import (
+    CPU_PERIOD_US,
+    THROTTLES,
+    CgroupStats,
+    cpu_quota_us,
+    signal_pids,
+    throttle_rules,
+)
 
 #: Controllers we enable for container cgroups when the parent offers them.
 WANTED = ("cpu", "cpuset", "io", "memory", "pids")
@@ -139,6 +146,13 @@ class V2Cgroup:
                 writes.append(("io.bfq.weight", limits.blkio_weight))
             else:
                 writes.append(("io.weight", blkio_to_io_weight(limits.blkio_weight)))
+        # io.max: one write per device with all its keys ("8:0 rbps=N wbps=N"); the
+        # kernel parses a single device per write and leaves unnamed keys as they are.
+        keys: dict[str, list[str]] = {}
+        for field, number, rate in throttle_rules(limits):
+            keys.setdefault(number, []).append(f"{THROTTLES[field][1]}={rate}")
+        for number, settings in keys.items():
+            writes.append(("io.max", f"{number} {' '.join(settings)}"))
         return [(filename, str(value)) for filename, value in writes]
 
     def _events(self) -> dict[str, int]:

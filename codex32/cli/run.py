@@ -14,7 +14,7 @@ import typer
 from ._common import engine, flush_stdout, guard
 
 if TYPE_CHECKING:
-    from codex32 import ContainerConfig
+    from codex32 import ContainerConfig, DeviceRate
 
 
 class Action(Enum):
@@ -42,6 +42,24 @@ def parse_env(pairs: list[str], env_files: list[str]) -> dict[str, str]:
         elif name in os.environ:
             env[name] = os.environ[name]
     return env
+
+
+def device_rates(flag: str, specs: list[str] | None) -> list[DeviceRate]:
+    """Parse one ``--device-*`` flag's ``PATH:RATE`` values; an error names the flag."""
+    from pydantic import ValidationError
+
+    from codex32 import DeviceRate
+
+    rates = []
+    for spec in specs or []:
+        try:
+            rates.append(DeviceRate.parse(spec, iops=flag.endswith("-iops")))
+        except ValidationError as exc:
+            reason = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+            raise ValueError(f"{flag} {spec!r}: {reason}") from None
+        except ValueError as exc:
+            raise ValueError(f"{flag}: {exc}") from None
+    return rates
 
 
 def container_command(action: Action) -> Callable[..., None]:
@@ -111,6 +129,22 @@ def container_command(action: Action) -> Callable[..., None]:
         memory_reservation: Annotated[str | None, typer.Option("--memory-reservation")] = None,
         pids_limit: Annotated[int | None, typer.Option("--pids-limit")] = None,
         blkio_weight: Annotated[int | None, typer.Option("--blkio-weight")] = None,
+        device_read_bps: Annotated[
+            list[str] | None,
+            typer.Option("--device-read-bps", help="Read rate of a disk, e.g. /dev/sda:1mb."),
+        ] = None,
+        device_write_bps: Annotated[
+            list[str] | None,
+            typer.Option("--device-write-bps", help="Write rate of a disk, e.g. /dev/sda:1mb."),
+        ] = None,
+        device_read_iops: Annotated[
+            list[str] | None,
+            typer.Option("--device-read-iops", help="Read IOs/s of a disk, e.g. /dev/sda:100."),
+        ] = None,
+        device_write_iops: Annotated[
+            list[str] | None,
+            typer.Option("--device-write-iops", help="Write IOs/s of a disk, e.g. /dev/sda:100."),
+        ] = None,
         network: Annotated[
             str | None,
             typer.Option("--network", help="host, none, bridge or a network's name."),
@@ -184,6 +218,10 @@ def container_command(action: Action) -> Callable[..., None]:
                     memory_reservation_bytes=memory_reservation,
                     pids_limit=pids_limit,
                     blkio_weight=blkio_weight,
+                    device_read_bps=device_rates("--device-read-bps", device_read_bps),
+                    device_write_bps=device_rates("--device-write-bps", device_write_bps),
+                    device_read_iops=device_rates("--device-read-iops", device_read_iops),
+                    device_write_iops=device_rates("--device-write-iops", device_write_iops),
                 ),
                 network=network,
                 ports=[PortMapping.parse(p) for p in publish or []],

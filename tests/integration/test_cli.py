@@ -112,6 +112,10 @@ def test_exit_code_propagates(storage_dir: Path, code: int) -> None:
         (["--cap-add", "CAP_FLY", "busybox", "--", "true"], 125, "CAP_FLY"),
         (["--ulimit", "nofile=lots", "busybox", "--", "true"], 125, "lots"),
         (["-w", "relative", "busybox", "--", "true"], 125, "relative"),
+        (["--device-write-bps", "/dev/null:1mb", "busybox", "--", "true"], 125, "block device"),
+        (["--device-read-bps", "/dev/sda:fast", "busybox", "--", "true"], 125, "'fast'"),
+        (["--device-read-iops", "/dev/sda:1.5", "busybox", "--", "true"], 125, "whole number"),
+        (["--device-write-iops", "/dev/sda", "busybox", "--", "true"], 125, "PATH:N"),
     ],
 )
 def test_errors_are_one_line_with_dockers_exit_code(

@@ -151,3 +151,57 @@ def test_doctor_names_the_driver_and_controllers(
     if info.layout == "hybrid":
         assert driver.version == "v1"
         assert {"cpu", "memory", "pids"} <= set(listed)
+
+
+def _root_disk() -> tuple[str, str]:
+    """(device node, MAJ:MIN) of the whole disk holding / ; skip if / is not on one."""
+    dev = os.stat("/").st_dev
+    entry = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if not entry.exists():
+        pytest.skip("the root filesystem is not on a block device here")
+    disk = entry.resolve()
+    if (disk / "partition").exists():
+        disk = disk.parent
+    node = Path("/dev", disk.name)
+    if not node.is_block_device():
+        pytest.skip(f"no device node {node} for the root disk")
+    return str(node), (disk / "dev").read_text().strip()
+
+
+def test_device_throttle_flags_reach_the_cgroup(engine: ContainerEngine, storage_dir: Path) -> None:
+    """The four --device-* flags, Docker's syntax, land as the kernel's per-device rules."""
+    driver = engine._cgroups.driver()
+    if driver is None or not {"blkio", "io"} & driver.controllers():
+        pytest.skip("no blkio (v2: io) controller for containers")
+    disk, number = _root_disk()
+    flags = [
+        "--device-read-bps", f"{disk}:2mb", "--device-write-bps", f"{disk}:512kb",
+        "--device-read-iops", f"{disk}:200", "--device-write-iops", f"{disk}:100",
+    ]  # fmt: skip
+    with running(engine, storage_dir, *flags, "busybox", "--", "sleep", "1000") as name:
+        record = engine.containers.get(name).record
+        if "unified" in record.cgroup_paths:
+            rules = Path(record.cgroup_paths["unified"], "io.max").read_text().splitlines()
+            line = next(r for r in rules if r.startswith(f"{number} "))
+            assert line.split()[1:] == [
+                f"rbps={2 * MIB}",
+                f"wbps={512 << 10}",
+                "riops=200",
+                "wiops=100",
+            ]
+        else:
+            blkio = Path(record.cgroup_paths["blkio"])
+            found = {
+                kind: (blkio / f"blkio.throttle.{kind}_device").read_text().strip()
+                for kind in ("read_bps", "write_bps", "read_iops", "write_iops")
+            }
+            assert found == {
+                "read_bps": f"{number} {2 * MIB}",
+                "write_bps": f"{number} {512 << 10}",
+                "read_iops": f"{number} 200",
+                "write_iops": f"{number} 100",
+            }
+        proc = codex32(storage_dir, "stats", "--no-stream", "--json", name)
+        assert proc.returncode == 0, proc.stderr
+        (stats,) = json.loads(proc.stdout)
+        assert stats["block_read_bytes"] >= 0 and stats["block_write_bytes"] >= 0

@@ -1,7 +1,8 @@
 """Runs the engine-level resource tests against cgroup v2 in a stock-kernel VM.
 
 ``tests/vm/run_engine_v2.sh`` boots the VM and runs a short selection of
-``test_resources.py`` (OOM kill reported, pids limit, pause) with real containers;
+``test_resources.py`` (OOM kill reported, pids limit, pause, per-device I/O throttling
+on a loop device) with real containers;
 this checks that it ran them all and they passed. Skips only when the VM cannot be
 built here, naming what is missing (``vng``, ``qemu-system-x86_64``, a kernel image).
 """
@@ -20,7 +21,7 @@ from helpers import vm_tools_missing
 pytestmark = pytest.mark.root
 
 RUNNER = Path(__file__).resolve().parents[1] / "vm" / "run_engine_v2.sh"
-EXPECTED = 3  # the runner's default selection: OOM, pids, pause
+EXPECTED = 4  # the runner's default selection: OOM, pids, pause, device throttling
 
 
 def test_engine_resource_limits_pass_on_cgroup_v2_in_a_vm() -> None:
@@ -45,5 +46,5 @@ def test_engine_resource_limits_pass_on_cgroup_v2_in_a_vm() -> None:
     summary = re.search(r"(\d+) passed", output)
     assert summary and int(summary.group(1)) == EXPECTED, "the VM ran fewer tests than expected"
     assert not re.search(r"\d+ (skipped|failed|error)", output)
-    for figure in ("oom: exit 137", "pids: forked 9", "pause: frozen at"):
+    for figure in ("oom: exit 137", "pids: forked 9", "pause: frozen at", "throttle: "):
         assert figure in output, f"{figure!r} missing from the VM's output"

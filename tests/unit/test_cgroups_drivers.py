@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from codex32._cgroups import driver as driver_module
 from codex32._cgroups import v1 as v1_module
 from codex32._cgroups import v2 as v2_module
 from codex32._cgroups._fs import CgroupFS, cgroup_mounts, host_path, own_cgroups
@@ -43,13 +44,20 @@ V1_FILES: dict[str, dict[str, str]] = {
     },
     "pids": {"pids.max": "max", "pids.current": "0"},
     "freezer": {"freezer.state": "THAWED"},
-    "blkio": {"blkio.bfq.weight": "100", "blkio.throttle.io_service_bytes_recursive": "Total 0"},
+    "blkio": {
+        "blkio.bfq.weight": "100",
+        "blkio.throttle.io_service_bytes_recursive": "Total 0",
+        "blkio.throttle.read_bps_device": "",
+        "blkio.throttle.write_bps_device": "",
+        "blkio.throttle.read_iops_device": "",
+        "blkio.throttle.write_iops_device": "",
+    },
     "devices": {},
 }
 V2_FILES: dict[str, dict[str, str]] = {
     "cpu": {"cpu.max": "max 100000", "cpu.weight": "100"},
     "cpuset": {"cpuset.cpus": ""},
-    "io": {"io.weight": "default 100"},
+    "io": {"io.weight": "default 100", "io.max": ""},
     "memory": {
         "memory.max": "max",
         "memory.swap.max": "max",
@@ -530,6 +538,92 @@ def test_v1_absolute_parent_is_taken_from_the_hierarchy_root(tmp_path: Path) -> 
     assert group.paths["memory"] == f"{host.root}/memory/codex32.slice/c1"
 
 
+#: Fake device paths and the numbers device_number gives them in these tests.
+DEVICES = {"/dev/fake-a": "7:0", "/dev/disk/by-id/fake-b": "254:16"}
+
+
+@pytest.fixture
+def fake_devices(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """device_number answers from DEVICES and records each lookup (made at apply time)."""
+    looked_up: list[str] = []
+
+    def number(path: str) -> str:
+        looked_up.append(path)
+        return DEVICES[path]
+
+    monkeypatch.setattr(driver_module, "device_number", number)
+    return looked_up
+
+
+def device_limits(**lists: list[tuple[str, int]]) -> ResourceLimits:
+    """ResourceLimits naming fake devices (the "stored" context skips the host check)."""
+    return ResourceLimits.model_validate(
+        {k: [{"path": p, "rate": r} for p, r in v] for k, v in lists.items()},
+        context={"stored": True},
+    )
+
+
+THROTTLED = device_limits(
+    device_read_bps=[("/dev/fake-a", 2 << 20)],
+    device_write_bps=[("/dev/fake-a", 1 << 20), ("/dev/disk/by-id/fake-b", 512 << 10)],
+    device_read_iops=[("/dev/disk/by-id/fake-b", 100)],
+    device_write_iops=[("/dev/fake-a", 50)],
+)
+
+
+def test_v1_device_limits_write_one_rule_per_device(
+    tmp_path: Path, fake_devices: list[str]
+) -> None:
+    host = Host(tmp_path, "v1")
+    group = host.v1().create("c1")
+    group.apply(THROTTLED)
+    blkio = group.paths["blkio"]
+    writes = [(os.path.basename(p), v) for p, v in host.fs.writes if p.startswith(blkio + "/")]
+    assert writes == [
+        ("blkio.throttle.read_bps_device", f"7:0 {2 << 20}"),
+        ("blkio.throttle.write_bps_device", f"7:0 {1 << 20}"),
+        ("blkio.throttle.write_bps_device", f"254:16 {512 << 10}"),
+        ("blkio.throttle.read_iops_device", "254:16 100"),
+        ("blkio.throttle.write_iops_device", "7:0 50"),
+    ]
+    assert sorted(set(fake_devices)) == sorted(DEVICES)  # resolved when applied
+
+
+def test_v1_device_limits_without_throttling_are_errors(
+    tmp_path: Path, fake_devices: list[str]
+) -> None:
+    """A kernel without CONFIG_BLK_DEV_THROTTLING has no such file: nothing is written."""
+    host = Host(tmp_path, "v1")
+    group = host.v1().create("c1")
+    os.unlink(Path(group.paths["blkio"], "blkio.throttle.write_iops_device"))
+    host.fs.writes.clear()
+    with pytest.raises(CgroupError, match=r"blkio\.throttle\.write_iops_device does not exist"):
+        group.apply(THROTTLED)
+    assert host.fs.writes == []
+
+
+def test_a_device_gone_since_create_fails_apply_before_any_write(tmp_path: Path) -> None:
+    host = Host(tmp_path, "v1")
+    group = host.v1().create("c1")
+    host.fs.writes.clear()
+    limits = device_limits(device_write_bps=[("/dev/codex32-gone", 1 << 20)])
+    with pytest.raises(CgroupError, match="cannot throttle /dev/codex32-gone") as caught:
+        group.apply(limits)
+    assert (caught.value.step, caught.value.errno) == ("apply", errno.ENOENT)
+    assert host.fs.writes == []
+
+
+def test_device_number_reads_the_node_now(tmp_path: Path) -> None:
+    with pytest.raises(CgroupError, match="no longer a block device"):
+        driver_module.device_number("/dev/null")
+    block = [p for p in Path("/sys/dev/block").glob("*") if Path("/dev", p.resolve().name).exists()]
+    if not block:
+        pytest.skip("no block device node under /dev on this machine")
+    node = Path("/dev", block[0].resolve().name)
+    rdev = os.stat(node).st_rdev
+    assert driver_module.device_number(str(node)) == f"{os.major(rdev)}:{os.minor(rdev)}"
+
+
 # -- v2 ------------------------------------------------------------------------------
 
 
@@ -574,6 +668,24 @@ def test_v2_delegates_from_the_root_cgroup_and_applies(tmp_path: Path) -> None:
     (path / "io.bfq.weight").write_text("100")
     group.apply(ResourceLimits(blkio_weight=500))
     assert _text(path / "io.bfq.weight") == "500"  # BFQ takes the blkio range as is
+
+
+def test_v2_device_limits_combine_per_device_in_io_max(
+    tmp_path: Path, fake_devices: list[str]
+) -> None:
+    """One io.max write per device, all of its keys on the line; keys not set stay as they are."""
+    host = Host(tmp_path, "v2")
+    group = host.v2().create("c1")
+    path = group.paths["unified"]
+    group.apply(THROTTLED)
+    writes = [v for p, v in host.fs.writes if p == f"{path}/io.max"]
+    assert writes == [
+        f"7:0 rbps={2 << 20} wbps={1 << 20} wiops=50",
+        f"254:16 wbps={512 << 10} riops=100",
+    ]
+    os.unlink(Path(path, "io.max"))  # the io controller is not enabled for the group
+    with pytest.raises(CgroupError, match=r"io\.max does not exist"):
+        group.apply(device_limits(device_read_iops=[("/dev/fake-a", 10)]))
 
 
 def test_v2_engine_cgroup_with_processes_cannot_delegate(tmp_path: Path) -> None:

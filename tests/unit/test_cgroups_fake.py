@@ -6,8 +6,9 @@ import signal
 
 import pytest
 
-from codex32._cgroups.driver import CgroupDriver
-from codex32._cgroups.fake import FakeDriver
+from codex32._cgroups.driver import CgroupDriver, requested
+from codex32._cgroups.fake import ALL_CONTROLLERS, FakeDriver
+from codex32._resources import ContainerCgroups
 from codex32.config import ResourceLimits
 from codex32.errors import CgroupError
 
@@ -48,3 +49,27 @@ def test_fake_oom_and_missing_controllers() -> None:
         group.freeze()
     with pytest.raises(CgroupError, match="cgroup name"):
         driver.create("../x")
+
+
+def test_fake_records_device_limits_and_needs_blkio() -> None:
+    """Per-device limits need blkio (v2: io); an empty list asks for nothing."""
+    limits = ResourceLimits.model_validate(
+        {"device_write_bps": [{"path": "/dev/fake-a", "rate": 1 << 20}]},
+        context={"stored": True},
+    )
+    group = FakeDriver().create("c1")
+    group.apply(limits)
+    group.apply(ResourceLimits(pids_limit=5))  # an empty device list leaves the rule alone
+    assert [(d.path, d.rate) for d in group.limits.device_write_bps] == [("/dev/fake-a", 1 << 20)]
+    assert requested(ResourceLimits()) == []
+    assert requested(limits) == ["device_write_bps"]
+
+    without = FakeDriver(available=ALL_CONTROLLERS - {"blkio"})
+    with pytest.raises(CgroupError, match="blkio controller is not available"):
+        without.create("c1").apply(limits)
+    cgroups = ContainerCgroups("codex32", driver=without)
+    assert cgroups.missing_controllers(limits) == {"device_write_bps": "blkio"}
+    assert cgroups.missing_controllers(ResourceLimits()) == {}
+    # A v2 driver names the controller "io": that counts as blkio.
+    with_io = FakeDriver(available=(ALL_CONTROLLERS - {"blkio"}) | {"io"})
+    assert ContainerCgroups("codex32", driver=with_io).missing_controllers(limits) == {}

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from codex32 import ContainerConfig, IsolationType, ResourceLimits, TmpfsMount, Ulimit, Volume
+from codex32 import (
+    ContainerConfig,
+    DeviceRate,
+    IsolationType,
+    ResourceLimits,
+    TmpfsMount,
+    Ulimit,
+    Volume,
+)
+from codex32 import config as config_module
 from codex32.config import parse_size
 
 
@@ -113,3 +123,111 @@ def test_env_and_command_refuse_nul() -> None:
         ContainerConfig(image="busybox", env={"A=B": "x"})
     with pytest.raises(ValidationError, match="NUL"):
         ContainerConfig(image="busybox", command=["echo", "a\x00b"])
+
+
+# -- per-device I/O limits (--device-read-bps and friends) ---------------------------
+
+
+def a_block_device() -> str:
+    """A whole-disk block device node of this machine (stat needs no root); else skip."""
+    sys_block = Path("/sys/dev/block")
+    entries = sorted(sys_block.iterdir()) if sys_block.is_dir() else []
+    for entry in entries:
+        node = Path("/dev", entry.resolve().name)
+        if not (entry / "partition").exists() and node.is_block_device():
+            return str(node)
+    pytest.skip("no whole-disk block device node under /dev on this machine")
+
+
+def test_device_rate_parse_uses_dockers_units() -> None:
+    device = a_block_device()
+    assert DeviceRate.parse(f"{device}:1mb") == DeviceRate(path=device, rate=1 << 20)
+    assert DeviceRate.parse(f"{device}:512kb").rate == 512 << 10
+    assert DeviceRate.parse(f"{device}:1MiB").rate == 1 << 20
+    assert DeviceRate.parse(f"{device}:4096").rate == 4096
+    assert DeviceRate.parse(f"{device}:100", iops=True).rate == 100
+
+
+def test_device_rate_resolves_symlinks_for_the_check_but_keeps_the_path(tmp_path: Path) -> None:
+    """by-id style links stay as given: the device number is read again at every start."""
+    device = a_block_device()
+    link = tmp_path / "disk-link"
+    link.symlink_to(device)
+    assert DeviceRate.parse(f"{link}:1mb").path == str(link)
+
+
+@pytest.mark.parametrize(
+    ("spec", "iops", "message"),
+    [
+        ("/dev/null:1mb", False, "not a block device"),
+        ("/definitely/missing/disk:1mb", False, "cannot be used .*No such file"),
+        ("dev/sda:1mb", False, "absolute host path"),
+        ("/dev/null", False, "use PATH:RATE"),
+        (":1mb", False, "use PATH:RATE"),
+        ("/dev/sda:fast", False, "invalid rate 'fast'"),
+        ("/dev/sda:1m", True, "whole number of IOs per second"),
+        ("/dev/sda:-5", True, "whole number"),
+        ("/dev/sda:", True, "use PATH:N"),
+    ],
+)
+def test_bad_device_rates(spec: str, iops: bool, message: str) -> None:
+    with pytest.raises((ValidationError, ValueError), match=message):
+        DeviceRate.parse(spec, iops=iops)
+
+
+def test_device_rate_must_be_positive() -> None:
+    device = a_block_device()
+    with pytest.raises(ValidationError, match="must be above 0"):
+        DeviceRate.parse(f"{device}:0")
+    with pytest.raises(ValidationError, match="must be above 0"):
+        DeviceRate.parse(f"{device}:0", iops=True)
+
+
+def test_a_partition_is_refused_naming_its_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/sys/dev/block/MAJ:MIN of a partition has a "partition" file; its parent is the disk."""
+    device = a_block_device()
+    rdev = os.stat(device).st_rdev
+    disk = tmp_path / "devices" / "block" / "sdz"
+    (disk / "sdz1").mkdir(parents=True)
+    (disk / "sdz1" / "partition").write_text("1\n")
+    (tmp_path / "dev-block").mkdir()
+    (tmp_path / "dev-block" / f"{os.major(rdev)}:{os.minor(rdev)}").symlink_to(disk / "sdz1")
+    monkeypatch.setattr(config_module, "SYS_DEV_BLOCK", str(tmp_path / "dev-block"))
+    with pytest.raises(ValidationError, match=r"is a partition .* limit /dev/sdz instead"):
+        DeviceRate.parse(f"{device}:1mb")
+
+
+def test_resource_limits_take_docker_specs_and_check_ranges() -> None:
+    device = a_block_device()
+    limits = ResourceLimits(
+        device_read_bps=[f"{device}:2mb"],
+        device_write_iops=[DeviceRate(path=device, rate=50)],
+    )
+    assert limits.device_read_bps == [DeviceRate(path=device, rate=2 << 20)]
+    assert limits.device_write_iops[0].rate == 50
+    assert ResourceLimits().device_write_bps == []
+    with pytest.raises(ValidationError, match="whole number of IOs"):
+        ResourceLimits(device_read_iops=[f"{device}:1mb"])
+    with pytest.raises(ValidationError, match="above the kernel's maximum 4294967295"):
+        ResourceLimits(device_write_iops=[DeviceRate(path=device, rate=1 << 32)])
+    with pytest.raises(ValidationError, match="given more than once"):
+        ResourceLimits(device_write_bps=[f"{device}:1mb", f"{device}:2mb"])
+
+
+def test_stored_device_limits_reload_without_the_device() -> None:
+    """A stored config names a device that may be gone; start (apply) reports that, not load."""
+    stored = {
+        "image": "busybox",
+        "resources": {"device_write_bps": [{"path": "/dev/gone-since", "rate": 1048576}]},
+    }
+    config = ContainerConfig.model_validate(stored, context={"stored": True})
+    [rate] = config.resources.device_write_bps
+    assert (rate.path, rate.rate) == ("/dev/gone-since", 1 << 20)
+    assert (
+        ContainerConfig.model_validate(config.model_dump(mode="json"), context={"stored": True})
+        == config
+    )
+    with pytest.raises(ValidationError, match="cannot be used"):
+        ContainerConfig.model_validate(stored)

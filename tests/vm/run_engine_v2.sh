@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Boot a throw-away VM with a stock kernel (cgroup v2, every controller on) and run
 # the engine-level resource tests (real containers) against the v2 driver:
-# tests/integration/test_resources.py, the short selection below (OOM, pids, pause).
+# tests/integration/test_resources.py, the short selection below (OOM, pids, pause,
+# per-device I/O throttling on a loop device).
 # Exit status: the tests' own.
 #
 # Same VM as tests/vm/run_v2.sh (virtme-ng, the host filesystem read-only), with a
@@ -29,7 +30,7 @@ done
 kvm=(--disable-kvm)
 if [[ "${CODEX32_VM_KVM:-0}" == 1 ]]; then kvm=(); fi
 
-selection=${CODEX32_VM_TESTS:-"oom_killed or holds_exactly_ten or pause_stops_progress"}
+selection=${CODEX32_VM_TESTS:-"oom_killed or holds_exactly_ten or pause_stops_progress or throttle_direct_io"}
 args=""
 for arg in "$@"; do args+=" $(printf '%q' "$arg")"; done
 # The VM's /tmp is an overlayfs (virtme's writable layer over the host's /tmp), which
