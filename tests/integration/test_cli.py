@@ -229,3 +229,11 @@ def test_python_bot_through_the_cli(storage_dir: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["3", "/home/bot", "0"]
+
+
+def test_version_prints_the_installed_version(storage_dir: Path) -> None:
+    from importlib.metadata import version
+
+    proc = codex32(storage_dir, "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"codex32 {version('codex32')}"
