@@ -40,6 +40,7 @@ from .errors import (
     Codex32Error,
     ConfigError,
     ContainerError,
+    ContainerNotFoundError,
     ImageError,
     LaunchError,
     NetworkError,
@@ -902,7 +903,12 @@ class ContainerEngine:
                 self._signal_pid1(record, signal.SIGKILL)
                 self._thaw(container.id)
                 self._wait_exit(record, 10)
-                self._wait_recorded(container.id, 5)
+                try:
+                    self._wait_recorded(container.id, 5)
+                except ContainerNotFoundError:
+                    # An --rm container: its monitor removed it (and said "destroy").
+                    container._record.status = ContainerState.REMOVED
+                    return
             self._cgroups.destroy(container.id)
             self._networking.release(container.id)
             self._store.delete(record)

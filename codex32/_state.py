@@ -142,10 +142,16 @@ class StateStore:
                 hint="remove that container first (codex32 rm), or choose another --name",
             ) from None
 
-    def release_name(self, name: str) -> None:
-        """Forget a name (idempotent)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.names / name)
+    def release_name(self, name: str, container_id: str) -> None:
+        """Forget a name if it still names ``container_id`` (idempotent).
+
+        The check matters when two parties remove one container (an ``--rm`` monitor
+        and ``rm --force``): the later one must not take the name from a new container.
+        """
+        link = self.names / name
+        with contextlib.suppress(OSError):
+            if os.path.basename(os.readlink(link)) == container_id:
+                os.unlink(link)
 
     @contextlib.contextmanager
     def locked(self, container_id: str) -> Iterator[None]:
@@ -234,5 +240,5 @@ class StateStore:
 
     def delete(self, record: ContainerRecord) -> None:
         """Remove the name and the whole directory."""
-        self.release_name(record.name)
+        self.release_name(record.name, record.id)
         shutil.rmtree(self.directory(record.id), ignore_errors=True)

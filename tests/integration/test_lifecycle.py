@@ -567,3 +567,27 @@ def test_always_restarts_a_crashed_long_runner(
     container.reload()
     assert state(container) is ContainerState.EXITED
     assert container.record.exit_code == 0
+
+
+def test_force_removing_an_auto_remove_container_races_its_monitor_cleanly(
+    engine: ContainerEngine, storage_dir: Path
+) -> None:
+    """``rm -f`` of a running ``--rm`` container: the monitor removes it as it dies.
+
+    Whichever of the two gets there first, the call succeeds, the container and its
+    name are gone, and a new container may take the name at once.
+    """
+    name = f"rm-race-{secrets.token_hex(4)}"
+    for _ in range(5):
+        container = engine.containers.run_detached(sh(LOOP, name=name, auto_remove=True))
+        container.remove(force=True)
+        assert container.state is ContainerState.REMOVED
+        with pytest.raises(ContainerNotFoundError):
+            engine.containers.get(name)
+    successor = engine.containers.run_detached(sh(LOOP, name=name, auto_remove=True))
+    try:
+        time.sleep(0.5)  # a late removal of a predecessor must not take its name
+        assert engine.containers.get(name).id == successor.id
+    finally:
+        successor.remove(force=True)
+    assert not (storage_dir / "names" / name).exists()
