@@ -15,6 +15,7 @@ the sync socket, stdin, stdout, stderr.
 from __future__ import annotations
 
 import array
+import gc
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ import sys
 
 from . import _monitor
 from ._linux.caps import set_process_name
+from ._network import endpoint as _endpoint  # noqa: F401 - shared with --rm monitors
 
 _FDS = 4
 
@@ -54,6 +56,9 @@ def main() -> int:
     """``python -S -m codex32._forkserver FD``: serve spawn requests until EOF."""
     control = socket.socket(fileno=int(sys.argv[1]))
     set_process_name("codex32-forksrv")
+    # Everything imported so far is shared with the monitors forked from here; frozen,
+    # the collector never walks (so never writes, so never copies) those pages in them.
+    gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Monitors daemonize at once (their first process exits): reap those here.
     signal.signal(signal.SIGCHLD, lambda *_: _reap())

@@ -31,7 +31,6 @@ from ._events import Event, append_event
 from ._init import stage2
 from ._linux.caps import set_child_subreaper, set_process_name
 from ._logs import LogWriter
-from ._network.endpoint import ENDPOINT_FILE, EndpointFiles
 from ._state import (
     ContainerRecord,
     ContainerState,
@@ -355,7 +354,12 @@ class Monitor:
             for path in set(self.cgroup_paths.values()):
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
-            if (self.directory / ENDPOINT_FILE).exists():  # lease, hosts entries, links
+            if (self.directory / "network.json").exists():  # lease, hosts entries, links
+                # Imported here: a monitor started as a fresh interpreter (the CLI's)
+                # should not carry ipaddress, hashlib... for its whole life. The fork
+                # server imports it up front, so forked monitors share it.
+                from ._network.endpoint import EndpointFiles
+
                 with contextlib.suppress(OSError, Codex32Error):
                     EndpointFiles(Path(self.config.storage_dir), self.store).release(record.id)
             with contextlib.suppress(OSError):
