@@ -361,3 +361,31 @@ def test_endpoint_round_trip() -> None:
     endpoint = Endpoint("n", "x", "x", "10.0.0.2/24", "10.0.0.1", "br", "c32x")
     assert Endpoint.from_json({**endpoint.__dict__, "future_field": 1}) == endpoint
     assert endpoint.ip == "10.0.0.2"
+
+
+def test_hosts_refreshes_coalesce_but_never_across_a_reboot(networking: Networking) -> None:
+    """A refresh that began after a change already wrote it; a stamp of another boot
+    (or a garbled one) never stands in for a refresh."""
+    from codex32._network import endpoint as endpoint_module
+
+    a, b = "a" * 64, "b" * 64
+    _make(networking, a, "alpha")
+    _make(networking, b, "beta")
+    hosts_a = networking._store.directory(a) / "hosts"
+    stamp = networking.directory / ".hosts-bridge.refreshed"
+    assert stamp.exists()
+    files = endpoint_module.EndpointFiles(networking.directory.parent, networking._store)
+
+    def refresh_after(stamp_text: str) -> bool:
+        hosts_a.write_text("stale\n")
+        stamp.write_text(stamp_text)
+        files.refresh_hosts("bridge")
+        return hosts_a.read_text() != "stale\n"
+
+    boot, _, now = endpoint_module._now().partition(" ")
+    future = f"{boot} {int(now) + 10**12}"
+    assert not refresh_after(future), "a refresh that began later covers this change"
+    assert refresh_after(f"{boot} 0"), "an older refresh does not"
+    assert refresh_after(f"another-boot {int(now) + 10**12}"), "nor one of another boot"
+    assert refresh_after("garbage"), "nor a garbled stamp"
+    assert "beta" in hosts_a.read_text()
