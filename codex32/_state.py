@@ -121,12 +121,19 @@ class StateStore:
         self.root = storage_dir
         self.containers = storage_dir / "containers"
         self.names = storage_dir / "names"
+        self._layout_ready = False
 
     def ensure_layout(self) -> None:
-        """Create the storage tree; 0711 so a user-namespaced root can reach its layers."""
+        """Create the storage tree; 0711 so a user-namespaced root can reach its layers.
+
+        Once per store while the tree stays (every create asks).
+        """
+        if self._layout_ready and self.names.is_dir():
+            return
         for path in (self.root, self.containers, self.names):
             path.mkdir(parents=True, exist_ok=True)
             os.chmod(path, 0o711)
+        self._layout_ready = True
 
     def directory(self, container_id: str) -> Path:
         """A container's directory."""

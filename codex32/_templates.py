@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tomllib
@@ -51,13 +52,39 @@ class Template:
     writable: tuple[str, ...] = field(default_factory=tuple)
 
     def recipe_hash(self) -> str:
-        """A digest of every file in the recipe folder (names and contents)."""
+        """A digest of every file in the recipe folder (names and contents).
+
+        Every create asks; reading and hashing the files each time was a sixth of the
+        engine's work when many containers start at once. The digest is kept per
+        process and recomputed when a file's name, size or mtime changes.
+        """
+        fingerprint = _fingerprint(str(self.recipe_dir))
+        cached = _RECIPE_HASHES.get(str(self.recipe_dir))
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
         digest = hashlib.sha256()
-        for path in sorted(self.recipe_dir.rglob("*")):
-            if path.is_file():
-                digest.update(path.relative_to(self.recipe_dir).as_posix().encode() + b"\0")
-                digest.update(path.read_bytes())
-        return digest.hexdigest()[:16]
+        for relative, _size, _mtime in fingerprint:
+            digest.update(relative.encode() + b"\0")
+            digest.update((self.recipe_dir / relative).read_bytes())
+        value = digest.hexdigest()[:16]
+        _RECIPE_HASHES[str(self.recipe_dir)] = (fingerprint, value)
+        return value
+
+
+#: recipe directory -> (the fingerprint its digest was computed from, the digest).
+_RECIPE_HASHES: dict[str, tuple[tuple[tuple[str, int, int], ...], str]] = {}
+
+
+def _fingerprint(top: str) -> tuple[tuple[str, int, int], ...]:
+    """Each regular file below ``top``: (relative path, size, mtime in ns), sorted."""
+    found = []
+    for directory, _dirs, files in os.walk(top):
+        for name in files:
+            path = os.path.join(directory, name)
+            info = os.stat(path)
+            if stat.S_ISREG(info.st_mode):
+                found.append((os.path.relpath(path, top), info.st_size, info.st_mtime_ns))
+    return tuple(sorted(found))
 
 
 class TemplateStore:
