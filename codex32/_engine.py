@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import IO, Literal
 
 from ._events import Event, EventHooks, EventWatcher, follow_events, read_events
-from ._launch import MONITOR_ENV, ExitStatus, FileArg, ForkServer, Launch, run_exec
+from ._launch import (
+    MONITOR_ENV,
+    ExitStatus,
+    FileArg,
+    ForkServer,
+    Launch,
+    run_exec,
+    take_prestarted_fork_server,
+)
 from ._logs import LogEntry
 from ._networking import NetworkCollection, Networking
 from ._plan import ContainerPaths, Plan, Step, build_plan
@@ -351,10 +359,10 @@ class ContainerEngine:
         fork_server: bool = True,
     ) -> None:
         """``fork_server``: start containers' monitors from a warm launcher process
-        (fast starts for long-lived engines); the CLI, which starts one container per
-        process, turns it off."""
+        (started on first use, or adopted from ``prestart_fork_server``, as the CLI
+        does); off, each monitor is a fresh interpreter."""
         self.settings = settings or Settings.from_env(storage_dir)
-        self._fork_server = ForkServer() if fork_server else None
+        self._fork_server = (take_prestarted_fork_server() or ForkServer()) if fork_server else None
         self._store = StateStore(self.settings.storage_dir)
         self._templates = TemplateStore(self.settings.templates_dir, self.settings.storage_dir)
         self._cgroups = ContainerCgroups(self.settings.cgroup_parent)

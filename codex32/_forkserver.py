@@ -8,6 +8,10 @@ per container, the container's sync socket and stdio over a control socket
 (SCM_RIGHTS). Monitors forked from here also share its pages, which keeps their
 unique memory small. The server exits when the engine hangs up.
 
+With ``--once`` (the CLI's, started before its own imports) the server becomes the
+first monitor it is asked for instead of forking it: a CLI exits at once, and a
+monitor forked from a server that is gone keeps all of the server's pages to itself.
+
 Control message (one datagram): ``b"spawn"`` with four descriptors attached:
 the sync socket, stdin, stdout, stderr.
 """
@@ -23,7 +27,6 @@ import sys
 
 from . import _monitor
 from ._linux.caps import set_process_name
-from ._network import endpoint as _endpoint  # noqa: F401 - shared with --rm monitors
 
 _FDS = 4
 
@@ -55,7 +58,12 @@ def _child(control: socket.socket, fds: list[int]) -> None:
 def main() -> int:
     """``python -S -m codex32._forkserver FD``: serve spawn requests until EOF."""
     control = socket.socket(fileno=int(sys.argv[1]))
+    once = sys.argv[2:] == ["--once"]
     set_process_name("codex32-forksrv")
+    if not once:
+        # Shared with every --rm monitor forked from here (they release the network).
+        from ._network import endpoint  # noqa: F401
+
     # Everything imported so far is shared with the monitors forked from here; frozen,
     # the collector never walks (so never writes, so never copies) those pages in them.
     gc.freeze()
@@ -73,8 +81,8 @@ def main() -> int:
             for fd in fds:
                 os.close(fd)
             continue
-        if os.fork() == 0:
-            _child(control, fds)
+        if once or os.fork() == 0:
+            _child(control, fds)  # never returns
         for fd in fds:
             os.close(fd)
 

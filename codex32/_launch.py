@@ -50,11 +50,15 @@ class ForkServer:
     namespace after the server started.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, once: bool = False) -> None:
+        """``once``: the server becomes the first monitor it is asked for, instead of
+        forking it (then a regular server is started if another one is needed)."""
         self._lock = threading.Lock()
         self._control: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._namespaces: tuple[int, int] = (0, 0)
+        self._once = once
+        self._spent: subprocess.Popen[bytes] | None = None  # a once-server, now a monitor
 
     @staticmethod
     def _current_namespaces() -> tuple[int, int]:
@@ -68,9 +72,10 @@ class ForkServer:
             return self._control
         self._stop()
         ours, theirs = _sync.socket_pair()
+        mode = ["--once"] if self._once else []
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-S", "-m", "codex32._forkserver", str(theirs.fileno())],
+                [sys.executable, "-S", "-m", "codex32._forkserver", str(theirs.fileno()), *mode],
                 pass_fds=(theirs.fileno(),),
                 env=MONITOR_ENV,
                 stdin=subprocess.DEVNULL,
@@ -93,6 +98,11 @@ class ForkServer:
             with _Descriptors((stdin, stdout, stderr)) as stdio:
                 fds = array.array("i", [sync_fd, *stdio])
                 control.sendmsg([b"spawn"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            if self._once:  # that process is the monitor now: not ours to wait for
+                self._once = False
+                self._spent, self._process = self._process, None
+                control.close()
+                self._control = None
             return True
 
     def close(self) -> None:
@@ -107,6 +117,8 @@ class ForkServer:
             self._stop()
 
     def _stop(self) -> None:
+        if self._spent is not None and self._spent.poll() is not None:
+            self._spent = None  # it daemonized (its first process exited): reaped
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -117,6 +129,36 @@ class ForkServer:
                 self._process.kill()
                 self._process.wait()
             self._process = None
+
+
+_prestarted: ForkServer | None = None
+
+
+def prestart_fork_server() -> None:
+    """Start a fork server now, for the next engine this process makes to adopt.
+
+    The CLI calls this first thing for the verbs that start a container, before it
+    imports typer and pydantic: the server's interpreter start-up and imports
+    (~100 ms) then overlap the CLI's own (~300 ms), instead of following them as a
+    fresh monitor interpreter would. A CLI process is single-threaded, but it still
+    never forks itself: its heap would become each monitor's private memory.
+    """
+    global _prestarted  # noqa: PLW0603 - one per process, taken by the first engine
+    if _prestarted is None:
+        # A once-server: it becomes the container's monitor itself, so the monitor is
+        # no bigger than a fresh interpreter's (a forked one would keep the server's
+        # pages to itself once the CLI exits and the server with it).
+        server = ForkServer(once=True)
+        with server._lock:
+            server._ensure()
+        _prestarted = server
+
+
+def take_prestarted_fork_server() -> ForkServer | None:
+    """The fork server ``prestart_fork_server`` started, once (then None)."""
+    global _prestarted
+    server, _prestarted = _prestarted, None
+    return server
 
 
 class _Descriptors:

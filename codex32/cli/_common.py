@@ -56,7 +56,7 @@ def engine() -> ContainerEngine:
     """The engine for this invocation (settings from the environment)."""
     from codex32 import ContainerEngine
 
-    return guard(lambda: ContainerEngine(fork_server=False))
+    return guard(ContainerEngine)
 
 
 def table(rows: list[list[str]]) -> None:
