@@ -1,8 +1,8 @@
 """Engine-side memory per running container, for 1, 10 and 50 containers.
 
 The containers run ``sleep`` and are started through the API (``run_detached``) by
-threads; the counts are reached by adding containers (1, then 9 more, then 40
-more). At each count the bench reads, with psutil:
+threads, or one by one with the CLI (``codex32 run -d``); the counts are reached by
+adding containers (1, then 9 more, then 40 more). At each count the bench reads, with psutil:
 
 * every container's monitor (``record.monitor_pid``): USS, PSS, RSS;
 * the engine's helper processes (its children running ``codex32.*``, such as the
@@ -113,6 +113,27 @@ def _start(engine: Any, count: int) -> tuple[list[Any], list[str]]:
     return started, errors
 
 
+def _start_cli(engine: Any, count: int) -> tuple[list[Any], list[str]]:
+    """``count`` containers started one by one with ``codex32 run -d --rm`` (as a user
+    would): each monitor is the CLI's once-server, not a child of a shared one."""
+    import subprocess
+
+    from .host import REPO
+
+    started: list[Any] = []
+    errors: list[str] = []
+    for _ in range(count):
+        proc = subprocess.run(
+            [str(REPO / ".venv/bin/codex32"), "run", "-d", "--rm", "busybox", *SLEEP],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            errors.append(proc.stderr.strip())
+            continue
+        started.append(engine.containers.get(proc.stdout.strip()))
+    return started, errors
+
+
 def _sample(
     n: int, mode: str, containers: list[Any], baseline_uss: int, ignore: set[int]
 ) -> Sample:
@@ -140,15 +161,25 @@ def _sample(
 
 
 def measure(
-    bench: Bench, counts: list[int], log: Callable[[str], None], *, fork_server: bool = True
+    bench: Bench,
+    counts: list[int],
+    log: Callable[[str], None],
+    *,
+    fork_server: bool = True,
+    via_cli: bool = False,
 ) -> list[Sample]:
-    """Memory at each count; ``fork_server=False`` starts monitors as the CLI does."""
-    mode = "fork server" if fork_server else "fresh interpreter (as the CLI)"
+    """Memory at each count: monitors forked by the engine's fork server, fresh
+    interpreters (``fork_server=False``), or started by the CLI (``via_cli``)."""
+    if via_cli:
+        mode = "CLI `run -d` (once-server)"
+    else:
+        mode = "fork server" if fork_server else "fresh interpreter (fork_server=False)"
+    start = _start_cli if via_cli else _start
     others = {p.pid for p in _helpers(set())}  # other engines' helpers, if any are left
     engine = bench.engine(fork_server=fork_server)
     # A first container starts the fork server and imports what a start needs; it is
     # removed again so that the baseline is a warm engine with no container.
-    warm, errors = _start(engine, 1)
+    warm, errors = start(engine, 1)
     for container in warm:
         container.remove(force=True)
     if errors:
@@ -159,11 +190,13 @@ def measure(
     samples = []
     try:
         for n in sorted(counts):
-            started, errors = _start(engine, n - len(containers))
+            started, errors = start(engine, n - len(containers))
             containers += started
             if errors:
                 log(f"memory: {len(errors)} starts failed: {errors[0]}")
             sample = _sample(len(containers), mode, containers, baseline, others)
+            if via_cli:
+                sample.engine_uss_growth = 0  # the bench's engine only reads their records
             samples.append(sample)
             log(f"memory ({mode}): {len(containers)} running, monitor USS median "
                 f"{statistics.median(sample.monitor_uss or [0]) / 1e6:.2f} MB")  # fmt: skip

@@ -80,6 +80,8 @@ def _section(bench: Bench, section: str, args: argparse.Namespace) -> dict[str, 
             bench.close_engines()
             small = sorted({n for n in args.sizes if n <= 10})
             samples += memory.measure(bench, small, _log, fork_server=False)
+            bench.close_engines()
+            samples += memory.measure(bench, small, _log, via_cli=True)
         return {"memory": [s.to_dict() for s in samples]}
     modes = breakdown.measure(bench, args.traced, _log)
     return {
