@@ -291,19 +291,25 @@ def make_levels(
     """Create the missing directories from *start* down *levels*; return those we made.
 
     *prepare* runs on each new directory (v1 cpuset copies cpus/mems). A level that
-    a concurrent engine created between our check and our mkdir is not ours.
+    a concurrent engine created between our check and our mkdir is not ours, but
+    *prepare* (idempotent) runs on it too: its creator may not have prepared it yet,
+    and a child of an unprepared cpuset copies its empty cpus (then ENOSPC on join).
     """
     made: list[str] = []
     current = start
     for level in levels:
         current = os.path.join(current, level)
         if fs.exists(current):
+            if prepare is not None:
+                prepare(fs, current)
             continue
         try:
             fs.mkdir(current, "create")
         except CgroupError as exc:
             if exc.errno != errno_module.EEXIST:
                 raise
+            if prepare is not None:
+                prepare(fs, current)
             continue
         made.append(current)
         if prepare is not None:

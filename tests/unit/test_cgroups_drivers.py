@@ -752,3 +752,19 @@ def test_v2_missing_file_is_an_error(tmp_path: Path) -> None:
 def test_real_drivers_satisfy_the_protocol(tmp_path: Path) -> None:
     drivers: list[CgroupDriver] = [Host(tmp_path, "v1").v1()]
     assert drivers[0].version == "v1"
+
+
+def test_v1_prepares_a_parent_level_another_engine_made_but_not_yet_prepared(
+    tmp_path: Path,
+) -> None:
+    """Two first starts at once: one has made the parent level, not yet copied its
+    cpuset; the other must not build on the empty values (ENOSPC on join)."""
+    host = Host(tmp_path, "v1")
+    first = host.v1()
+    half_made = host.root / "cpuset" / "codex32"
+    host.fs.mkdir(str(half_made), "test")  # made, cpus/mems still empty
+    assert _text(half_made / "cpuset.cpus") == ""
+    group = first.create("c1")
+    assert _text(half_made / "cpuset.cpus") == "0-1"
+    assert _text(Path(group.paths["cpuset"], "cpuset.cpus")) == "0-1"
+    group.add_pid(4242)
