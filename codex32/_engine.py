@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Generic, Literal, TypeVar, cast
 
 from ._events import Event, EventHooks, EventWatcher, follow_events, read_events
 from ._launch import (
@@ -73,6 +73,7 @@ class RunResult:
 
 
 log = logging.getLogger("codex32")
+T = TypeVar("T")
 _LIVE = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
 
 
@@ -626,19 +627,26 @@ class ContainerEngine:
         launch = Launch(plan, container.name, monitor, self._fork_server)
 
         def place(pid: int) -> None:
-            paths = self._cgroups.place(container.id, config.resources, pid)
+            # The first cgroup.procs write waits out an RCU grace period (5-20 ms of
+            # kernel time, see docs/performance.md): a bridged container's veth is
+            # wired meanwhile. Both finish before PID 1 gets the go-ahead.
+            placing = _Background(lambda: self._cgroups.place(container.id, config.resources, pid))
+            try:
+                self._networking.attach(container.id, pid)
+            except BaseException as exc:
+                placing.wait()  # (a cgroup it made goes with the failed start)
+                if isinstance(exc, NetworkError):
+                    raise LaunchError(
+                        exc.message, container=container.name, step=exc.step,
+                        errno=exc.errno, hint=exc.hint,
+                    ) from exc  # fmt: skip
+                raise
+            paths = placing.result()  # raises what the placement raised
 
             def remember(r: ContainerRecord) -> None:
                 r.cgroup_paths = paths
 
             self._store.update(container.id, remember)
-            try:
-                self._networking.attach(container.id, pid)
-            except NetworkError as exc:
-                raise LaunchError(
-                    exc.message, container=container.name, step=exc.step,
-                    errno=exc.errno, hint=exc.hint,
-                ) from exc  # fmt: skip
 
         try:
             launch.start(stdin=stdin, stdout=stdout, stderr=stderr, on_created=place)
@@ -1026,6 +1034,33 @@ def _exec_steps(
                 cwd=workdir or step["cwd"],
             )
     return steps
+
+
+class _Background(Generic[T]):
+    """A call run on its own thread at once; ``result()`` joins it and returns or raises."""
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self._call = call
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="codex32-background")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def wait(self) -> None:
+        """Join, whatever the outcome."""
+        self._thread.join()
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return cast(T, self._value)
 
 
 class _Captured:
