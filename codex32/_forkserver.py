@@ -42,7 +42,8 @@ def _receive(control: socket.socket) -> list[int] | None:
     return list(fds)
 
 
-def _child(control: socket.socket, fds: list[int]) -> None:
+def _child(control: socket.socket, fds: list[int], *, forked: bool) -> None:
+    """Become the monitor (``forked``: as this server's child, which it reaps)."""
     sync_fd, stdin, stdout, stderr = fds
     control.close()
     for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
@@ -51,7 +52,7 @@ def _child(control: socket.socket, fds: list[int]) -> None:
         if fd > 2:
             os.close(fd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    code = _monitor.serve(socket.socket(fileno=sync_fd))
+    code = _monitor.serve(socket.socket(fileno=sync_fd), daemonize=not forked)
     os._exit(code)
 
 
@@ -68,7 +69,7 @@ def main() -> int:
     # the collector never walks (so never writes, so never copies) those pages in them.
     gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Monitors daemonize at once (their first process exits): reap those here.
+    # The monitors forked from here are its children: reap them as they exit.
     signal.signal(signal.SIGCHLD, lambda *_: _reap())
     while True:
         try:
@@ -81,8 +82,10 @@ def main() -> int:
             for fd in fds:
                 os.close(fd)
             continue
-        if once or os.fork() == 0:
-            _child(control, fds)  # never returns
+        if once:
+            _child(control, fds, forked=False)  # never returns
+        if os.fork() == 0:
+            _child(control, fds, forked=True)  # never returns
         for fd in fds:
             os.close(fd)
 

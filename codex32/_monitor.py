@@ -438,15 +438,20 @@ def _daemonize() -> None:
         os._exit(0)
 
 
-def serve(engine: socket.socket) -> int:
-    """Receive the plan on ``engine``, daemonize, start and supervise the container."""
+def serve(engine: socket.socket, *, daemonize: bool = True) -> int:
+    """Receive the plan on ``engine``, daemonize, start and supervise the container.
+
+    ``daemonize=False``: the caller is a fork server's child, which the server reaps;
+    a second fork to leave the starter's process tree would only cost time.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     first = _sync.receive(engine)
     if not first or first.get("type") != "plan":
         return 125
     config = MonitorConfig.from_message(first["monitor"])
-    _daemonize()
+    if daemonize:
+        _daemonize()
     set_child_subreaper()
     set_process_name(f"c32mon-{config.container_id[:8]}")
     monitor = Monitor(first["plan"], config, engine)
