@@ -641,7 +641,13 @@ class ContainerEngine:
                         errno=exc.errno, hint=exc.hint,
                     ) from exc  # fmt: skip
                 raise
-            paths = placing.result()  # raises what the placement raised
+            try:
+                paths = placing.result()
+            except CgroupError as exc:  # a launch failure like any other: cleaned up below
+                raise LaunchError(
+                    exc.message, container=container.name, step=exc.step or "cgroup",
+                    errno=exc.errno, path=exc.path, hint=exc.hint,
+                ) from exc  # fmt: skip
 
             def remember(r: ContainerRecord) -> None:
                 r.cgroup_paths = paths
@@ -665,6 +671,8 @@ class ContainerEngine:
             if config.auto_remove:
                 self._networking.release(container.id)
                 self._store.delete(container.record)
+            else:
+                self._networking.detach(container.id)  # proxy, IFB; the lease stays
             raise
         return launch
 
@@ -796,9 +804,10 @@ class ContainerEngine:
                 if not self._wait_exit(record, grace):
                     self._signal_pid1(record, signal.SIGKILL)
                     self._wait_exit(record, 10)
-            self._wait_recorded(container.id, 5)
+            with contextlib.suppress(ContainerNotFoundError):  # --rm: removed as it died
+                self._wait_recorded(container.id, 5)
         self._event(container, "stop")
-        container.reload()
+        self._reload_or_removed(container)
 
     def _thaw(self, container_id: str) -> None:
         cgroup = self._cgroups.handle(container_id)
@@ -896,11 +905,49 @@ class ContainerEngine:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._wait_exit(record, remaining):
                 raise TimeoutError(f"container {container.name} still running after {timeout} s")
-            record = self._wait_recorded(container.id, 5)
+            try:
+                record = self._wait_recorded(container.id, 5)
+            except ContainerNotFoundError:
+                # An --rm container removed as it died: its "die" event has the code.
+                container._record.status = ContainerState.REMOVED
+                return self._exit_code_from_events(record)
         container.reload()
         if record.exit_code is None:
             raise StateError("the container has not run yet", container=container.name)
         return record.exit_code
+
+    def _exit_code_from_events(self, record: ContainerRecord) -> int:
+        """The exit code in the container's last ``die`` event since it started."""
+        code: int | None = None
+        for event in read_events(
+            self._events_path, since=record.started_at,
+            filters={"container": [record.id], "event": ["die"]},
+        ):  # fmt: skip
+            with contextlib.suppress(KeyError, ValueError):
+                code = int(event.attributes["exitCode"])
+        if code is None:
+            raise ContainerNotFoundError(
+                f"no such container: {record.id} (removed before its exit was seen)"
+            )
+        return code
+
+    def _wait_removed_by_monitor(self, record: ContainerRecord, timeout: float = 10) -> bool:
+        """Wait for an exited --rm container's monitor to remove it; False if it cannot."""
+        directory = self._store.directory(record.id)
+        deadline = time.monotonic() + timeout
+        while directory.exists():
+            monitor_alive = is_same_process(record.monitor_pid, record.monitor_start_time)
+            if not monitor_alive or time.monotonic() > deadline:
+                return not directory.exists()
+            time.sleep(0.01)
+        return True
+
+    def _reload_or_removed(self, container: Container) -> None:
+        """Reload; an --rm container its monitor removed meanwhile is REMOVED."""
+        try:
+            container.reload()
+        except ContainerNotFoundError:
+            container._record.status = ContainerState.REMOVED
 
     def _remove(self, container: Container, force: bool) -> None:
         with self._store.operation(container.id):
@@ -919,10 +966,14 @@ class ContainerEngine:
                 self._signal_pid1(record, signal.SIGKILL)
                 self._thaw(container.id)
                 self._wait_exit(record, 10)
+                # An --rm container's monitor removes it as it dies (and says "destroy"):
+                # leave that to it rather than race it, as long as it is there to do it.
+                if container.config.auto_remove and self._wait_removed_by_monitor(record):
+                    container._record.status = ContainerState.REMOVED
+                    return
                 try:
                     self._wait_recorded(container.id, 5)
                 except ContainerNotFoundError:
-                    # An --rm container: its monitor removed it (and said "destroy").
                     container._record.status = ContainerState.REMOVED
                     return
             self._cgroups.destroy(container.id)

@@ -354,17 +354,26 @@ class Monitor:
             for path in set(self.cgroup_paths.values()):
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
-            if (self.directory / "network.json").exists():  # lease, hosts entries, links
-                # Imported here: a monitor started as a fresh interpreter (the CLI's)
-                # should not carry ipaddress, hashlib... for its whole life. The fork
-                # server imports it up front, so forked monitors share it.
-                from ._network.endpoint import EndpointFiles
+            try:
+                if (self.directory / "network.json").exists():  # lease, hosts, links
+                    self._release_network(record.id)
+            finally:
+                with contextlib.suppress(OSError):
+                    self.store.delete(record)
+                self._event("destroy")
 
-                with contextlib.suppress(OSError, Codex32Error):
-                    EndpointFiles(Path(self.config.storage_dir), self.store).release(record.id)
-            with contextlib.suppress(OSError):
-                self.store.delete(record)
-            self._event("destroy")
+    def _release_network(self, container_id: str) -> None:
+        """Give back the endpoint; whatever fails is logged, and ``reconcile`` retries."""
+        try:
+            # Imported here: a monitor started as a fresh interpreter (the CLI's)
+            # should not carry ipaddress, hashlib... for its whole life. The fork
+            # server imports it up front, so forked monitors share it.
+            from ._network.endpoint import EndpointFiles
+
+            EndpointFiles(Path(self.config.storage_dir), self.store).release(container_id)
+        except Exception as exc:  # the removal goes on: a lease left is reconciled later
+            print(f"codex32: network release of {container_id[:12]} failed: {exc}",
+                  file=sys.stderr)  # fmt: skip
 
     def _should_restart(self, record: ContainerRecord, code: int, finished: float) -> bool:
         policy = self.config.restart_policy

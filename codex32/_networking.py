@@ -263,6 +263,13 @@ class Networking:
                 netlink.detach_container(endpoint.ifname_host, None)
             raise
 
+    def detach(self, container_id: str) -> None:
+        """Undo ``attach`` after a failed start: the proxy and links go, the lease stays."""
+        endpoint = load_endpoint(self._store, container_id)
+        if endpoint is not None:
+            self._stop_proxy(endpoint)
+            drop_links(endpoint.ifname_host, endpoint.ifname_ifb)
+
     def _publish(self, container_id: str, pid: int, endpoint: Endpoint) -> int:
         from ._linux.ports import Publish, bind_listeners, start_proxy
 

@@ -56,14 +56,14 @@ class Template:
 
         Every create asks; reading and hashing the files each time was a sixth of the
         engine's work when many containers start at once. The digest is kept per
-        process and recomputed when a file's name, size or mtime changes.
+        process and recomputed when a file's name, size, mtime or ctime changes.
         """
         fingerprint = _fingerprint(str(self.recipe_dir))
         cached = _RECIPE_HASHES.get(str(self.recipe_dir))
         if cached is not None and cached[0] == fingerprint:
             return cached[1]
         digest = hashlib.sha256()
-        for relative, _size, _mtime in fingerprint:
+        for relative, *_stat in fingerprint:
             digest.update(relative.encode() + b"\0")
             digest.update((self.recipe_dir / relative).read_bytes())
         value = digest.hexdigest()[:16]
@@ -72,18 +72,23 @@ class Template:
 
 
 #: recipe directory -> (the fingerprint its digest was computed from, the digest).
-_RECIPE_HASHES: dict[str, tuple[tuple[tuple[str, int, int], ...], str]] = {}
+_RECIPE_HASHES: dict[str, tuple[tuple[tuple[str, int, int, int], ...], str]] = {}
 
 
-def _fingerprint(top: str) -> tuple[tuple[str, int, int], ...]:
-    """Each regular file below ``top``: (relative path, size, mtime in ns), sorted."""
+def _fingerprint(top: str) -> tuple[tuple[str, int, int, int], ...]:
+    """Each regular file below ``top``: (relative path, size, mtime, ctime in ns), sorted."""
     found = []
     for directory, _dirs, files in os.walk(top):
         for name in files:
             path = os.path.join(directory, name)
-            info = os.stat(path)
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                continue  # a dangling symlink, or a file removed as we look (as rglob did)
             if stat.S_ISREG(info.st_mode):
-                found.append((os.path.relpath(path, top), info.st_size, info.st_mtime_ns))
+                found.append(
+                    (os.path.relpath(path, top), info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+                )
     return tuple(sorted(found))
 
 

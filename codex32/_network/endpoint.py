@@ -131,11 +131,19 @@ class EndpointFiles:
             with contextlib.suppress(OSError):
                 if _later(stamp.read_text(), requested):
                     return
-            _write_small(stamp, _now())
+            try:
+                _write_small(stamp, _now())
+            except OSError:  # no stamp: later callers refresh themselves, as before
+                with contextlib.suppress(OSError):
+                    stamp.unlink()
             try:
                 leases = self.ipam.leases(network)
             except NetworkError:
                 return  # the network is gone
+            except OSError:
+                with contextlib.suppress(OSError):
+                    stamp.unlink()  # this refresh did not happen: let the next one run
+                raise
             members = []
             for container_id, leased in leases.items():
                 endpoint = load_endpoint(self.store, container_id)
@@ -222,9 +230,14 @@ def drop_links(ifname_host: str, ifname_ifb: str, wait: float = _LINK_GONE_WAIT)
     except ImportError:
         for name in names:
             if link_exists(name):
-                result = subprocess.run(
-                    ["ip", "link", "delete", name], capture_output=True, text=True, check=False
-                )
+                try:
+                    result = subprocess.run(
+                        ["ip", "link", "delete", name], capture_output=True, text=True,
+                        check=False, timeout=30,
+                    )  # fmt: skip
+                except (OSError, subprocess.TimeoutExpired) as exc:  # no iproute2?
+                    log.warning("could not remove link %s: %s", name, exc)
+                    continue
                 if result.returncode != 0 and link_exists(name):
                     log.warning("could not remove link %s: %s", name, result.stderr.strip())
         return

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from codex32 import ContainerConfig, ContainerEngine, IsolationType
 
 #: The test session's tag (set by the root conftest): scratch directories and cgroup
@@ -314,3 +316,18 @@ def vm_tools_missing() -> list[str]:
     if not glob.glob("/boot/vmlinuz-*"):
         missing.append("/boot/vmlinuz-* (apt-get install linux-image-amd64)")
     return missing
+
+
+def root_disk() -> tuple[str, str]:
+    """(device node, MAJ:MIN) of the whole disk holding / ; skip if / is not on one."""
+    dev = os.stat("/").st_dev
+    entry = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if not entry.exists():
+        pytest.skip("the root filesystem is not on a block device here")
+    disk = entry.resolve()
+    if (disk / "partition").exists():
+        disk = disk.parent
+    node = Path("/dev", disk.name)
+    if not node.is_block_device():
+        pytest.skip(f"no device node {node} for the root disk")
+    return str(node), (disk / "dev").read_text().strip()

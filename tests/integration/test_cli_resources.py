@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import assert_nothing_new, snapshot
+from helpers import assert_nothing_new, root_disk, snapshot
 
 from codex32 import ContainerEngine, ContainerNotFoundError
 from codex32._cgroups.detect import host_info
@@ -153,27 +153,12 @@ def test_doctor_names_the_driver_and_controllers(
         assert {"cpu", "memory", "pids"} <= set(listed)
 
 
-def _root_disk() -> tuple[str, str]:
-    """(device node, MAJ:MIN) of the whole disk holding / ; skip if / is not on one."""
-    dev = os.stat("/").st_dev
-    entry = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
-    if not entry.exists():
-        pytest.skip("the root filesystem is not on a block device here")
-    disk = entry.resolve()
-    if (disk / "partition").exists():
-        disk = disk.parent
-    node = Path("/dev", disk.name)
-    if not node.is_block_device():
-        pytest.skip(f"no device node {node} for the root disk")
-    return str(node), (disk / "dev").read_text().strip()
-
-
 def test_device_throttle_flags_reach_the_cgroup(engine: ContainerEngine, storage_dir: Path) -> None:
     """The four --device-* flags, Docker's syntax, land as the kernel's per-device rules."""
     driver = engine._cgroups.driver()
     if driver is None or not {"blkio", "io"} & driver.controllers():
         pytest.skip("no blkio (v2: io) controller for containers")
-    disk, number = _root_disk()
+    disk, number = root_disk()
     flags = [
         "--device-read-bps", f"{disk}:2mb", "--device-write-bps", f"{disk}:512kb",
         "--device-read-iops", f"{disk}:200", "--device-write-iops", f"{disk}:100",

@@ -591,3 +591,19 @@ def test_force_removing_an_auto_remove_container_races_its_monitor_cleanly(
     finally:
         successor.remove(force=True)
     assert not (storage_dir / "names" / name).exists()
+
+
+def test_stop_and_wait_work_on_auto_remove_containers(engine: ContainerEngine) -> None:
+    """As ``docker stop``/``docker wait`` on an ``--rm`` container: its monitor removes
+    it as it dies; stop still succeeds, and wait still returns the exit code."""
+    stopped = engine.containers.run_detached(sh(LOOP, auto_remove=True))
+    stopped.stop(timeout=5)
+    assert stopped.state is ContainerState.REMOVED
+    with pytest.raises(ContainerNotFoundError):
+        engine.containers.get(stopped.id)
+
+    exiting = engine.containers.run_detached(sh("sleep 0.3; exit 3", auto_remove=True))
+    assert exiting.wait(timeout=20) == 3
+    assert eventually(
+        lambda: not (engine.settings.storage_dir / "containers" / exiting.id).exists(), 10
+    )

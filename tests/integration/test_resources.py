@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import time
 import uuid
@@ -32,7 +33,7 @@ from typing import NoReturn
 
 import psutil
 import pytest
-from helpers import assert_nothing_new, host_tmpdir, snapshot
+from helpers import assert_nothing_new, host_tmpdir, root_disk, session_cgroups, snapshot
 
 from codex32 import (
     Container,
@@ -922,3 +923,45 @@ def test_memory_without_memory_controller_falls_back_to_rlimit_as(
             assert result.output.decode().split() == [str(limit), str(limit), "MemoryError"]
             assert list(fake.groups) == [result.container_id]  # placed in the (fake) cgroup
         assert fake.groups == {}
+
+
+def test_a_limit_that_fails_at_start_undoes_the_network_and_the_cgroup(
+    engine: ContainerEngine,
+) -> None:
+    """A throttled device gone between create and start: the start fails cleanly.
+
+    The device is resolved when the limit is applied, after the veth and its shaping
+    IFB are made (in parallel with the cgroup placement). The failure is a launch
+    error naming the step; the container keeps its record, error and address lease,
+    but no cgroup, veth or IFB is left.
+    """
+    need(engine, "blkio")
+    from codex32._network.endpoint import link_exists
+    from codex32.errors import LaunchError
+
+    name = _name("gone-device")
+    _disk, number = root_disk()
+    major, minor = (int(n) for n in number.split(":"))
+    with host_tmpdir() as tmp, removed_after(engine, name):
+        node = tmp / "disk"
+        os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(major, minor))
+        config = ContainerConfig(
+            name=name, image="busybox", command=["true"], network_egress_rate="1mbit",
+            resources=ResourceLimits(device_write_bps=[DeviceRate(path=str(node), rate=MIB)]),
+        )  # fmt: skip
+        container = engine.containers.create(config)
+        node.unlink()
+        before = session_cgroups()
+        with pytest.raises(LaunchError) as failure:
+            container.start()
+        assert failure.value.exit_code == 125
+        assert str(node) in str(failure.value)
+        container.reload()
+        assert container.state is not ContainerState.RUNNING
+        assert container.record.error
+        assert not [c for c in session_cgroups() - before if container.id in c]
+        assert not [c for c in session_cgroups() if container.id in c], "cgroup left"
+        endpoint = engine._networking.endpoint(container.id)
+        assert endpoint is not None and endpoint.ifname_ifb, "the lease and its IFB name stay"
+        assert not link_exists(endpoint.ifname_host), "veth left"
+        assert not link_exists(endpoint.ifname_ifb), "IFB left"
