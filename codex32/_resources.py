@@ -86,14 +86,19 @@ class ContainerCgroups:
         return missing
 
     def place(self, container_id: str, limits: ResourceLimits, pid: int) -> dict[str, str]:
-        """Create (or re-open) the container's cgroup, apply limits, move ``pid`` in."""
+        """Make the container's cgroup afresh, apply limits, move ``pid`` in.
+
+        The cgroup of an earlier run (kept after the exit, for ``stats`` and OOM
+        checks) is removed first, with anything left in it: limits are only ever
+        written, never cleared, so a reused cgroup could keep a rule the config no
+        longer has (a throttle on a device number that now names another disk).
+        """
         driver = self.driver()
         if driver is None:
             return {}
-        try:
-            cgroup = driver.open(container_id)
-        except CgroupError:
-            cgroup = driver.create(container_id)
+        with contextlib.suppress(CgroupError):
+            driver.open(container_id).destroy(kill=True)
+        cgroup = driver.create(container_id)
         try:
             if set_limits(limits):
                 cgroup.apply(limits)

@@ -965,3 +965,28 @@ def test_a_limit_that_fails_at_start_undoes_the_network_and_the_cgroup(
         assert endpoint is not None and endpoint.ifname_ifb, "the lease and its IFB name stay"
         assert not link_exists(endpoint.ifname_host), "veth left"
         assert not link_exists(endpoint.ifname_ifb), "IFB left"
+
+
+def test_each_start_gets_a_fresh_cgroup_with_the_configured_limits(
+    engine: ContainerEngine,
+) -> None:
+    """The cgroup of the previous run stays for stats until the next start, which makes
+    a new one: no counter or rule of the earlier run carries over."""
+    need(engine, "pids")
+    name = _name("fresh-cgroup")
+    config = ContainerConfig(
+        name=name, image=BUSYBOX, command=["true"], resources=ResourceLimits(pids_limit=10)
+    )
+    with removed_after(engine, name):
+        container = engine.containers.create(config)
+        container.start()
+        assert container.wait(timeout=20) == 0
+        first = container.record.cgroup_paths["pids"]
+        first_inode = os.stat(first).st_ino
+        assert cgroup_file(container.record, "pids", "pids.max") == "10"
+        container.start()
+        assert container.wait(timeout=20) == 0
+        container.reload()
+        assert container.record.cgroup_paths["pids"] == first  # the same name...
+        assert os.stat(first).st_ino != first_inode  # ...a new cgroup
+        assert cgroup_file(container.record, "pids", "pids.max") == "10"
