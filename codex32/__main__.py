@@ -1,5 +1,5 @@
-"""``python -m codex32``: the CLI."""
+"""``python -m codex32``: the CLI (through its entry point, as the console script)."""
 
-from .cli.main import main
+from .cli.entry import main
 
 main()

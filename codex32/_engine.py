@@ -625,12 +625,14 @@ class ContainerEngine:
         plan = Plan.from_json((directory / "plan.json").read_text())
         monitor = self._monitor_config(container, config, attach, config.tty)
         launch = Launch(plan, container.name, monitor, self._fork_server)
+        pending: list[_Background[dict[str, str]]] = []
 
         def place(pid: int) -> None:
             # The first cgroup.procs write waits out an RCU grace period (5-20 ms of
             # kernel time, see docs/performance.md): a bridged container's veth is
             # wired meanwhile. Both finish before PID 1 gets the go-ahead.
             placing = _Background(lambda: self._cgroups.place(container.id, config.resources, pid))
+            pending.append(placing)
             try:
                 self._networking.attach(container.id, pid)
             except BaseException as exc:
@@ -656,14 +658,20 @@ class ContainerEngine:
 
         try:
             launch.start(stdin=stdin, stdout=stdout, stderr=stderr, on_created=place)
-        except LaunchError as exc:
-            code, message = exc.exit_code, str(exc)
+        except BaseException as exc:  # a launch error, or Ctrl-C in the middle of one
+            if isinstance(exc, LaunchError):
+                code, message = exc.exit_code, str(exc)
+            else:
+                code, message = 125, f"the start was interrupted ({type(exc).__name__})"
 
             def failed(r: ContainerRecord) -> None:
                 r.exit_code = code
                 r.error = message
 
-            self._store.update(container.id, failed)
+            for placing in pending:
+                placing.wait()  # a placement still under way would make a cgroup after us
+            with contextlib.suppress(Codex32Error, OSError):
+                self._store.update(container.id, failed)
             # Whatever got into the cgroup before the failure is dead or dies here;
             # a failed start keeps no cgroup (Docker's "created" has none either).
             with contextlib.suppress(CgroupError):

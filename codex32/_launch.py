@@ -103,6 +103,8 @@ class ForkServer:
                 self._spent, self._process = self._process, None
                 control.close()
                 self._control = None
+                if self._spent is not None:  # it daemonizes at once: reap its first process
+                    threading.Thread(target=self._spent.wait, daemon=True).start()
             return True
 
     def close(self) -> None:
