@@ -128,7 +128,7 @@ class StateStore:
 
         Once per store while the tree stays (every create asks).
         """
-        if self._layout_ready and self.names.is_dir():
+        if self._layout_ready and self.names.is_dir() and self.containers.is_dir():
             return
         for path in (self.root, self.containers, self.names):
             path.mkdir(parents=True, exist_ok=True)
