@@ -608,6 +608,7 @@ class ContainerEngine:
             "auto_remove": config.auto_remove,
             "restart_policy": config.restart_policy.name,
             "restart_max": config.restart_policy.maximum_retry_count,
+            "engine_env": self.settings.to_env(),
         }
 
     def _launch(
@@ -985,6 +986,9 @@ class ContainerEngine:
                     container._record.status = ContainerState.REMOVED
                     return
             self._cgroups.destroy(container.id)
+            for path in set(record.cgroup_paths.values()):  # made under another parent
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
             self._networking.release(container.id)
             self._store.delete(record)
         self._event(container, "destroy")

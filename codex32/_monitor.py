@@ -21,7 +21,7 @@ import subprocess
 import sys
 import termios
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ class MonitorConfig:
     auto_remove: bool
     restart_policy: str
     restart_max: int
+    # The engine's settings (Settings.to_env): a restart is started with the same ones.
+    engine_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_message(cls, data: dict[str, Any]) -> MonitorConfig:
@@ -410,6 +412,7 @@ class Monitor:
         with open(self.directory / "restart.log", "ab") as log:  # why a restart failed
             result = subprocess.run(
                 [sys.executable, "-m", "codex32._restart", self.config.storage_dir, record.id],
+                env={**os.environ, **self.config.engine_env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -68,6 +68,18 @@ class Settings:
             userns_size=size,
         )
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as the variables ``from_env`` reads: for engine processes
+        started on this engine's behalf (a monitor's restart runs one)."""
+        return {
+            "CODEX32_STORAGE_DIR": str(self.storage_dir),
+            "CODEX32_TEMPLATES_DIR": str(self.templates_dir),
+            "CODEX32_ISOLATION_LEVEL": self.default_isolation.value,
+            "CODEX32_USERNS_UID_BASE": str(self.userns_uid_base),
+            "CODEX32_USERNS_SIZE": str(self.userns_size),
+            "CODEX32_CGROUP_PARENT": self.cgroup_parent,
+        }
+
 
 def _int_env(name: str, default: int) -> int:
     text = os.environ.get(name)

@@ -78,11 +78,17 @@ def _lingering(before: list[str], timeout: float = 5.0) -> list[str]:
 
 
 def _cgroups() -> list[str]:
-    """This session's cgroups: its engines' parents and everything beneath them."""
+    """This session's cgroups: its engines' parents and everything beneath them, and
+    containers beneath the default parent ``codex32`` (where an engine process that
+    lost the session's settings would put them; compared with the session's start)."""
     found = []
     for top, dirs, _files in os.walk("/sys/fs/cgroup", onerror=lambda _e: None):
         # Directories may vanish while we walk (other cgroups being removed).
-        found += [os.path.join(top, d) for d in dirs if SESSION_TAG in os.path.join(top, d)]
+        found += [
+            os.path.join(top, d)
+            for d in dirs
+            if SESSION_TAG in os.path.join(top, d) or os.path.basename(top) == "codex32"
+        ]
     return found
 
 

@@ -166,6 +166,7 @@ CODEX32 = str(Path(sys.executable).with_name("codex32"))
 def cli_env(storage_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CODEX32_", "CONTAINER_"))}
     env["CODEX32_STORAGE_DIR"] = str(storage_dir)
+    env["CODEX32_CGROUP_PARENT"] = os.environ["CODEX32_CGROUP_PARENT"]  # the session's
     return env
 
 

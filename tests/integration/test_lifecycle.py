@@ -459,6 +459,12 @@ def test_on_failure_restarts_n_times_then_gives_up(
     assert [e.action for e in events if e.action == "start"] == ["start"] * 3
     assert [e.attributes.get("exitCode") for e in events if e.action == "die"] == ["1"] * 3
     assert [e.action for e in events if e.action == "restart"] == ["restart"] * 2
+    # The restarts ran with this engine's settings: the cgroup is under its parent.
+    parent = f"/{engine.settings.cgroup_parent}/{container.id}"
+    assert container.record.cgroup_paths
+    assert all(p.endswith(parent) for p in container.record.cgroup_paths.values()), (
+        container.record.cgroup_paths
+    )
 
 
 def test_on_failure_does_not_restart_a_success(
