@@ -8,6 +8,7 @@ Layout under the storage directory::
     containers/ID/rootfs        the overlay's mount point (mounted only inside the
                                 container's own mount namespace)
     names/NAME -> ../containers/ID   a symlink: creating it reserves the name atomically
+    names.lock                  held while a name is reserved or released
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ class StateStore:
     def reserve_name(self, name: str, container_id: str) -> None:
         """Claim ``name`` for ``container_id``; a taken name is a clear error."""
         try:
-            os.symlink(f"../containers/{container_id}", self.names / name)
+            with self._names_lock():
+                os.symlink(f"../containers/{container_id}", self.names / name)
         except FileExistsError:
             raise ConfigError(
                 f"the container name {name!r} is already in use",
@@ -156,9 +158,20 @@ class StateStore:
         and ``rm --force``): the later one must not take the name from a new container.
         """
         link = self.names / name
-        with contextlib.suppress(OSError):
+        with self._names_lock(), contextlib.suppress(OSError):
+            # Under the lock: no new container can take the name between the check
+            # and the unlink.
             if os.path.basename(os.readlink(link)) == container_id:
                 os.unlink(link)
+
+    @contextlib.contextmanager
+    def _names_lock(self) -> Iterator[None]:
+        fd = os.open(self.root / "names.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def locked(self, container_id: str) -> Iterator[None]:
