@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -316,6 +318,31 @@ def vm_tools_missing() -> list[str]:
     if not glob.glob("/boot/vmlinuz-*"):
         missing.append("/boot/vmlinuz-* (apt-get install linux-image-amd64)")
     return missing
+
+
+def run_v2_vm_suite(runner: str, *args: str, timeout: int) -> str:
+    """Run ``tests/vm/RUNNER`` (boots the stock-kernel VM) and return its output.
+
+    Skips inside the VM itself, and when the VM cannot be built here (naming what is
+    missing); fails if the run failed or any test in it was skipped or failed.
+    """
+    if os.environ.get("CODEX32_REQUIRE_V2") == "1":
+        pytest.skip("already inside the VM")
+    missing = vm_tools_missing()
+    if missing:
+        pytest.skip(f"cannot boot the v2 VM, missing: {', '.join(missing)}")
+    env = {k: v for k, v in os.environ.items() if k != "CODEX32_VM_TESTS"}
+    env["VENV"] = str(Path(sys.executable).parents[1])
+    script = Path(__file__).resolve().parents[1] / "vm" / runner
+    result = subprocess.run(
+        ["bash", str(script), *args], capture_output=True, text=True, timeout=timeout,
+        env=env, check=False,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    print(output[-4000:])
+    assert result.returncode == 0, f"{runner} failed in the VM:\n{output[-4000:]}"
+    assert not re.search(r"\d+ (skipped|failed|error)", output)
+    return output
 
 
 def root_disk() -> tuple[str, str]:
