@@ -115,6 +115,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``path`` (created if need be), held for the block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class StateStore:
     """Container directories and the name index under the storage directory."""
 
@@ -164,14 +175,8 @@ class StateStore:
             if os.path.basename(os.readlink(link)) == container_id:
                 os.unlink(link)
 
-    @contextlib.contextmanager
-    def _names_lock(self) -> Iterator[None]:
-        fd = os.open(self.root / "names.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _names_lock(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.root / "names.lock")
 
     @contextlib.contextmanager
     def locked(self, container_id: str) -> Iterator[None]:
@@ -191,16 +196,12 @@ class StateStore:
 
     @contextlib.contextmanager
     def _flock(self, container_id: str, name: str) -> Iterator[None]:
-        path = self.directory(container_id) / name
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except FileNotFoundError:
-            raise ContainerNotFoundError(f"no such container: {container_id}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(file_lock(self.directory(container_id) / name))
+            except FileNotFoundError:
+                raise ContainerNotFoundError(f"no such container: {container_id}") from None
             yield
-        finally:
-            os.close(fd)
 
     def update(
         self, container_id: str, change: Callable[[ContainerRecord], None]

@@ -9,19 +9,16 @@ container (a fresh interpreter importing pydantic and pyroute2).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._state import StateStore, is_same_process
+from .._state import StateStore, file_lock, is_same_process
 from ..errors import NetworkError
 from .etc_files import HOSTS, HostEntry, names_for, render_hosts, write_in_place
 from .ipam import IPAM
@@ -104,16 +101,10 @@ class EndpointFiles:
         self.ipam = IPAM(self.directory)
         self.store = store
 
-    @contextlib.contextmanager
-    def hosts_lock(self) -> Iterator[None]:
+    def hosts_lock(self) -> contextlib.AbstractContextManager[None]:
         """One writer of hosts files at a time (CLI, service and monitors may race)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / ".hosts.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return file_lock(self.directory / ".hosts.lock")
 
     def refresh_hosts(self, network: str) -> None:
         """Rewrite, in place, the hosts file of every container holding a lease on ``network``.
