@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ._netconfig import HOST, NONE, PortMapping, format_rate, is_bridged, resolve_network
+from ._network import bridge_cache
 from ._network.endpoint import (
     ENDPOINT_FILE,
     Endpoint,
@@ -105,6 +106,7 @@ class Networking:
     def remove_network(self, name: str) -> NetworkDefinition:
         """Delete a network, its bridge and its NAT rule; refused while containers use it."""
         definition = self.ipam.remove_network(name)
+        bridge_cache.forget(definition.bridge)
         if link_exists(definition.bridge):
             from ._linux import network as netlink
 
@@ -240,7 +242,9 @@ class Networking:
 
         definition = self.ipam.get_network(endpoint.network)
         self._stop_proxy(endpoint)  # one left by an earlier run, if it still lingers
-        netlink.ensure_bridge(definition.bridge, definition.gateway_cidr, None)
+        if not bridge_cache.is_ready(definition.bridge, definition.gateway):
+            netlink.ensure_bridge(definition.bridge, definition.gateway_cidr, None)
+            bridge_cache.remember(definition.bridge, definition.gateway)
         if definition.masquerade:
             self._apply_nat()
         if link_exists(endpoint.ifname_host) or link_exists(endpoint.ifname_ifb):
