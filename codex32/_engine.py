@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Generic, Literal, TypeVar, cast
+from typing import IO, Any, Generic, Literal, TypeVar, cast
 
 from ._events import Event, EventHooks, EventWatcher, follow_events, read_events
 from ._launch import (
@@ -626,13 +626,18 @@ class ContainerEngine:
         plan = Plan.from_json((directory / "plan.json").read_text())
         monitor = self._monitor_config(container, config, attach, config.tty)
         launch = Launch(plan, container.name, monitor, self._fork_server)
-        pending: list[_Background[dict[str, str]]] = []
+        # The cgroup is made, with its limits, while the monitor and PID 1 are forked;
+        # at ``created`` only the move of PID 1 is left. That move waits out an RCU
+        # grace period (5-20 ms of kernel time, see docs/performance.md): a bridged
+        # container's veth is wired meanwhile. Both finish before PID 1's go-ahead.
+        preparing = _Background(lambda: self._cgroups.prepare(container.id, config.resources))
+        pending: list[_Background[Any]] = [preparing]
 
         def place(pid: int) -> None:
-            # The first cgroup.procs write waits out an RCU grace period (5-20 ms of
-            # kernel time, see docs/performance.md): a bridged container's veth is
-            # wired meanwhile. Both finish before PID 1 gets the go-ahead.
-            placing = _Background(lambda: self._cgroups.place(container.id, config.resources, pid))
+            def move_in() -> dict[str, str]:
+                return self._cgroups.place(preparing.result(), pid)
+
+            placing = _Background(move_in)
             pending.append(placing)
             try:
                 self._networking.attach(container.id, pid)
@@ -670,7 +675,7 @@ class ContainerEngine:
                 r.error = message
 
             for placing in pending:
-                placing.wait()  # a placement still under way would make a cgroup after us
+                placing.wait()  # a preparation still under way would make a cgroup after us
             with contextlib.suppress(Codex32Error, OSError):
                 self._store.update(container.id, failed)
             # Whatever got into the cgroup before the failure is dead or dies here;

@@ -85,23 +85,41 @@ class ContainerCgroups:
                 missing[field] = controller
         return missing
 
-    def place(self, container_id: str, limits: ResourceLimits, pid: int) -> dict[str, str]:
-        """Make the container's cgroup afresh, apply limits, move ``pid`` in.
+    def prepare(self, container_id: str, limits: ResourceLimits) -> Cgroup | None:
+        """Make the container's cgroup afresh with its limits, still empty.
 
-        The cgroup of an earlier run (kept after the exit, for ``stats`` and OOM
-        checks) is removed first, with anything left in it: limits are only ever
-        written, never cleared, so a reused cgroup could keep a rule the config no
-        longer has (a throttle on a device number that now names another disk).
+        Called as a start begins, so that the directories and limit files are written
+        while the container's processes are being forked; :meth:`place` then only
+        moves PID 1 in. The cgroup of an earlier run (kept after the exit, for
+        ``stats`` and OOM checks) is removed first, with anything left in it: limits
+        are only ever written, never cleared, so a reused cgroup could keep a rule the
+        config no longer has (a throttle on a device number that now names another disk).
+        ``None`` when the host has no cgroup driver.
         """
         driver = self.driver()
         if driver is None:
-            return {}
+            return None
         with contextlib.suppress(CgroupError):
             driver.open(container_id).destroy(kill=True)
         cgroup = driver.create(container_id)
         try:
             if set_limits(limits):
                 cgroup.apply(limits)
+        except BaseException:
+            with contextlib.suppress(CgroupError):
+                cgroup.destroy(kill=True)
+            raise
+        return cgroup
+
+    @staticmethod
+    def place(cgroup: Cgroup | None, pid: int) -> dict[str, str]:
+        """Move ``pid`` into a prepared cgroup; its paths per controller ({} without one).
+
+        On failure the cgroup is removed (with whatever got into it).
+        """
+        if cgroup is None:
+            return {}
+        try:
             cgroup.add_pid(pid)
         except BaseException:
             with contextlib.suppress(CgroupError):
