@@ -36,6 +36,7 @@ from ._launch import (
     take_prestarted_fork_server,
 )
 from ._logs import LogEntry
+from ._netconfig import HOST, resolve_network
 from ._networking import NetworkCollection, Networking
 from ._plan import ContainerPaths, Plan, Step, build_plan
 from ._profiles import Profile, resolve_profile
@@ -858,7 +859,10 @@ class ContainerEngine:
     def _stats(self, container: Container) -> ContainerStats:
         record = self._refresh(container.id)
         live = record.status in (ContainerState.RUNNING, ContainerState.PAUSED)
-        return self._cgroups.stats(container.id, record.pid if live else None)
+        config = container.config
+        # A host-network container has no traffic of its own to count (Docker shows none).
+        own_network = resolve_network(config.network, config.isolation.value) != HOST
+        return self._cgroups.stats(container.id, record.pid if live else None, network=own_network)
 
     def _top(self, container: Container) -> list[dict[str, object]]:
         import psutil
@@ -1081,7 +1085,7 @@ class ContainerEngine:
         return fixed
 
 
-_EXEC_OPS = ("bounding_set", "user", "capabilities", "no_new_privs", "seccomp", "exec")
+_EXEC_OPS = ("rlimits", "bounding_set", "user", "capabilities", "no_new_privs", "seccomp", "exec")
 
 
 def _exec_steps(

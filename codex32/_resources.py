@@ -157,11 +157,15 @@ class ContainerCgroups:
                     removed.append(name)
         return removed
 
-    def stats(self, container_id: str, pid: int | None) -> ContainerStats:
-        """A sample of the container's counters (zeros where the host has no controller)."""
+    def stats(self, container_id: str, pid: int | None, *, network: bool = True) -> ContainerStats:
+        """A sample of the container's counters (zeros where the host has no controller).
+
+        ``network=False``: the container shares the host's network namespace, whose
+        counters are the host's, not the container's; they are reported as zero.
+        """
         cgroup = self.handle(container_id)
         raw = cgroup.stats() if cgroup is not None else _EMPTY
-        rx, tx = _net_bytes(pid) if pid else (0, 0)
+        rx, tx = _net_bytes(pid) if pid and network else (0, 0)
         return ContainerStats(
             time=time.time(),
             cpu_usage_ns=raw.cpu_usage_ns,

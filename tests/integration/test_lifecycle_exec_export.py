@@ -28,6 +28,7 @@ from codex32 import (
     ContainerError,
     IsolationType,
     StateError,
+    Ulimit,
 )
 
 pytestmark = pytest.mark.root
@@ -128,6 +129,15 @@ def test_exec_in_a_strict_container_is_confined(containers: Containers) -> None:
     denied = container.exec_run(["touch", "/made-by-exec"])
     assert denied.exit_code != 0
     assert b"Read-only file system" in denied.error_output
+
+
+def test_exec_gets_the_containers_ulimits(containers: Containers) -> None:
+    # As `docker exec`: the exec'd process runs under the container's rlimits.
+    limits = [Ulimit(name="nofile", soft=64, hard=96), Ulimit(name="nproc", soft=77, hard=77)]
+    container = containers.running(sh(LOOP, ulimits=limits))
+    result = container.exec_run(["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -u"])
+    assert result.exit_code == 0, text(result.error_output)
+    assert text(result.output).split() == ["64", "96", "77"]
 
 
 # -- export ----------------------------------------------------------------------------

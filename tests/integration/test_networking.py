@@ -316,6 +316,27 @@ def test_host_mode_sees_the_hosts_interfaces(engine: ContainerEngine) -> None:
             ipr.link("del", index=ipr.link_lookup(ifname="c32thost0")[0])
 
 
+def test_stats_count_the_containers_own_traffic(engine: ContainerEngine) -> None:
+    # stats reads the counters of the container's namespace; a host-mode container has
+    # no namespace of its own, and its figures are not the host's (Docker shows none).
+    size = 300_000
+    peer = _Bulk("send", size)
+    script = f"nc {DEFAULT_GATEWAY} {peer.port} > /dev/null; echo got; sleep 1000"
+    try:
+        with (
+            running(engine, busybox(script, name="c32t-netstats")) as bridged,
+            running(engine, busybox("sleep 1000", isolation=IsolationType.MINIMAL)) as host_mode,
+        ):
+            wait_for("the transfer", lambda: b"got" in bridged.logs())
+            stats = bridged.stats()
+            assert stats.net_rx_bytes >= size, stats
+            assert 0 < stats.net_tx_bytes < size, stats
+            on_host = host_mode.stats()
+            assert (on_host.net_rx_bytes, on_host.net_tx_bytes) == (0, 0), on_host
+    finally:
+        peer.close()
+
+
 # -- published ports ---------------------------------------------------------------
 
 
