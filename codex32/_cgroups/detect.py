@@ -5,8 +5,11 @@ Layouts, read from the mount table (not guessed from paths):
 * **v2**: cgroup2 only (``/sys/fs/cgroup`` is cgroup2) -> v2 driver.
 * **v1**: v1 controller hierarchies only -> v1 driver.
 * **hybrid**: v1 controllers *and* a cgroup2 tree (systemd's ``unified``). The v1
-  controllers win: the v2 tree of such hosts carries none or almost none (only
-  hugetlb on the development hosts), and a controller is active in one version only.
+  controllers win when they include any the engine manages (cpu, memory, pids, ...):
+  the v2 tree of such hosts carries none or almost none (only hugetlb on the
+  development hosts), and a controller is active in one version only. A v2 host that
+  also mounts a stray v1 hierarchy the engine has no use for (``net_cls``,
+  ``perf_event``) gets the v2 driver.
 * **none**: nothing mounted -> no driver (the engine falls back to rlimits and says so).
 """
 
@@ -19,7 +22,7 @@ from typing import Literal
 from ..errors import CgroupError
 from ._fs import MOUNTINFO, PROC_CGROUP, CgroupFS, cgroup_mounts, host_path, own_cgroups
 from .driver import CgroupDriver
-from .v1 import V1Driver
+from .v1 import MANAGED, V1Driver
 from .v2 import V2Driver
 
 Layout = Literal["v1", "v2", "hybrid", "none"]
@@ -65,11 +68,15 @@ def host_info(mountinfo: str = MOUNTINFO, proc_cgroup: str = PROC_CGROUP) -> Cgr
     layout: Layout
     driver: Literal["v1", "v2"] | None
     if v1:
-        layout, driver = ("hybrid" if unified is not None else "v1"), "v1"
-    elif unified is not None:
-        layout, driver = "v2", "v2"
+        layout = "hybrid" if unified is not None else "v1"
     else:
-        layout, driver = "none", None
+        layout = "v2" if unified is not None else "none"
+    if set(v1) & set(MANAGED):
+        driver = "v1"
+    elif unified is not None:
+        driver = "v2"
+    else:
+        driver = None
     return CgroupHostInfo(
         layout=layout,
         driver=driver,

@@ -174,7 +174,13 @@ V1_SET = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "
 class Host:
     """A fake host: mountinfo, /proc/self/cgroup and a KernelLikeFS over tmp_path."""
 
-    def __init__(self, tmp_path: Path, layout: str, own_memory: str = "/process_api/abc") -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        layout: str,
+        own_memory: str = "/process_api/abc",
+        stray_v1: str | None = None,
+    ) -> None:
         root = tmp_path / "cgroup"
         root.mkdir()
         mounts: list[tuple[str, str, str]] = []
@@ -217,6 +223,11 @@ class Host:
             (mountpoint / "cgroup.events").write_text("populated 1\n")
             proc.append("0::/")
             v2 = str(mountpoint)
+        if stray_v1 is not None:  # a v1 hierarchy of a controller the engine does not use
+            mountpoint = root / stray_v1
+            mountpoint.mkdir()
+            mounts.append(("cgroup", str(mountpoint), f"rw,{stray_v1}"))
+            proc.append(f"{len(proc) + 1}:{stray_v1}:/")
         self.root = root
         self.mountinfo = _mountinfo(mounts, tmp_path / "mountinfo")
         self.proc_cgroup = str(tmp_path / "cgroup.self")
@@ -296,6 +307,15 @@ def test_detection_by_layout(
         assert info.v1_controllers == ()
         assert "memory" in info.v2_controllers
         assert driver.controllers() == {"cpu", "cpuset", "io", "memory", "pids"}
+
+
+def test_a_stray_v1_hierarchy_does_not_hide_a_v2_host(tmp_path: Path) -> None:
+    host = Host(tmp_path, "v2", stray_v1="net_cls")
+    info = host_info(host.mountinfo, host.proc_cgroup)
+    assert (info.layout, info.driver, info.v1_controllers) == ("hybrid", "v2", ("net_cls",))
+    driver = detect_driver(mountinfo=host.mountinfo, proc_cgroup=host.proc_cgroup, fs=host.fs)
+    assert isinstance(driver, V2Driver)
+    assert "memory" in driver.controllers()
 
 
 def test_detection_without_cgroups_says_so(tmp_path: Path) -> None:
