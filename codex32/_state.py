@@ -78,6 +78,20 @@ class ContainerRecord:
 
 
 _FIELDS = frozenset(ContainerRecord.__dataclass_fields__)
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def _is_id_prefix(text: str) -> bool:
+    """Whether ``text`` could start a container id (64 lowercase hex digits)."""
+    return 0 < len(text) <= 64 and set(text) <= _HEX_DIGITS
+
+
+def _scandir(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except FileNotFoundError:
+        return []
 
 
 def process_start_time(pid: int) -> int | None:
@@ -241,8 +255,13 @@ class StateStore:
         link = self.names / name_or_id
         if "/" not in name_or_id and link.is_symlink():
             return os.path.basename(os.readlink(link))
-        if "/" not in name_or_id and len(name_or_id) >= 1:
-            matches = [p.name for p in self.containers.glob(f"{name_or_id}*") if p.is_dir()]
+        if _is_id_prefix(name_or_id):
+            # Ids are hex: anything else (a glob pattern among them) is no id prefix.
+            matches = [
+                entry.name
+                for entry in _scandir(self.containers)
+                if entry.name.startswith(name_or_id) and entry.is_dir()
+            ]
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
