@@ -63,6 +63,30 @@ class IsolationType(StrEnum):
     STRICT = "strict"
 
 
+def default_isolation() -> IsolationType:
+    """The level a config gets when it names none: ``CODEX32_ISOLATION_LEVEL`` or the
+    original design's ``CONTAINER_ISOLATION_LEVEL``, else STANDARD.
+
+    Read when a config is made, so scripts and the CLI honour it alike.
+    """
+    variable = next(
+        (v for v in ("CODEX32_ISOLATION_LEVEL", "CONTAINER_ISOLATION_LEVEL") if os.environ.get(v)),
+        None,
+    )
+    if variable is None:
+        return IsolationType.STANDARD
+    level = os.environ[variable]
+    try:
+        return IsolationType(level.strip().lower())
+    except ValueError:
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"{variable}={level!r} is not an isolation level",
+            hint="use minimal, standard or strict",
+        ) from None
+
+
 def parse_size(value: str | int) -> int:
     """Parse a Docker-style size (``512m``, ``1g``, ``1048576``) into bytes."""
     if isinstance(value, int):
@@ -443,7 +467,7 @@ class ContainerConfig(BaseModel):
     hostname: str | None = Field(
         default=None, max_length=63, pattern=r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$"
     )
-    isolation: IsolationType = IsolationType.STANDARD
+    isolation: IsolationType = Field(default_factory=default_isolation)
     volumes: list[Volume] = Field(default_factory=list)
     tmpfs: list[TmpfsMount] = Field(default_factory=list)
     read_only: bool = False

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import IsolationType
+from .config import IsolationType, default_isolation
 from .errors import ConfigError
 
 DEFAULT_STORAGE_DIR = "/var/lib/codex32"
@@ -44,14 +44,7 @@ class Settings:
             or env.get("CONTAINER_STORAGE_DIR")
             or DEFAULT_STORAGE_DIR
         )
-        level = env.get("CODEX32_ISOLATION_LEVEL") or env.get("CONTAINER_ISOLATION_LEVEL")
-        try:
-            isolation = IsolationType(level.lower()) if level else IsolationType.STANDARD
-        except ValueError:
-            raise ConfigError(
-                f"CONTAINER_ISOLATION_LEVEL={level!r} is not an isolation level",
-                hint="use minimal, standard or strict",
-            ) from None
+        isolation = default_isolation()
         base = _int_env("CODEX32_USERNS_UID_BASE", 100000)
         size = _int_env("CODEX32_USERNS_SIZE", 65536)
         if base < 1 or size < 1 or base + size > 2**32 - 1:

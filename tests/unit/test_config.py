@@ -19,13 +19,30 @@ from codex32 import (
 )
 from codex32 import config as config_module
 from codex32.config import parse_size
+from codex32.errors import ConfigError
 
 
-def test_defaults_are_standard_and_empty() -> None:
+def test_defaults_are_standard_and_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CODEX32_ISOLATION_LEVEL", raising=False)
+    monkeypatch.delenv("CONTAINER_ISOLATION_LEVEL", raising=False)
     config = ContainerConfig(image="busybox")
     assert config.isolation is IsolationType.STANDARD
     assert config.command == []
     assert not config.read_only
+
+
+def test_default_isolation_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The original design's variable sets the default for API configs as for the CLI.
+    monkeypatch.delenv("CODEX32_ISOLATION_LEVEL", raising=False)
+    monkeypatch.setenv("CONTAINER_ISOLATION_LEVEL", "STRICT")
+    assert ContainerConfig(image="busybox").isolation is IsolationType.STRICT
+    monkeypatch.setenv("CODEX32_ISOLATION_LEVEL", "minimal")  # the engine's own name wins
+    assert ContainerConfig(image="busybox").isolation is IsolationType.MINIMAL
+    explicit = ContainerConfig(image="busybox", isolation=IsolationType.STANDARD)
+    assert explicit.isolation is IsolationType.STANDARD
+    monkeypatch.setenv("CODEX32_ISOLATION_LEVEL", "paranoid")
+    with pytest.raises(ConfigError, match=r"CODEX32_ISOLATION_LEVEL=.paranoid. is not an"):
+        ContainerConfig(image="busybox")
 
 
 @pytest.mark.parametrize("name", ["bad name", "-lead", ".dot", "a/b", "x" * 129, ""])
