@@ -499,24 +499,28 @@ class ContainerEngine:
         lower = self._lower(template, profile)
         container_id = secrets.token_hex(32)
         name = config.name or container_id[:12]
-        self._store.reserve_name(name, container_id)
         directory = self._store.directory(container_id)
         record = ContainerRecord(id=container_id, name=name, image=config.image)
+        # The directory first, then the name: a name never points at nothing. The
+        # operation lock marks the creation as under way until state.json exists, so a
+        # concurrent init_engine()'s reconcile leaves the half-made directory alone.
+        directory.mkdir(mode=0o711)
         try:
-            directory.mkdir(mode=0o711)
-            os.chmod(directory, 0o711)
-            for sub in ("upper", "work", "rootfs"):
-                (directory / sub).mkdir(mode=0o755)
-            if profile.userns:
-                base = self.settings.userns_uid_base
-                for sub in ("upper", "work"):
-                    os.chown(directory / sub, base, base)
-            self._store.save_config(container_id, config.model_dump(mode="json"))
-            hostname = config.hostname or container_id[:12]
-            self._networking.prepare(container_id, name, hostname, config, profile.network)
-            plan = self._plan(container_id, config, profile, template, lower)
-            (directory / "plan.json").write_text(plan.describe())
-            self._store.save(record)
+            with self._store.operation(container_id):
+                self._store.reserve_name(name, container_id)
+                os.chmod(directory, 0o711)
+                for sub in ("upper", "work", "rootfs"):
+                    (directory / sub).mkdir(mode=0o755)
+                if profile.userns:
+                    base = self.settings.userns_uid_base
+                    for sub in ("upper", "work"):
+                        os.chown(directory / sub, base, base)
+                self._store.save_config(container_id, config.model_dump(mode="json"))
+                hostname = config.hostname or container_id[:12]
+                self._networking.prepare(container_id, name, hostname, config, profile.network)
+                plan = self._plan(container_id, config, profile, template, lower)
+                (directory / "plan.json").write_text(plan.describe())
+                self._store.save(record)
         except BaseException:
             self._networking.release(container_id)
             self._store.delete(record)
@@ -1071,15 +1075,18 @@ class ContainerEngine:
         fixed = []
         for path in self._store.containers.iterdir():
             if not (path / "state.json").exists():
+                if self._store.creation_under_way(path.name):
+                    continue  # another process is creating it right now
                 shutil.rmtree(path, ignore_errors=True)  # creation never finished
                 fixed.append(path.name)
                 continue
-            before = self._store.load(path.name).status
-            if self._refresh(path.name).status is not before:
-                fixed.append(path.name)
-        for link in self._store.names.iterdir():
-            if not link.exists():
-                link.unlink()
+            try:
+                before = self._store.load(path.name).status
+                if self._refresh(path.name).status is not before:
+                    fixed.append(path.name)
+            except ContainerNotFoundError:
+                continue  # removed meanwhile by another process
+        self._store.drop_dangling_names()
         fixed += self._cgroups.remove_orphans(set(self._store.ids()))
         fixed += self._networking.reconcile()
         return fixed

@@ -78,6 +78,8 @@ class ContainerRecord:
 
 
 _FIELDS = frozenset(ContainerRecord.__dataclass_fields__)
+#: How young a lock-less container directory must be to count as being created.
+_CREATION_GRACE = 10.0
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
@@ -216,6 +218,39 @@ class StateStore:
             except FileNotFoundError:
                 raise ContainerNotFoundError(f"no such container: {container_id}") from None
             yield
+
+    def creation_under_way(self, container_id: str) -> bool:
+        """Whether a container without ``state.json`` is still being created.
+
+        ``create`` holds the operation lock from just after its ``mkdir`` until the
+        state is written; a lock file not made yet (that instant) counts as under way
+        while the directory is young.
+        """
+        directory = self.directory(container_id)
+        try:
+            fd = os.open(directory / "operation.lock", os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            try:
+                return time.time() - directory.stat().st_mtime < _CREATION_GRACE
+            except FileNotFoundError:
+                return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def drop_dangling_names(self) -> list[str]:
+        """Unlink names whose container directory is gone (under the names lock)."""
+        dropped = []
+        with self._names_lock():
+            for link in self.names.iterdir():
+                if link.is_symlink() and not link.exists():
+                    link.unlink()
+                    dropped.append(link.name)
+        return dropped
 
     def update(
         self, container_id: str, change: Callable[[ContainerRecord], None]

@@ -395,6 +395,8 @@ def test_init_engine_reconciles_after_a_crash(
     )  # fmt: skip
     half_made = storage_dir / "containers" / secrets.token_hex(32)
     (half_made / "upper").mkdir(parents=True)  # creation never finished: no state.json
+    long_ago = time.time() - 3600
+    os.utime(half_made, (long_ago, long_ago))  # (a fresh one may be under way elsewhere)
     ghost = storage_dir / "names" / "lifecycle-ghost"
     ghost.symlink_to(f"../containers/{secrets.token_hex(32)}")
     # A container removed half-way: its address lease and host link are still there.
@@ -421,6 +423,30 @@ def test_init_engine_reconciles_after_a_crash(
     assert saved["exit_code"] is not None and saved["error"]
     assert (storage_dir / "names" / "lifecycle-reconciled").is_symlink()
     assert engine.containers.get("lifecycle-reconciled").state is ContainerState.EXITED
+
+
+def test_reconcile_leaves_a_creation_under_way_alone(
+    engine: ContainerEngine, storage_dir: Path
+) -> None:
+    """init_engine() in one process while another is half-way through a create."""
+    import fcntl
+
+    creating = storage_dir / "containers" / secrets.token_hex(32)
+    (creating / "upper").mkdir(parents=True)
+    name = storage_dir / "names" / "lifecycle-creating"
+    name.symlink_to(f"../containers/{creating.name}")
+    lock = os.open(creating / "operation.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as create holds it until state.json exists
+        long_ago = time.time() - 3600
+        os.utime(creating, (long_ago, long_ago))
+        assert creating.name not in engine.reconcile()
+        assert creating.is_dir() and name.is_symlink()
+    finally:
+        os.close(lock)
+    # The creator died without finishing: the lock is free, the leftovers go.
+    assert creating.name in engine.reconcile()
+    assert not creating.exists() and not name.is_symlink()
 
 
 # -- restart policies ------------------------------------------------------------------
