@@ -762,7 +762,7 @@ class ContainerEngine:
         )
 
     def _wait_removed(self, container_id: str, timeout: float) -> None:
-        """As ``docker run --rm``: return once the monitor has removed the container."""
+        """Return once an ``--rm`` container's monitor has removed it (or after timeout)."""
         directory = self._store.directory(container_id)
         deadline = time.monotonic() + timeout
         while directory.exists() and time.monotonic() < deadline:
@@ -825,6 +825,10 @@ class ContainerEngine:
                     self._wait_exit(record, 10)
             with contextlib.suppress(ContainerNotFoundError):  # --rm: removed as it died
                 self._wait_recorded(container.id, 5)
+            if config.auto_remove:
+                # Its monitor removes it as it dies: once stop returns, it is gone (its
+                # name free for a new container), not merely exited.
+                self._wait_removed(container.id, 10)
         self._event(container, "stop")
         self._reload_or_removed(container)
 
