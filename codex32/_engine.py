@@ -489,7 +489,7 @@ class ContainerEngine:
 
     def _create(self, config: ContainerConfig) -> Container:
         _require_root()
-        config = self._enforceable(_script_image(config))
+        config, warnings = self._enforceable(_script_image(config))
         template = self._templates.get(config.image)
         profile = self.profile(config)
         self._store.ensure_layout()
@@ -500,7 +500,7 @@ class ContainerEngine:
         container_id = secrets.token_hex(32)
         name = config.name or container_id[:12]
         directory = self._store.directory(container_id)
-        record = ContainerRecord(id=container_id, name=name, image=config.image)
+        record = ContainerRecord(id=container_id, name=name, image=config.image, warnings=warnings)
         # The directory first, then the name: a name never points at nothing. The
         # operation lock marks the creation as under way until state.json exists, so a
         # concurrent init_engine()'s reconcile leaves the half-made directory alone.
@@ -529,34 +529,54 @@ class ContainerEngine:
         self._event(container, "create")
         return container
 
-    def _enforceable(self, config: ContainerConfig) -> ContainerConfig:
-        """Refuse limits the host cannot enforce; --memory alone falls back to RLIMIT_AS."""
+    def _enforceable(self, config: ContainerConfig) -> tuple[ContainerConfig, list[str]]:
+        """Refuse limits the host cannot enforce, or drop them with a warning each when
+        the config asks for best effort; --memory falls back to RLIMIT_AS.
+
+        Returns the config to create and the warnings (kept in the record, logged).
+        """
         missing = self._cgroups.missing_controllers(config.resources)
         if not missing:
-            return config
-        if set(missing) == {"memory_bytes"} and not any(u.name == "as" for u in config.ulimits):
+            return config, []
+        warnings: list[str] = []
+        best_effort = config.resources.best_effort
+        memory_only = set(missing) == {"memory_bytes"}
+        has_as = any(u.name == "as" for u in config.ulimits)
+        if "memory_bytes" in missing and (memory_only or best_effort) and not has_as:
             from .config import Ulimit
 
             size = config.resources.memory_bytes or 0
-            log.warning(
+            warnings.append(
                 "no memory cgroup controller on this host: --memory is enforced per process "
-                "with RLIMIT_AS=%d instead (a container's processes together may use more)",
-                size,
+                f"with RLIMIT_AS={size} instead (a container's processes together may use more)"
             )
-            resources = config.resources.model_copy(update={"memory_bytes": None})
-            return config.model_copy(
+            config = config.model_copy(
                 update={
                     "ulimits": [*config.ulimits, Ulimit(name="as", soft=size, hard=size)],
-                    "resources": resources,
+                    "resources": config.resources.model_copy(update={"memory_bytes": None}),
                 }
             )
-        reason = self._cgroups.unavailable
-        fields = ", ".join(f"{f} (needs {c})" for f, c in sorted(missing.items()))
-        raise CgroupError(
-            f"this host cannot enforce {fields}"
-            + (f": {reason}" if reason else ": the controller is not available"),
-            hint="drop the limit, or enable the controller for the engine's cgroup",
-        )
+            del missing["memory_bytes"]
+        reason = self._cgroups.unavailable or "the controller is not available"
+        if missing and best_effort:
+            dropped: dict[str, object] = {}
+            for name, controller in sorted(missing.items()):
+                dropped[name] = [] if isinstance(getattr(config.resources, name), list) else None
+                warnings.append(f"{name} is not enforced (best effort): no {controller} "
+                                f"controller: {reason}")  # fmt: skip
+            config = config.model_copy(
+                update={"resources": config.resources.model_copy(update=dropped)}
+            )
+        elif missing:
+            fields = ", ".join(f"{f} (needs {c})" for f, c in sorted(missing.items()))
+            raise CgroupError(
+                f"this host cannot enforce {fields}: {reason}",
+                hint="drop the limit, enable the controller for the engine's cgroup, "
+                "or ask for best effort (--limits best-effort)",
+            )
+        for warning in warnings:
+            log.warning("%s", warning)
+        return config, warnings
 
     # -- lifecycle -------------------------------------------------------------
 

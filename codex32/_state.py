@@ -62,6 +62,8 @@ class ContainerRecord:
     restart_count: int = 0
     stopped_by_user: bool = False
     cgroup_paths: dict[str, str] = field(default_factory=dict)
+    #: What the engine could not do as asked (best-effort limits it dropped).
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""

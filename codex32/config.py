@@ -373,6 +373,9 @@ class ResourceLimits(BaseModel):
     device_write_bps: list[DeviceRate] = Field(default_factory=list)
     device_read_iops: list[DeviceRate] = Field(default_factory=list)
     device_write_iops: list[DeviceRate] = Field(default_factory=list)
+    #: Enforce what the host can and warn about the rest (dropped from the config),
+    #: instead of refusing the container (``--limits best-effort``).
+    best_effort: bool = False
 
     @field_validator("memory_bytes", "memory_swap_bytes", "memory_reservation_bytes", mode="before")
     @classmethod

@@ -925,6 +925,33 @@ def test_memory_without_memory_controller_falls_back_to_rlimit_as(
         assert fake.groups == {}
 
 
+def test_best_effort_drops_what_the_host_cannot_enforce_and_says_so(
+    engine: ContainerEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """best_effort: a missing controller is a warning (logged, in the record), the
+    limit is dropped, and the limits the host can enforce still are."""
+    name = _name("besteffort")
+    config = ContainerConfig(
+        name=name, image=BUSYBOX, command=["true"],
+        resources=ResourceLimits(pids_limit=10, cpus=0.5, best_effort=True),
+    )  # fmt: skip
+    with (
+        fake_engine(engine, ALL_CONTROLLERS - {"pids"}) as (other, fake),
+        removed_after(other, name),
+        caplog.at_level(logging.WARNING, logger="codex32"),
+    ):
+        container = other.containers.create(config)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("pids_limit is not enforced (best effort)" in w for w in warnings)
+        assert container.record.warnings == [w for w in warnings if "pids_limit" in w]
+        assert container.config.resources.pids_limit is None
+        assert container.config.resources.cpus == 0.5
+        container.start()
+        assert container.wait(timeout=20) == 0
+        applied = fake.groups[container.id].limits
+        assert applied.cpus == 0.5 and applied.pids_limit is None
+
+
 def test_a_limit_that_fails_at_start_undoes_the_network_and_the_cgroup(
     engine: ContainerEngine,
 ) -> None:
