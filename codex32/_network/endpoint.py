@@ -12,10 +12,10 @@ import contextlib
 import json
 import logging
 import socket
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .._state import StateStore, file_lock, is_same_process
@@ -197,6 +197,18 @@ def _later(stamp: str, than: str) -> bool:
         return False
 
 
+def _netlink() -> ModuleType:
+    """:mod:`codex32._linux.network` (pyroute2), with site-packages added if need be."""
+    try:
+        from .._linux import network
+    except ImportError:
+        import site
+
+        site.main()  # python -S: the monitor's interpreter skipped them at start-up
+        from .._linux import network
+    return network
+
+
 def _write_small(path: Path, text: str) -> None:
     """Overwrite a small file (no fsync: a lost stamp only costs one more refresh)."""
     path.write_text(text)
@@ -206,9 +218,9 @@ def drop_links(ifname_host: str, ifname_ifb: str, wait: float = _LINK_GONE_WAIT)
     """Delete a container's host veth and IFB if still there.
 
     The veth goes with the container's namespace, so usually only a shaping IFB (which
-    lives in the host namespace) is left. Netlink through pyroute2 where it can be
-    imported (the engine); ``ip link delete`` where it cannot (a monitor, which runs
-    without site-packages).
+    lives in the host namespace) is left. Netlink through pyroute2, also in a monitor
+    (which runs without site-packages: it adds them first, at the end of its life and
+    only when a link is left).
     """
     names = [n for n in (ifname_host, ifname_ifb) if n]
     deadline = time.monotonic() + wait
@@ -217,21 +229,10 @@ def drop_links(ifname_host: str, ifname_ifb: str, wait: float = _LINK_GONE_WAIT)
     if not any(link_exists(n) for n in names):
         return
     try:
-        from .._linux import network as netlink
-    except ImportError:
-        for name in names:
-            if link_exists(name):
-                try:
-                    result = subprocess.run(
-                        ["ip", "link", "delete", name], capture_output=True, text=True,
-                        check=False, timeout=30,
-                    )  # fmt: skip
-                except (OSError, subprocess.TimeoutExpired) as exc:  # no iproute2?
-                    log.warning("could not remove link %s: %s", name, exc)
-                    continue
-                if result.returncode != 0 and link_exists(name):
-                    log.warning("could not remove link %s: %s", name, result.stderr.strip())
-        return
+        netlink = _netlink()
+    except ImportError as exc:
+        log.warning("could not remove the links of %s: %s", ifname_host, exc)
+        return  # reconcile retries
     try:
         netlink.detach_container(ifname_host, None)
     except NetworkError as exc:

@@ -485,6 +485,16 @@ def test_auto_removed_container_releases_its_lease(engine: ContainerEngine) -> N
     )
 
 
+def test_an_auto_removed_rate_limited_container_leaves_no_link(engine: ContainerEngine) -> None:
+    # Its shaping IFB lives in the host namespace: the monitor (without site-packages)
+    # removes it through pyroute2 as it removes the container.
+    config = busybox("true", auto_remove=True, network_egress_rate="8mbit")
+    result = engine.containers.run(config)
+    assert result.exit_code == 0, result
+    assert container_links() == set()
+    assert result.container_id not in leases(engine)
+
+
 def test_reconcile_cleans_crashed_containers(engine: ContainerEngine) -> None:
     # a container that died with an egress limit leaves its IFB in the host namespace
     dead = engine.containers.run_detached(busybox("sleep 60", network_egress_rate="2mbit"))
