@@ -198,7 +198,7 @@ class Container:
             return read_logs(path, tail=tail, since=since, until=None, streams=streams)
 
         def stopped() -> bool:
-            self.reload()
+            self._engine._reload_or_removed(self)  # an --rm container may be gone at once
             return self.state not in _LIVE
 
         return follow_logs(path, since=since, tail=tail, streams=streams, stop=stopped)

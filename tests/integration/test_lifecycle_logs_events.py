@@ -186,6 +186,22 @@ def test_logs_follow_survives_rotation_and_ends_with_the_container(
     assert not container.logs().startswith(b"ready\n"), "the log never rotated"
 
 
+def test_stream_logs_of_an_auto_remove_container_ends_when_it_is_removed(
+    engine: ContainerEngine,
+) -> None:
+    """Its monitor removes it as it exits: following ends with all the output, as
+    ``docker logs -f`` does, instead of failing on the vanished container."""
+    script = "echo line 1; while [ ! -e /tmp/go ]; do sleep 0.02; done; echo line 2; echo line 3"
+    container = engine.containers.run_detached(sh(script, auto_remove=True))
+    stream = container.stream_logs()
+    lines = [next(stream).text.rstrip("\n")]  # following, the log open
+    container.exec_run(["touch", "/tmp/go"])
+    assert eventually(lambda: not engine._store.directory(container.id).exists(), 10)
+    lines += [entry.text.rstrip("\n") for entry in stream]
+    assert lines == ["line 1", "line 2", "line 3"]
+    assert container.state is ContainerState.REMOVED
+
+
 # -- events ----------------------------------------------------------------------------
 
 
