@@ -1095,8 +1095,46 @@ class ContainerEngine:
 
     def reconcile(self) -> list[str]:
         """After a crash or reboot: mark dead containers exited, drop half-made ones."""
+        return self._reconcile()[0]
+
+    def recover(self) -> list[str]:
+        """``reconcile``, then bring back what a reboot or crash took down, as dockerd
+        does when it starts (``init_engine`` runs this).
+
+        A container whose processes died unseen (no monitor wrote its exit) is started
+        again if its restart policy asks for it (``always``, ``unless-stopped``, and
+        ``on-failure[:N]`` with retries left) and a stop by the user was not under way;
+        an ``--rm`` one is removed. Returns the ids ``reconcile`` fixed.
+        """
+        fixed, lost = self._reconcile()
+        for container_id in lost:
+            self._recover_lost(container_id)
+        return fixed
+
+    def _recover_lost(self, container_id: str) -> None:
+        try:
+            container = self.containers.get(container_id)
+            config, record = container.config, container.record
+            if config.auto_remove:
+                container.remove(force=True)
+                return
+            policy = config.restart_policy
+            retries_left = (
+                policy.maximum_retry_count == 0 or record.restart_count < policy.maximum_retry_count
+            )
+            wanted = policy.name in ("always", "unless-stopped") or (
+                policy.name == "on-failure" and retries_left
+            )
+            if wanted and not record.stopped_by_user:
+                container.start(restarting=True)
+        except Codex32Error as exc:  # one container's trouble does not stop the others
+            log.warning("could not recover container %s: %s", container_id[:12], exc)
+
+    def _reconcile(self) -> tuple[list[str], list[str]]:
+        """(ids fixed, ids of containers found dead with no exit written)."""
         self._store.ensure_layout()
-        fixed = []
+        fixed: list[str] = []
+        lost: list[str] = []
         for path in self._store.containers.iterdir():
             if not (path / "state.json").exists():
                 if self._store.creation_under_way(path.name):
@@ -1106,14 +1144,17 @@ class ContainerEngine:
                 continue
             try:
                 before = self._store.load(path.name).status
-                if self._refresh(path.name).status is not before:
-                    fixed.append(path.name)
+                after = self._refresh(path.name).status
             except ContainerNotFoundError:
                 continue  # removed meanwhile by another process
+            if after is not before:
+                fixed.append(path.name)
+                if after is ContainerState.EXITED:
+                    lost.append(path.name)
         self._store.drop_dangling_names()
         fixed += self._cgroups.remove_orphans(set(self._store.ids()))
         fixed += self._networking.reconcile()
-        return fixed
+        return fixed, lost
 
 
 _EXEC_OPS = ("rlimits", "bounding_set", "user", "capabilities", "no_new_privs", "seccomp", "exec")
@@ -1298,7 +1339,7 @@ async def init_engine(storage_dir: str | os.PathLike[str] | None = None) -> Cont
     global _engine  # noqa: PLW0603
     _engine = ContainerEngine(storage_dir)
     # reconcile uses pyroute2, which runs an event loop of its own: not on this one.
-    await asyncio.to_thread(_engine.reconcile)
+    await asyncio.to_thread(_engine.recover)
     return _engine
 
 

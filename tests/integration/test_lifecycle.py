@@ -425,6 +425,36 @@ def test_init_engine_reconciles_after_a_crash(
     assert engine.containers.get("lifecycle-reconciled").state is ContainerState.EXITED
 
 
+def test_init_engine_brings_back_what_a_crash_took_down(
+    engine: ContainerEngine, containers: Containers, storage_dir: Path
+) -> None:
+    """As dockerd at start: a container that died unseen (monitor and PID 1 killed, as
+    by a reboot) is started again when its restart policy says so, an --rm one is
+    removed, and one without a policy is only marked exited."""
+    always = containers.running(sh(LOOP, restart_policy=RestartPolicy(name="always")))
+    plain = containers.running(sh(LOOP))
+    auto = containers.running(sh(LOOP, auto_remove=True))
+    old_pid = always.record.pid
+    for container in (always, plain, auto):
+        for pid in (container.record.monitor_pid, container.record.pid):
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+        assert eventually(lambda c=container: dead(c.record.monitor_pid), 10)  # type: ignore[misc]
+    try:
+        asyncio.run(init_engine(storage_dir))
+    finally:
+        asyncio.run(shutdown_engine())
+    always.reload()
+    assert always.state is ContainerState.RUNNING
+    assert always.record.pid != old_pid and always.record.restart_count == 1
+    assert eventually(lambda: ready(always, times=2), 15), always.logs()
+    assert "restart" in actions(engine, always)
+    plain.reload()
+    assert plain.state is ContainerState.EXITED and plain.record.error
+    with pytest.raises(ContainerNotFoundError):
+        engine.containers.get(auto.id)
+
+
 def test_reconcile_leaves_a_creation_under_way_alone(
     engine: ContainerEngine, storage_dir: Path
 ) -> None:
