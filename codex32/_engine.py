@@ -213,12 +213,17 @@ class Container:
         stdin: FileArg = None,
         stdout: FileArg = None,
         stderr: FileArg = None,
+        tty: bool = False,
     ) -> ExecResult:
         """Run ``command`` inside the running container, confined as its command is.
 
-        Output is captured and returned unless file descriptors are given.
+        Output is captured and returned unless file descriptors are given. ``tty``: the
+        command gets a pseudo-terminal (its controlling terminal), relayed to
+        ``stdin``/``stdout``; its output is then one stream, as ``docker exec -t``.
         """
-        return self._engine._exec(self, command, env or {}, user, workdir, stdin, stdout, stderr)
+        return self._engine._exec(
+            self, command, env or {}, user, workdir, stdin, stdout, stderr, tty
+        )
 
     def pause(self) -> None:
         """Freeze every process of the container (cgroup freezer)."""
@@ -1041,6 +1046,7 @@ class ContainerEngine:
         stdin: FileArg,
         stdout: FileArg,
         stderr: FileArg,
+        tty: bool = False,
     ) -> ExecResult:
         if not command:
             raise ConfigError("exec needs a command")
@@ -1054,11 +1060,26 @@ class ContainerEngine:
         self._event(container, "exec_start", execID=" ".join(command)[:64])
         cgroup = self._cgroups.handle(container.id)
         with _capture(stdout) as out, _capture(stderr) as err:
-            code = run_exec(
-                record.pid or 0, steps, container.name,
-                stdin=stdin, stdout=out.target, stderr=err.target,
-                on_created=cgroup.add_pid if cgroup is not None else None,
-            )  # fmt: skip
+            terminal = None
+            if tty:
+                from ._terminal import ExecTerminal
+
+                ptmx = f"/proc/{record.pid}/root/dev/pts/ptmx"
+                terminal = ExecTerminal(stdin, out.target, ptmx)
+                terminal.start()
+            try:
+                slave = terminal.slave if terminal is not None else None
+                code = run_exec(
+                    record.pid or 0, steps, container.name,
+                    stdin=stdin if slave is None else slave,
+                    stdout=out.target if slave is None else slave,
+                    stderr=err.target if slave is None else slave,
+                    on_created=cgroup.add_pid if cgroup is not None else None,
+                    tty=terminal is not None,
+                )  # fmt: skip
+            finally:
+                if terminal is not None:
+                    terminal.finish()
             result = ExecResult(code, out.read(), err.read())
         self._event(container, "exec_die", exitCode=str(code))
         return result

@@ -11,9 +11,11 @@ protocol's ``error`` message (see ``_sync``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import sys
+import termios
 from typing import NoReturn
 
 from . import _sync
@@ -55,11 +57,17 @@ def _join(pid: int) -> None:
             os.close(fd)
 
 
-def _child(setup: Setup, sock: socket.socket) -> NoReturn:
+def _child(setup: Setup, sock: socket.socket, tty: bool) -> NoReturn:
     try:
         go = _sync.receive(sock)  # the engine has put us in the container's cgroup
         if not go or go.get("type") != "proceed":
             os._exit(125)
+        if tty:  # a session of its own, the terminal on stdin its controlling one
+            try:
+                os.setsid()
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            except OSError as exc:
+                raise StepError("tty", exc.errno or 0, f"cannot take the terminal: {exc}") from exc
         setup.run()
     except StepError as exc:
         with contextlib.suppress(OSError):
@@ -84,7 +92,7 @@ def main() -> int:
         _sync.send(sock, _sync.error_message("setns", exc.errno or 0, str(exc)))
         return 125
     if pid == 0:
-        _child(setup, sock)
+        _child(setup, sock, bool(message.get("tty")))
     _sync.send(sock, {"type": "created", "pid": pid})
     while True:
         try:

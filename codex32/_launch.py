@@ -346,11 +346,13 @@ def run_exec(
     stdout: FileArg,
     stderr: FileArg,
     on_created: Callable[[int], None] | None = None,
+    tty: bool = False,
 ) -> int:
     """Run the exec set-up process against PID ``pid``; return the command's exit code.
 
     ``on_created`` gets the new process's pid before it runs anything of its own
-    (the engine puts it in the container's cgroup there).
+    (the engine puts it in the container's cgroup there). ``tty``: stdin is a
+    terminal's slave end, which the command makes its controlling terminal.
     """
     sock, child = _sync.socket_pair()
     fd = child.fileno()
@@ -367,7 +369,7 @@ def run_exec(
     finally:
         child.close()
     with sock:
-        _sync.send(sock, {"type": "exec", "pid": pid, "steps": steps})
+        _sync.send(sock, {"type": "exec", "pid": pid, "steps": steps, "tty": tty})
         error: _sync.Message | None = None
         while (message := _sync.receive(sock)) is not None:
             if message.get("type") == "error":

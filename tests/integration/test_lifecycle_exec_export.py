@@ -131,6 +131,32 @@ def test_exec_in_a_strict_container_is_confined(containers: Containers) -> None:
     assert b"Read-only file system" in denied.error_output
 
 
+@pytest.mark.parametrize("level", [IsolationType.STANDARD, IsolationType.STRICT])
+def test_exec_with_a_tty_gets_a_controlling_terminal(
+    containers: Containers, level: IsolationType
+) -> None:
+    # As `docker exec -t`: stdio is a terminal of the container's own /dev/pts, the
+    # command's controlling one (so /dev/tty opens); stdout and stderr are one stream.
+    container = containers.running(sh(LOOP, isolation=level))
+    script = "tty; [ -t 0 ] && [ -t 1 ] && echo both-ttys; : < /dev/tty && echo ctty; echo err >&2"
+    result = container.exec_run(["sh", "-c", script], tty=True)
+    assert result.exit_code == 0, text(result.output)
+    lines = text(result.output).replace("\r\n", "\n").split("\n")
+    assert lines[0].startswith("/dev/pts/"), lines
+    assert lines[1:4] == ["both-ttys", "ctty", "err"], lines
+    assert result.error_output == b""
+    reader, writer = os.pipe()  # what the caller types reaches the command
+    os.write(writer, b"hello\n")
+    os.close(writer)
+    try:
+        typed = container.exec_run(["sh", "-c", "read x; echo got:$x"], tty=True, stdin=reader)
+    finally:
+        os.close(reader)
+    assert typed.exit_code == 0 and "got:hello" in text(typed.output), typed
+    plain = container.exec_run(["sh", "-c", "tty; : < /dev/tty"])
+    assert plain.exit_code != 0 and text(plain.output).strip() == "not a tty"
+
+
 def test_exec_gets_the_containers_ulimits(containers: Containers) -> None:
     # As `docker exec`: the exec'd process runs under the container's rlimits.
     limits = [Ulimit(name="nofile", soft=64, hard=96), Ulimit(name="nproc", soft=77, hard=77)]
