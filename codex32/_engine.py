@@ -952,6 +952,13 @@ class ContainerEngine:
     def _wait(self, container: Container, timeout: float | None) -> int:
         record = self._refresh(container.id)
         deadline = None if timeout is None else time.monotonic() + timeout
+        # As docker wait: a container not started yet is waited for through its run
+        # (one whose start failed has the failure's exit code already).
+        while record.status is ContainerState.CREATED and record.exit_code is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"container {container.name} not started after {timeout} s")
+            time.sleep(0.02)
+            record = self._refresh(container.id)
         while record.status in (ContainerState.RUNNING, ContainerState.PAUSED):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._wait_exit(record, remaining):

@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -179,10 +180,15 @@ def test_kill_delivers_the_signal(engine: ContainerEngine, containers: Container
 
 def test_wait_returns_the_exit_code(containers: Containers) -> None:
     never_started = containers.create(sh("exit 42"))
-    with pytest.raises(StateError):
-        never_started.wait(timeout=1)
-    never_started.start()
-    assert never_started.wait(timeout=10) == 42
+    with pytest.raises(TimeoutError, match="not started"):
+        never_started.wait(timeout=0.2)
+    # As docker wait: waiting on a created container waits through its coming run.
+    starter = threading.Timer(0.3, never_started.start)
+    starter.start()
+    try:
+        assert never_started.wait(timeout=20) == 42
+    finally:
+        starter.join()
     assert never_started.wait() == 42  # again, once exited
     assert never_started.state is ContainerState.EXITED
 
