@@ -10,7 +10,9 @@ container's monitor) appends to the same file, so the file is the event bus: rea
 - ``append_event`` takes an exclusive ``flock`` on the file and writes the line with one
   ``O_APPEND`` write, so lines of concurrent writers never interleave, whatever their
   length. A line left torn by a crash is ended before the next one is written, and
-  readers skip what does not parse.
+  readers skip what does not parse. Past ``EVENTS_MAX_BYTES`` the file moves to
+  ``events.jsonl.1`` (replacing the one before); readers read both, followers carry
+  on in the new file.
 - Filters are Docker's ``--filter`` keys: ``container`` (id, id prefix or name), ``event``
   (the action) and ``type``. Values of one key are alternatives; keys must all match.
 - ``EventHooks`` maps actions to callbacks; ``EventWatcher`` is a daemon thread that
@@ -122,25 +124,54 @@ def _text(value: Any) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def append_event(path: Path, event: Event) -> None:
-    """Append ``event`` as one line; safe when several processes append at once."""
+#: Size at which ``events.jsonl`` moves to ``events.jsonl.1`` (replacing the one
+#: before): the events kept stay under twice this, as Podman bounds its events file
+#: (``events_logfile_max_size``); Docker keeps only its last 256 events.
+EVENTS_MAX_BYTES = 4 << 20
+
+
+def rotated_path(path: Path) -> Path:
+    """Where the events before the current file's are (``events.jsonl.1``)."""
+    return path.with_name(path.name + ".1")
+
+
+def _inode(path: Path) -> int:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return -1
+
+
+def append_event(path: Path, event: Event, *, max_bytes: int = EVENTS_MAX_BYTES) -> None:
+    """Append ``event`` as one line; safe when several processes append at once.
+
+    A file that would grow past ``max_bytes`` is rotated first, under its lock; a
+    writer that waited for the lock on a file rotated meanwhile writes to the new one.
+    """
     line = (event.to_json() + "\n").encode()
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC  # read: the last byte
-    try:
-        fd = os.open(path, flags, 0o644)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, flags, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line  # a writer died mid-line: end that line first
-        view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)  # releases the lock
+    while True:
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, flags, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_ino != _inode(path):
+                continue  # rotated while we waited: open the current file
+            size = os.fstat(fd).st_size
+            if size and size + len(line) > max_bytes:
+                os.replace(path, rotated_path(path))
+                continue
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a writer died mid-line: end that line first
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            return
+        finally:
+            os.close(fd)  # releases the lock
 
 
 # --------------------------------------------------------------------------- filters
@@ -293,17 +324,18 @@ def read_events(
 ) -> Generator[Event, None, None]:
     """The events in the file now, oldest first, within ``since``/``until`` (inclusive)."""
     compiled = _compile(filters)
-    tail = _EventTail(path, from_end=False)
-    try:
-        for event in tail.read():
-            if (
-                (since is None or event.time >= since)
-                and (until is None or event.time <= until)
-                and _matches(event, compiled)
-            ):
-                yield event
-    finally:
-        tail.close()
+    for source in (rotated_path(path), path):  # the older events first
+        tail = _EventTail(source, from_end=False)
+        try:
+            for event in tail.read():
+                if (
+                    (since is None or event.time >= since)
+                    and (until is None or event.time <= until)
+                    and _matches(event, compiled)
+                ):
+                    yield event
+        finally:
+            tail.close()
 
 
 def follow_events(
@@ -322,7 +354,7 @@ def follow_events(
     """
     compiled = _compile(filters)
     tail = _EventTail(path, from_end=since is None)
-    return _follow(tail, since, compiled, stop, poll_interval)
+    return _follow(tail, since, compiled, stop, poll_interval, rotated_path(path))
 
 
 def _follow(
@@ -331,8 +363,11 @@ def _follow(
     filters: dict[str, frozenset[str]],
     stop: Callable[[], bool],
     poll_interval: float,
+    older: Path | None = None,
 ) -> Generator[Event, None, None]:
     try:
+        if since is not None and older is not None:  # the past reaches the rotated file
+            yield from read_events(older, since=since, filters=filters)
         while True:
             stopping = stop()
             events = tail.read()

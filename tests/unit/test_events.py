@@ -21,6 +21,7 @@ from codex32._events import (
     follow_events,
     parse_filters,
     read_events,
+    rotated_path,
 )
 
 
@@ -59,18 +60,21 @@ import sys, time
 from pathlib import Path
 from codex32._events import Event, append_event
 path, writer, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+limit = {"max_bytes": int(sys.argv[4])} if len(sys.argv) > 4 else {}
 sys.stdin.readline()
 for i in range(count):
     big = "x" * 9000 if i % 10 == 0 else ""  # > PIPE_BUF: atomicity from the lock
     append_event(path, Event(time.time(), "container", "start", writer, writer,
-                             {"seq": str(i), "pad": big}))
+                             {"seq": str(i), "pad": big}), **limit)
 """
 
 
-def start_appenders(path: Path, writers: list[str], count: int) -> list[subprocess.Popen[str]]:
+def start_appenders(
+    path: Path, writers: list[str], count: int, *limit: str
+) -> list[subprocess.Popen[str]]:
     return [
         subprocess.Popen(
-            [sys.executable, "-c", APPENDER, str(path), writer, str(count)],
+            [sys.executable, "-c", APPENDER, str(path), writer, str(count), *limit],
             stdin=subprocess.PIPE,
             text=True,
         )
@@ -147,6 +151,52 @@ def test_concurrent_appends_from_several_processes(events_file: Path) -> None:
     for writer in writers:
         seqs = [int(e.attributes["seq"]) for e in parsed if e.id == writer]
         assert seqs == list(range(count))  # each writer's events whole and in order
+
+
+def test_the_file_rotates_and_readers_read_both(events_file: Path) -> None:
+    for i in range(30):
+        append_event(events_file, event("start", when=1000.0 + i), max_bytes=1000)
+    older = rotated_path(events_file)
+    assert older.exists() and events_file.stat().st_size <= 1000
+    assert older.stat().st_size <= 1000
+    times = [e.time for e in read_events(events_file)]
+    # What is kept is the newest, whole and in order; older rotations are gone.
+    assert times == [1000.0 + i for i in range(30 - len(times), 30)]
+    assert len(times) > 1000 // len(event("start").to_json())
+
+
+def test_follow_carries_on_across_a_rotation(events_file: Path) -> None:
+    append_event(events_file, event("create", when=1.0))
+    follow = follow_events(events_file, stop=deadline(5), poll_interval=0.005)
+    seen = []
+    for i in range(20):
+        append_event(events_file, event("start", when=10.0 + i), max_bytes=600)
+        seen.append(next(follow).time)
+    follow.close()
+    assert seen == [10.0 + i for i in range(20)]
+    assert rotated_path(events_file).exists()
+    # With since, the past comes from the rotated file too.
+    past = follow_events(events_file, since=0, stop=lambda: True, poll_interval=0.005)
+    kept = [e.time for e in past]
+    assert kept == sorted(kept) and kept[-1] == 29.0 and len(kept) > 4
+
+
+def test_concurrent_appends_across_rotations(events_file: Path) -> None:
+    # One rotation half-way: writers waiting on the old file's lock move to the new one.
+    writers, count = ["w0", "w1", "w2", "w3"], 200
+    children = start_appenders(events_file, writers, count, str(500_000))
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.close()
+    for child in children:
+        assert child.wait(timeout=20) == 0
+    assert rotated_path(events_file).exists()
+    parsed = list(read_events(events_file))
+    assert len(parsed) == len(writers) * count
+    for writer in writers:
+        seqs = [int(e.attributes["seq"]) for e in parsed if e.id == writer]
+        assert seqs == list(range(count))
 
 
 # --------------------------------------------------------------------------- filters
