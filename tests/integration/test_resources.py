@@ -353,6 +353,29 @@ def test_pids_limit_holds_exactly_ten_processes(engine: ContainerEngine) -> None
         print(f"pids: forked {forked}, then errno {failure}; pids.current {stats.pids}")
 
 
+OPEN_FILES_PROBE = """
+import os
+opened = []
+try:
+    while True:
+        opened.append(os.open("/dev/null", os.O_RDONLY))
+except OSError as exc:
+    print(exc.errno, len(opened) + 3)  # + stdin, stdout, stderr
+"""
+
+
+def test_max_open_files_is_the_nofile_rlimit(engine: ContainerEngine) -> None:
+    """ResourceLimits.max_open_files: soft and hard RLIMIT_NOFILE; the next open fails."""
+    config = ContainerConfig(
+        name=_name("nofile"), image=PYTHON, command=["python3", "-S", "-c", OPEN_FILES_PROBE],
+        resources=ResourceLimits(max_open_files=40),
+    )  # fmt: skip
+    with detached(engine, config) as container:
+        assert container.wait(timeout=30) == 0, container.logs()
+        code, count = container.logs(stderr=False).decode().split()
+        assert (int(code), int(count)) == (errno.EMFILE, 40)
+
+
 # -- cpu --------------------------------------------------------------------------------
 
 
