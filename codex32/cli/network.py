@@ -9,11 +9,13 @@ from typing import Annotated
 import typer
 
 from ._common import engine, guard, table
+from ._usage import UsageGroup
 
 app = typer.Typer(
     name="network",
     help="Manage networks (bridges with a subnet; containers join with --network NAME).",
     no_args_is_help=True,
+    cls=UsageGroup,
 )
 
 
