@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ._common import engine, guard
+from ._usage import UsageError
 
 if TYPE_CHECKING:
     from codex32 import Container
@@ -31,16 +32,40 @@ def start(
         bool, typer.Option("-a", "--attach", help="Follow the output until it exits.")
     ] = False,
 ) -> None:
-    """Start created or stopped containers (in the background)."""
+    """Start created or stopped containers (in the background, or -a: followed)."""
     if not attach:
         _each(containers, lambda c: c.start())
         return
+    if len(containers) > 1:
+        raise UsageError("you cannot start and attach multiple containers at once")
+    import time
+
     from .views import follow_output
 
     container = guard(partial(engine().containers.get, containers[0]))
+    # Only this start's output: a restarted container's log still holds earlier runs.
+    # An entry's time is when the monitor read it, after the start began.
+    since = time.time()
     guard(container.start)
-    follow_output(container, timestamps=False, tail=None, since=None)
-    raise typer.Exit(guard(container.wait))
+    follow_output(container, timestamps=False, tail=None, since=since)
+    raise typer.Exit(guard(partial(_exit_code, container)))
+
+
+def _exit_code(container: Container) -> int:
+    """The exit code of the run just followed; 0 if it cannot be known.
+
+    An ``--rm`` container may be removed already: its ``die`` event keeps the code
+    (as ``wait`` finds it when the removal happens while it waits).
+    """
+    from codex32 import ContainerNotFoundError
+
+    try:
+        return container.wait()
+    except ContainerNotFoundError:
+        try:
+            return container._engine._exit_code_from_events(container.record)
+        except ContainerNotFoundError:
+            return 0
 
 
 def stop(

@@ -102,7 +102,12 @@ def _raise(exc: Exception) -> None:
 def follow_output(
     container: Container, *, timestamps: bool, tail: int | None, since: float | None
 ) -> None:
-    """Print the log as it grows until the container stops (survives rotation)."""
+    """Print the log as it grows until the container stops (survives rotation).
+
+    An ``--rm`` container is removed by its monitor as it ends: a container gone
+    while followed has ended too, and following stops as it does for an exit.
+    """
+    from codex32 import ContainerNotFoundError
     from codex32._logs import follow_logs, format_entry
 
     last_check = [0.0]
@@ -112,7 +117,10 @@ def follow_output(
         if now - last_check[0] < 0.2:
             return False
         last_check[0] = now
-        container.reload()
+        try:
+            container.reload()
+        except ContainerNotFoundError:
+            return True
         return container.status not in ("running", "restarting", "paused")
 
     path = container._engine._log_path(container.id)
