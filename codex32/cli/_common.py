@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import typer
@@ -50,6 +51,26 @@ def guard(action: Callable[[], T]) -> T:
         if state["debug"]:
             raise
         fail(str(exc))
+
+
+def each_ref(refs: list[str], action: Callable[[str], T], done: Callable[[str, T], object]) -> int:
+    """Run ``action`` on each ref, then ``done`` with its result; go on past failures.
+
+    Each failure is one line on stderr (as ``guard`` prints it). The exit code to
+    end with: 0 if none failed, the failure's own code if ``refs`` is one (as for
+    any single command), else 1, as Docker's for several containers.
+    """
+    codes = []
+    for ref in refs:
+        try:
+            result = guard(partial(action, ref))
+        except typer.Exit as exc:
+            codes.append(exc.exit_code)
+            continue
+        done(ref, result)
+    if not codes:
+        return 0
+    return codes[0] if len(refs) == 1 else 1
 
 
 def engine() -> ContainerEngine:

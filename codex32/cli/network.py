@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import engine, guard, table
+from ._common import each_ref, engine, guard, table
 from ._usage import UsageGroup
 
 app = typer.Typer(
@@ -76,7 +76,6 @@ def remove(
     names: Annotated[list[str], typer.Argument(help="Network names.")],
 ) -> None:
     """Remove networks (refused while containers use them; not the default one)."""
-    eng = engine()
-    for name in names:
-        guard(partial(eng.networks.remove, name))
-        typer.echo(name)
+    failed = each_ref(names, engine().networks.remove, lambda name, _none: typer.echo(name))
+    if failed:
+        raise typer.Exit(failed)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._common import engine, guard
+from ._common import each_ref, engine, guard
 from ._usage import UsageError
 
 if TYPE_CHECKING:
@@ -18,12 +18,19 @@ Names = Annotated[list[str], typer.Argument(help="Container names or ids.")]
 
 
 def _each(refs: list[str], verb: Callable[[Container], object], show: bool = False) -> None:
-    """Apply ``verb`` to each container; print its name (or the verb's result)."""
+    """Apply ``verb`` to each container; print its name (or the verb's result).
+
+    As Docker: a failure is one line on stderr and the others are still done; the
+    exit code is then 1, or the failure's own code when only one was named.
+    """
     eng = engine()
-    for ref in refs:
-        container = guard(partial(eng.containers.get, ref))
-        result = guard(partial(verb, container))
-        typer.echo(result if show else ref)
+
+    def apply(ref: str) -> object:
+        return verb(eng.containers.get(ref))
+
+    failed = each_ref(refs, apply, lambda ref, result: typer.echo(result if show else ref))
+    if failed:
+        raise typer.Exit(failed)
 
 
 def start(

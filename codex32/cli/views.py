@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import ago, engine, guard, table
+from ._common import ago, each_ref, engine, guard, table
 
 if TYPE_CHECKING:
     from codex32 import Container
@@ -50,19 +50,26 @@ def _status(container: Container) -> str:
 def inspect(
     containers: Annotated[list[str], typer.Argument(help="Container names or ids.")],
 ) -> None:
-    """Print containers' full records (state, config, paths) as JSON."""
+    """Print containers' full records (state, config, paths) as JSON.
+
+    As Docker: the ones found are printed, and each one not found is an error line.
+    """
     eng = engine()
     out: list[dict[str, Any]] = []
-    for ref in containers:
-        c = guard(partial(eng.containers.get, ref))
-        out.append(
-            {
-                "State": c.record.to_dict(),
-                "Config": c.config.model_dump(mode="json"),
-                "NetworkSettings": c.network_settings(),
-            }
-        )
-    typer.echo(json.dumps(out, indent=2))
+
+    def describe(ref: str) -> dict[str, Any]:
+        c = eng.containers.get(ref)
+        return {
+            "State": c.record.to_dict(),
+            "Config": c.config.model_dump(mode="json"),
+            "NetworkSettings": c.network_settings(),
+        }
+
+    failed = each_ref(containers, describe, lambda _ref, found: out.append(found))
+    if out or not failed:
+        typer.echo(json.dumps(out, indent=2))
+    if failed:
+        raise typer.Exit(failed)
 
 
 def logs(
