@@ -65,6 +65,9 @@ def list_networks(
 @app.command("inspect")
 def inspect(
     names: Annotated[list[str], typer.Argument(help="Network names.")],
+    _json_output: Annotated[
+        bool, typer.Option("--json", help="Accepted for scripts: the output is always JSON.")
+    ] = False,
 ) -> None:
     """Print networks' definitions and their containers as JSON."""
     eng = engine()
