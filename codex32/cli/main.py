@@ -42,6 +42,16 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _global(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    cgroup_parent: Annotated[
+        str | None,
+        typer.Option(
+            "--cgroup-parent",
+            metavar="PATH",
+            help="Cgroup under which containers' cgroups go: relative to the engine's own "
+            "cgroup, or absolute from the hierarchy's root (default: $CODEX32_CGROUP_PARENT, "
+            "else codex32).",
+        ),
+    ] = None,
     show_version: Annotated[
         bool,
         typer.Option(
@@ -52,7 +62,8 @@ def _global(
         ),
     ] = False,
 ) -> None:
-    state["debug"] = debug
+    state.debug = debug
+    state.cgroup_parent = cgroup_parent
 
 
 _PASS_THROUGH = {"allow_interspersed_args": False}
@@ -100,7 +111,7 @@ def main() -> None:
         typer.echo("Aborted!", err=True)
         sys.exit(1)
     except Exception as exc:
-        if state["debug"]:
+        if state.debug:
             raise
         typer.echo(
             f"codex32: internal error: {type(exc).__name__}: {exc} (rerun with --debug "

@@ -6,10 +6,14 @@ root; the behaviour with real containers is in tests/integration/test_cli_behavi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from codex32.cli import _common
 from codex32.cli import main as cli
+from codex32.cli.entry import _verb
+from codex32.settings import Settings
 
 
 def run_cli(
@@ -17,7 +21,8 @@ def run_cli(
 ) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of ``codex32 ARGS``, as the console script ends."""
     monkeypatch.setattr("sys.argv", ["codex32", *args])
-    monkeypatch.setitem(_common.state, "debug", False)
+    monkeypatch.setattr(_common.state, "debug", False)
+    monkeypatch.setattr(_common.state, "cgroup_parent", None)
     with pytest.raises(SystemExit) as exited:
         cli.main()
     out, err = capsys.readouterr()
@@ -84,3 +89,75 @@ def test_the_version_exits_0(
 ) -> None:
     code, out, _ = run_cli(["--version"], monkeypatch, capsys)
     assert code == 0 and out.startswith("codex32 ")
+
+
+def test_start_refuses_to_attach_to_several(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before any engine is made: nothing is started."""
+    code, out, err = run_cli(["start", "-a", "one", "two"], monkeypatch, capsys)
+    assert (code, out) == (125, "")
+    assert err == (
+        "codex32: you cannot start and attach multiple containers at once. "
+        "See 'codex32 start --help'.\n"
+    )
+
+
+# -- --cgroup-parent ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "verb"),
+    [
+        (["--cgroup-parent", "bots", "run", "busybox"], "run"),
+        (["--cgroup-parent", "/codex32.slice", "--debug", "start", "bot"], "start"),
+        (["--cgroup-parent=bots", "restart", "bot"], "restart"),
+        (["--debug", "--cgroup-parent", "run"], None),  # "run" is the option's value
+    ],
+)
+def test_the_verb_is_not_the_cgroup_parents_value(args: list[str], verb: str | None) -> None:
+    """The console script prestarts a fork server for starting verbs only."""
+    assert _verb(args) == verb
+
+
+@pytest.mark.parametrize(
+    ("option", "variable", "parent"),
+    [
+        ("from-option", "from-env", "from-option"),
+        (None, "from-env", "from-env"),
+        ("", "from-env", "from-env"),
+        (None, None, "codex32"),
+        ("/abs/parent", None, "/abs/parent"),
+    ],
+)
+def test_the_cgroup_parent_option_is_the_variable(
+    monkeypatch: pytest.MonkeyPatch, option: str | None, variable: str | None, parent: str
+) -> None:
+    """--cgroup-parent sets what CODEX32_CGROUP_PARENT sets, and wins over it."""
+    if variable is None:
+        monkeypatch.delenv("CODEX32_CGROUP_PARENT", raising=False)
+    else:
+        monkeypatch.setenv("CODEX32_CGROUP_PARENT", variable)
+    settings = Settings.from_env("/tmp/unused", cgroup_parent=option)
+    assert settings.cgroup_parent == parent
+    # What a monitor's restart is started with carries it on.
+    assert settings.to_env()["CODEX32_CGROUP_PARENT"] == parent
+
+
+def test_the_global_option_reaches_the_engine(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``codex32 --cgroup-parent P ps``: the engine the command makes uses P.
+
+    (Making an engine and listing an empty storage directory touch nothing.)
+    """
+    monkeypatch.setenv("CODEX32_STORAGE_DIR", str(tmp_path))
+    monkeypatch.setenv("CODEX32_CGROUP_PARENT", "from-env")
+    monkeypatch.setattr(_common.state, "cgroup_parent", None)
+    code, out, err = run_cli(["--cgroup-parent", "from-option", "ps"], monkeypatch, capsys)
+    assert (code, err) == (0, ""), err
+    assert out.startswith("CONTAINER ID")
+    assert _common.engine().settings.cgroup_parent == "from-option"
+    code, _, err = run_cli(["ps"], monkeypatch, capsys)
+    assert (code, err) == (0, "")
+    assert _common.engine().settings.cgroup_parent == "from-env"
