@@ -49,7 +49,7 @@ def report(exc: Exception) -> int:
     printed as the error is made) and the code is 0, as Docker's.
     """
     if _NoArgsIsHelp is not None and isinstance(exc, _NoArgsIsHelp):
-        text = str(getattr(exc, "format_message", str)())
+        text = str(getattr(exc, "format_message", lambda: "")())  # empty if rich printed it
         if text.strip():
             typer.echo(text)
         return 0

@@ -1,7 +1,8 @@
-"""Usage errors of the ``codex32`` command line: one line on stderr and exit code 125.
+"""The ``codex32`` command line's parsing: usage errors (one line on stderr, exit
+code 125), help, and the global ``--cgroup-parent``.
 
-Parsing fails before any engine is made, so these run the CLI in-process, without
-root; the behaviour with real containers is in tests/integration/test_cli_behaviour.py.
+Nothing here makes a container, so these run the CLI in-process, without root; the
+behaviour with real containers is in tests/integration/test_cli_behaviour.py.
 """
 
 from __future__ import annotations
