@@ -35,8 +35,14 @@ class Settings:
     cgroup_parent: str = "codex32"
 
     @classmethod
-    def from_env(cls, storage_dir: str | os.PathLike[str] | None = None) -> Settings:
-        """Read ``CODEX32_*`` (or the original ``CONTAINER_*``) variables."""
+    def from_env(
+        cls, storage_dir: str | os.PathLike[str] | None = None, *, cgroup_parent: str | None = None
+    ) -> Settings:
+        """Read ``CODEX32_*`` (or the original ``CONTAINER_*``) variables.
+
+        ``cgroup_parent`` (the CLI's ``--cgroup-parent``) wins over
+        ``CODEX32_CGROUP_PARENT``; empty counts as not given, as an empty variable does.
+        """
         env = os.environ
         storage = (
             storage_dir
@@ -53,7 +59,7 @@ class Settings:
                 hint="set CODEX32_USERNS_UID_BASE >= 1 and CODEX32_USERNS_SIZE so the sum < 2^32",
             )
         return cls(
-            cgroup_parent=env.get("CODEX32_CGROUP_PARENT") or "codex32",
+            cgroup_parent=cgroup_parent or env.get("CODEX32_CGROUP_PARENT") or "codex32",
             storage_dir=Path(storage).absolute(),
             templates_dir=_find_templates_dir(),
             default_isolation=isolation,

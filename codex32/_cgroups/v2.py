@@ -351,8 +351,8 @@ class V2Driver:
                 path=control,
                 errno=errno_module.EBUSY,
                 hint="start the engine in a delegated cgroup (systemd-run --scope -p "
-                "Delegate=yes ...), or pass --cgroup-parent /PATH naming a cgroup sub-tree "
-                "that holds no processes",
+                "Delegate=yes ...), or name a cgroup sub-tree that holds no processes as "
+                "the parent: codex32 --cgroup-parent /PATH (or CODEX32_CGROUP_PARENT=/PATH)",
             )
         for controller in missing:
             self._fs.write(control, f"+{controller}", "create")

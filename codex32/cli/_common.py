@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import typer
@@ -13,7 +15,17 @@ if TYPE_CHECKING:
     from codex32 import ContainerEngine
 
 T = TypeVar("T")
-state: dict[str, bool] = {"debug": False}
+
+
+@dataclass
+class GlobalOptions:
+    """The root command's options, for every command of this invocation."""
+
+    debug: bool = False
+    cgroup_parent: str | None = None  # --cgroup-parent, else CODEX32_CGROUP_PARENT
+
+
+state = GlobalOptions()
 
 
 def fail(message: str, code: int = 125) -> NoReturn:
@@ -31,15 +43,15 @@ def guard(action: Callable[[], T]) -> T:
     try:
         return action()
     except LaunchError as exc:
-        if state["debug"]:
+        if state.debug:
             raise
         fail(str(exc), exc.exit_code)
     except Codex32Error as exc:
-        if state["debug"]:
+        if state.debug:
             raise
         fail(str(exc))
     except ValidationError as exc:
-        if state["debug"]:
+        if state.debug:
             raise
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
@@ -47,16 +59,39 @@ def guard(action: Callable[[], T]) -> T:
         )
         fail(f"invalid configuration: {problems}")
     except (ValueError, TimeoutError) as exc:
-        if state["debug"]:
+        if state.debug:
             raise
         fail(str(exc))
 
 
-def engine() -> ContainerEngine:
-    """The engine for this invocation (settings from the environment)."""
-    from codex32 import ContainerEngine
+def each_ref(refs: list[str], action: Callable[[str], T], done: Callable[[str, T], object]) -> int:
+    """Run ``action`` on each ref, then ``done`` with its result; go on past failures.
 
-    return guard(ContainerEngine)
+    Each failure is one line on stderr (as ``guard`` prints it). The exit code to
+    end with: 0 if none failed, the failure's own code if ``refs`` is one (as for
+    any single command), else 1, as Docker's for several containers.
+    """
+    codes = []
+    for ref in refs:
+        try:
+            result = guard(partial(action, ref))
+        except typer.Exit as exc:
+            codes.append(exc.exit_code)
+            continue
+        done(ref, result)
+    if not codes:
+        return 0
+    return codes[0] if len(refs) == 1 else 1
+
+
+def engine() -> ContainerEngine:
+    """The engine for this invocation (settings from the environment and options)."""
+    from codex32 import ContainerEngine
+    from codex32.settings import Settings
+
+    return guard(
+        lambda: ContainerEngine(settings=Settings.from_env(cgroup_parent=state.cgroup_parent))
+    )
 
 
 def table(rows: list[list[str]]) -> None:

@@ -12,11 +12,19 @@ import sys
 
 #: The verbs that start a container (and so a monitor).
 _STARTING_VERBS = frozenset({"run", "start", "restart"})
+#: Global options followed by a value (``--cgroup-parent PATH``), which is no verb.
+_VALUE_OPTIONS = frozenset({"--cgroup-parent"})
 
 
 def _verb(args: list[str]) -> str | None:
-    """The first argument that is not a global option (``--debug``)."""
-    return next((a for a in args if not a.startswith("-")), None)
+    """The first argument that is neither a global option nor an option's value."""
+    words = iter(args)
+    for word in words:
+        if word in _VALUE_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def main() -> None:

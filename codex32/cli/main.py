@@ -14,6 +14,8 @@ import typer
 
 from . import network, verbs, views
 from ._common import state
+from ._usage import UsageError, UsageGroup
+from ._usage import report as report_usage_error
 from .run import Action, container_command
 
 app = typer.Typer(
@@ -22,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=UsageGroup,
 )
 
 
@@ -39,6 +42,16 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _global(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    cgroup_parent: Annotated[
+        str | None,
+        typer.Option(
+            "--cgroup-parent",
+            metavar="PATH",
+            help="Cgroup under which containers' cgroups go: relative to the engine's own "
+            "cgroup, or absolute from the hierarchy's root (default: $CODEX32_CGROUP_PARENT, "
+            "else codex32).",
+        ),
+    ] = None,
     show_version: Annotated[
         bool,
         typer.Option(
@@ -49,7 +62,8 @@ def _global(
         ),
     ] = False,
 ) -> None:
-    state["debug"] = debug
+    state.debug = debug
+    state.cgroup_parent = cgroup_parent
 
 
 _PASS_THROUGH = {"allow_interspersed_args": False}
@@ -83,11 +97,21 @@ app.add_typer(network.app, name="network")
 
 
 def main() -> None:
-    """Console-script entry point: an unexpected error is one line unless --debug."""
+    """Console-script entry point: every error is one line (the traceback with --debug).
+
+    Click runs without its standalone mode, so that usage errors reach us: they are
+    one line and exit code 125, as Docker's; ``--help`` still prints and exits 0. The
+    program is ``codex32`` however it was started (``python -m codex32`` too).
+    """
     try:
-        app()
+        code = app(prog_name="codex32", standalone_mode=False)
+    except UsageError as exc:
+        sys.exit(report_usage_error(exc))
+    except typer.Abort:  # end of input at a prompt, or Ctrl-C with older Click
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
     except Exception as exc:
-        if state["debug"]:
+        if state.debug:
             raise
         typer.echo(
             f"codex32: internal error: {type(exc).__name__}: {exc} (rerun with --debug "
@@ -95,3 +119,5 @@ def main() -> None:
             err=True,
         )
         sys.exit(125)
+    # The command's return value (None), or the code of a typer.Exit it raised.
+    sys.exit(code if isinstance(code, int) else 0)

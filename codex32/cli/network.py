@@ -8,12 +8,14 @@ from typing import Annotated
 
 import typer
 
-from ._common import engine, guard, table
+from ._common import each_ref, engine, guard, table
+from ._usage import UsageGroup
 
 app = typer.Typer(
     name="network",
     help="Manage networks (bridges with a subnet; containers join with --network NAME).",
     no_args_is_help=True,
+    cls=UsageGroup,
 )
 
 
@@ -63,6 +65,9 @@ def list_networks(
 @app.command("inspect")
 def inspect(
     names: Annotated[list[str], typer.Argument(help="Network names.")],
+    _json_output: Annotated[
+        bool, typer.Option("--json", help="Accepted for scripts: the output is always JSON.")
+    ] = False,
 ) -> None:
     """Print networks' definitions and their containers as JSON."""
     eng = engine()
@@ -74,7 +79,6 @@ def remove(
     names: Annotated[list[str], typer.Argument(help="Network names.")],
 ) -> None:
     """Remove networks (refused while containers use them; not the default one)."""
-    eng = engine()
-    for name in names:
-        guard(partial(eng.networks.remove, name))
-        typer.echo(name)
+    failed = each_ref(names, engine().networks.remove, lambda name, _none: typer.echo(name))
+    if failed:
+        raise typer.Exit(failed)

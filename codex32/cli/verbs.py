@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._common import engine, guard
+from ._common import each_ref, engine, guard
+from ._usage import UsageError
 
 if TYPE_CHECKING:
     from codex32 import Container
@@ -17,12 +18,19 @@ Names = Annotated[list[str], typer.Argument(help="Container names or ids.")]
 
 
 def _each(refs: list[str], verb: Callable[[Container], object], show: bool = False) -> None:
-    """Apply ``verb`` to each container; print its name (or the verb's result)."""
+    """Apply ``verb`` to each container; print its name (or the verb's result).
+
+    As Docker: a failure is one line on stderr and the others are still done; the
+    exit code is then 1, or the failure's own code when only one was named.
+    """
     eng = engine()
-    for ref in refs:
-        container = guard(partial(eng.containers.get, ref))
-        result = guard(partial(verb, container))
-        typer.echo(result if show else ref)
+
+    def apply(ref: str) -> object:
+        return verb(eng.containers.get(ref))
+
+    failed = each_ref(refs, apply, lambda ref, result: typer.echo(result if show else ref))
+    if failed:
+        raise typer.Exit(failed)
 
 
 def start(
@@ -31,16 +39,40 @@ def start(
         bool, typer.Option("-a", "--attach", help="Follow the output until it exits.")
     ] = False,
 ) -> None:
-    """Start created or stopped containers (in the background)."""
+    """Start created or stopped containers (in the background, or -a: followed)."""
     if not attach:
         _each(containers, lambda c: c.start())
         return
+    if len(containers) > 1:
+        raise UsageError("you cannot start and attach multiple containers at once")
+    import time
+
     from .views import follow_output
 
     container = guard(partial(engine().containers.get, containers[0]))
+    # Only this start's output: a restarted container's log still holds earlier runs.
+    # An entry's time is when the monitor read it, after the start began.
+    since = time.time()
     guard(container.start)
-    follow_output(container, timestamps=False, tail=None, since=None)
-    raise typer.Exit(guard(container.wait))
+    follow_output(container, timestamps=False, tail=None, since=since)
+    raise typer.Exit(guard(partial(_exit_code, container)))
+
+
+def _exit_code(container: Container) -> int:
+    """The exit code of the run just followed; 0 if it cannot be known.
+
+    An ``--rm`` container may be removed already: its ``die`` event keeps the code
+    (as ``wait`` finds it when the removal happens while it waits).
+    """
+    from codex32 import ContainerNotFoundError
+
+    try:
+        return container.wait()
+    except ContainerNotFoundError:
+        try:
+            return container._engine._exit_code_from_events(container.record)
+        except ContainerNotFoundError:
+            return 0
 
 
 def stop(

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import ago, engine, guard, table
+from ._common import ago, each_ref, engine, guard, table
 
 if TYPE_CHECKING:
     from codex32 import Container
+    from codex32._logs import LogEntry
 
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -49,20 +50,30 @@ def _status(container: Container) -> str:
 
 def inspect(
     containers: Annotated[list[str], typer.Argument(help="Container names or ids.")],
+    _json_output: Annotated[
+        bool, typer.Option("--json", help="Accepted for scripts: the output is always JSON.")
+    ] = False,
 ) -> None:
-    """Print containers' full records (state, config, paths) as JSON."""
+    """Print containers' full records (state, config, paths) as JSON.
+
+    As Docker: the ones found are printed, and each one not found is an error line.
+    """
     eng = engine()
     out: list[dict[str, Any]] = []
-    for ref in containers:
-        c = guard(partial(eng.containers.get, ref))
-        out.append(
-            {
-                "State": c.record.to_dict(),
-                "Config": c.config.model_dump(mode="json"),
-                "NetworkSettings": c.network_settings(),
-            }
-        )
-    typer.echo(json.dumps(out, indent=2))
+
+    def describe(ref: str) -> dict[str, Any]:
+        c = eng.containers.get(ref)
+        return {
+            "State": c.record.to_dict(),
+            "Config": c.config.model_dump(mode="json"),
+            "NetworkSettings": c.network_settings(),
+        }
+
+    failed = each_ref(containers, describe, lambda _ref, found: out.append(found))
+    if out or not failed:
+        typer.echo(json.dumps(out, indent=2))
+    if failed:
+        raise typer.Exit(failed)
 
 
 def logs(
@@ -73,6 +84,12 @@ def logs(
         str | None, typer.Option("--since", help="Timestamp or relative (10m).")
     ] = None,
     timestamps: Annotated[bool, typer.Option("-t", "--timestamps")] = False,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json", help='JSON lines on stdout: {"time", "stream", "log"}, as the log file.'
+        ),
+    ] = False,
 ) -> None:
     """Print a container's output (stdout to stdout, stderr to stderr)."""
     from codex32._logs import parse_since
@@ -83,16 +100,31 @@ def logs(
     lines = None if tail == "all" else int(tail)
     start = guard(partial(parse_since, since, time.time())) if since else None
     if follow:
-        follow_output(c, timestamps=timestamps, tail=lines, since=start)
+        follow_output(c, timestamps=timestamps, tail=lines, since=start, json_lines=json_output)
         return
-    from codex32._logs import format_entry, read_logs
+    from codex32._logs import read_logs
 
     path = c._engine._log_path(c.id)
     for entry in read_logs(path, tail=lines, since=start, until=None,
                            streams={"stdout", "stderr"}):  # fmt: skip
-        stream = sys.stderr if entry.stream == "stderr" else sys.stdout
-        stream.write(format_entry(entry, timestamps))
+        _write_entry(entry, timestamps=timestamps, json_lines=json_output)
     sys.stdout.flush()
+
+
+def _write_entry(entry: LogEntry, *, timestamps: bool, json_lines: bool) -> None:
+    """One log entry to the stream it came from, or as a JSON line to stdout.
+
+    The JSON has Docker's json-file fields, those of the container's log file:
+    ``log`` is the text with its newline, ``time`` RFC 3339 with nanoseconds.
+    """
+    from codex32._logs import format_entry
+
+    if json_lines:
+        record = {"time": entry.time_text, "stream": entry.stream, "log": entry.text}
+        sys.stdout.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+        return
+    stream = sys.stderr if entry.stream == "stderr" else sys.stdout
+    stream.write(format_entry(entry, timestamps))
 
 
 def _raise(exc: Exception) -> None:
@@ -100,10 +132,20 @@ def _raise(exc: Exception) -> None:
 
 
 def follow_output(
-    container: Container, *, timestamps: bool, tail: int | None, since: float | None
+    container: Container,
+    *,
+    timestamps: bool,
+    tail: int | None,
+    since: float | None,
+    json_lines: bool = False,
 ) -> None:
-    """Print the log as it grows until the container stops (survives rotation)."""
-    from codex32._logs import follow_logs, format_entry
+    """Print the log as it grows until the container stops (survives rotation).
+
+    An ``--rm`` container is removed by its monitor as it ends: a container gone
+    while followed has ended too, and following stops as it does for an exit.
+    """
+    from codex32 import ContainerNotFoundError
+    from codex32._logs import follow_logs
 
     last_check = [0.0]
 
@@ -112,15 +154,18 @@ def follow_output(
         if now - last_check[0] < 0.2:
             return False
         last_check[0] = now
-        container.reload()
+        try:
+            container.reload()
+        except ContainerNotFoundError:
+            return True
         return container.status not in ("running", "restarting", "paused")
 
     path = container._engine._log_path(container.id)
     for entry in follow_logs(path, since=since, tail=tail, streams={"stdout", "stderr"},
                              stop=stopped):  # fmt: skip
-        stream = sys.stderr if entry.stream == "stderr" else sys.stdout
-        stream.write(format_entry(entry, timestamps))
-        stream.flush()
+        _write_entry(entry, timestamps=timestamps, json_lines=json_lines)
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def events(
@@ -228,27 +273,57 @@ def stats(
             return
 
 
-def top(container: Annotated[str, typer.Argument(help="Container name or id.")]) -> None:
+def top(
+    container: Annotated[str, typer.Argument(help="Container name or id.")],
+    json_output: Json = False,
+) -> None:
     """The container's processes (host pids), as ``docker top``."""
     c = guard(partial(engine().containers.get, container))
+    processes = guard(c.top)
+    if json_output:
+        typer.echo(json.dumps(processes, indent=2))
+        return
     rows = [["PID", "PPID", "USER", "RSS", "COMMAND"]]
-    for p in guard(c.top):
+    for p in processes:
         rows.append([str(p["pid"]), str(p["ppid"]), str(p["user"]),
                      _size(int(str(p["rss_bytes"]))), str(p["command"])])  # fmt: skip
     table(rows)
 
 
-def doctor() -> None:
-    """What this host offers: cgroup driver and controllers, namespaces, storage."""
+def doctor(json_output: Json = False) -> None:
+    """What this host offers: cgroup driver and controllers, namespaces, storage.
+
+    ``--json``: the same facts as one object, for scripts and monitoring.
+    """
+    import dataclasses
+
     from codex32._cgroups.detect import host_info
 
     eng = engine()
-    typer.echo(host_info().describe())
+    info = host_info()
     driver = eng._cgroups.driver()
-    if driver is not None:
-        typer.echo(f"controllers usable for containers: {', '.join(sorted(driver.controllers()))}")
+    usable = sorted(driver.controllers()) if driver is not None else None
+    if json_output:
+        cgroup = {
+            **dataclasses.asdict(info),
+            "usable_controllers": usable,
+            "unavailable": eng._cgroups.unavailable,
+            "parent": eng.settings.cgroup_parent,
+        }
+        report = {
+            "cgroup": cgroup,
+            "storage_dir": str(eng.settings.storage_dir),
+            "templates_dir": str(eng.settings.templates_dir),
+            "default_isolation": eng.settings.default_isolation.value,
+        }
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(info.describe())
+    if usable is not None:
+        typer.echo(f"controllers usable for containers: {', '.join(usable)}")
     else:
         typer.echo(f"no cgroup driver: {eng._cgroups.unavailable}")
+    typer.echo(f"cgroup parent: {eng.settings.cgroup_parent}")
     typer.echo(f"storage: {eng.settings.storage_dir}")
     typer.echo(f"templates: {eng.settings.templates_dir}")
     typer.echo(f"default isolation: {eng.settings.default_isolation.value}")
