@@ -279,12 +279,16 @@ class Monitor:
         status: int | None = None
         try:
             while status is None or open_streams:
-                timeout = 2.0 if status is not None else oom.timeout() if oom else None
+                timeout = 2.0 if status is not None else (oom.timeout() if oom else None)
                 ready = selector.select(timeout)
                 if oom is not None:
-                    count = oom.count(notified=any(key.data == "oom" for key, _ in ready))
+                    notified = any(key.data == "oom" for key, _ in ready)
+                    count = oom.count(notified)
                     if count is not None:
                         self._report_oom(count)
+                    elif notified:  # the cgroup is gone: a v2 fd would poll ready for ever
+                        _unwatch(selector, oom)
+                        oom = None
                 if not ready and status is not None:
                     break  # a descendant outside the pid namespace holds the pipe open
                 for key, _ in ready:
@@ -294,10 +298,8 @@ class Monitor:
                     if what == "exit":
                         status = _reap(self.pid1)
                         selector.unregister(pidfd)
-                        if oom is not None:  # ``finish`` reports what is left
-                            selector.unregister(oom.fileno())
-                            oom.close()
-                            oom = None
+                        _unwatch(selector, oom)  # ``finish`` reports what is left
+                        oom = None
                     elif what == "engine":
                         if not self._engine_alive():
                             selector.unregister(key.fileobj)
@@ -458,6 +460,13 @@ class Monitor:
             while self.engine.recv(4096):
                 pass
         self._forget_engine()
+
+
+def _unwatch(selector: selectors.BaseSelector, oom: OomWatch | None) -> None:
+    """Stop watching for OOM kills (closing the v1 eventfd drops its registration)."""
+    if oom is not None:
+        selector.unregister(oom.fileno())
+        oom.close()
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -13,8 +13,9 @@ import select
 import time
 
 #: v1 signals the eventfd *before* its OOM killer picks and kills a victim, so the
-#: counter may not have risen yet when we wake: re-read it after these delays (s).
-_V1_RECHECKS = tuple(0.005 * 2**i for i in range(9))  # 5 ms ... 1.28 s, 2.6 s in all
+#: counter may not have risen yet when we wake (seen on 6.x): re-read it this long
+#: after each notification (s).
+_V1_RECHECKS = tuple(0.005 * 2**i for i in range(9))  # 5 ms, 10 ms, ... 1.28 s
 
 
 def _read_oom_kill(fd: int) -> int | None:
@@ -121,8 +122,8 @@ class OomWatch:
     def count(self, notified: bool) -> int | None:
         """The counter now (None if unreadable), after a notification or a due re-read.
 
-        Call it after every select: ``notified`` says whether ``fileno()`` was ready.
-        Otherwise, with no re-read due, it returns None without reading.
+        Call it after every select, ``notified`` saying whether ``fileno()`` was ready;
+        with neither a notification nor a due re-read it returns None without reading.
         """
         now = time.monotonic()
         if notified:
