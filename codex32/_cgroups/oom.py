@@ -99,6 +99,7 @@ class OomWatch:
             except OSError:
                 poller.close()
                 raise
+            _read_oom_kill(fd)  # a kernfs fd polls POLLPRI until its first read
             return cls(fd, poller.fileno(), poller)
         event = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         try:
