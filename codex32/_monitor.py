@@ -4,8 +4,9 @@ It starts the container (forking stage2, writing id maps, relaying the engine's
 go-ahead), then stays as its parent for its whole life, detached from whoever
 started it: it reaps PID 1, writes the container's stdout/stderr to its log
 (Docker's json-file format, rotated), records the exit in state.json, appends the
-``start``/``die``/``destroy`` events, removes ``--rm`` containers and applies the
-restart policy. It imports the standard library and small codex32 modules only.
+``start``/``oom``/``die``/``destroy`` events (``oom`` as each OOM kill happens), removes
+``--rm`` containers and applies the restart policy. It imports the standard library
+and small codex32 modules only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _sync
-from ._cgroups.oom import oom_kill_count
+from ._cgroups.oom import OomWatch, oom_kill_count
 from ._events import Event, append_event
 from ._init import stage2
 from ._linux.caps import set_child_subreaper, set_process_name
@@ -111,6 +112,7 @@ class Monitor:
         self.pid1: int | None = None
         self.cgroup_paths: dict[str, str] = {}
         self.oom_baseline = 0
+        self.oom_reported = 0  # the counter's value up to which ``oom`` events were appended
         self.started_at = 0.0
 
     # -- talking to the engine (which may go away at any time) ------------------
@@ -242,13 +244,17 @@ class Monitor:
         record = self.store.update(self.config.container_id, change)
         self.started_at = started
         self.cgroup_paths = dict(record.cgroup_paths)
-        self.oom_baseline = oom_kill_count(self.cgroup_paths)
+        self.oom_baseline = self.oom_reported = oom_kill_count(self.cgroup_paths)
         self._event("start")
 
     # -- run -------------------------------------------------------------------
 
     def supervise(self) -> int:
-        """Copy output into the log until PID 1 exits; return its wait status."""
+        """Copy output into the log until PID 1 exits; return its wait status.
+
+        Meanwhile each OOM kill in the container (a child's, with PID 1 alive) is
+        reported when the kernel signals it, as Docker's ``oom`` event is.
+        """
         assert self.pid1 is not None
         log = LogWriter(
             self.directory / "container.log", self.config.log_max_size, self.config.log_max_files
@@ -265,19 +271,35 @@ class Monitor:
         if self.config.attach and self.config.tty:
             with contextlib.suppress(OSError, ValueError):
                 selector.register(0, selectors.EVENT_READ, "stdin")
+        oom = OomWatch.open(self.cgroup_paths)
+        if oom is not None:
+            selector.register(oom.fileno(), selectors.EVENT_READ, "oom")
+            self._report_oom(oom_kill_count(self.cgroup_paths))  # one before we watched
         open_streams = {s for fd, s in streams.items() if fd is not None}
         status: int | None = None
         try:
             while status is None or open_streams:
-                timeout = 2.0 if status is not None else None
+                timeout = 2.0 if status is not None else (oom.timeout() if oom else None)
                 ready = selector.select(timeout)
+                if oom is not None:
+                    notified = any(key.data == "oom" for key, _ in ready)
+                    count = oom.count(notified)
+                    if count is not None:
+                        self._report_oom(count)
+                    elif notified:  # the cgroup is gone: a v2 fd would poll ready for ever
+                        _unwatch(selector, oom)
+                        oom = None
                 if not ready and status is not None:
                     break  # a descendant outside the pid namespace holds the pipe open
                 for key, _ in ready:
                     what = key.data
+                    if what == "oom":
+                        continue
                     if what == "exit":
                         status = _reap(self.pid1)
                         selector.unregister(pidfd)
+                        _unwatch(selector, oom)  # ``finish`` reports what is left
+                        oom = None
                     elif what == "engine":
                         if not self._engine_alive():
                             selector.unregister(key.fileobj)
@@ -290,8 +312,16 @@ class Monitor:
         finally:
             log.close()
             os.close(pidfd)
+            if oom is not None:
+                oom.close()
             selector.close()
         return status if status is not None else 0
+
+    def _report_oom(self, count: int) -> None:
+        """An ``oom`` event for each kill the counter shows that none was appended for."""
+        for _ in range(count - self.oom_reported):
+            self._event("oom")
+        self.oom_reported = max(self.oom_reported, count)
 
     def _engine_alive(self) -> bool:
         assert self.engine is not None
@@ -331,7 +361,8 @@ class Monitor:
         """Record the exit, tell the engine, then remove or restart as configured."""
         code, sig = _exit_code(status)
         finished = time.time()
-        oom = oom_kill_count(self.cgroup_paths) > self.oom_baseline
+        count = max(oom_kill_count(self.cgroup_paths), self.oom_reported)
+        oom = count > self.oom_baseline  # any kill since the start, as Docker's OOMKilled
 
         def change(record: ContainerRecord) -> None:
             record.status = ContainerState.EXITED
@@ -344,8 +375,7 @@ class Monitor:
             record = self.store.update(self.config.container_id, change)
         except (OSError, Codex32Error):
             return  # removed meanwhile (rm --force): nothing left to record
-        if oom:
-            self._event("oom")
+        self._report_oom(count)  # kills not reported live (PID 1's own, often): once each
         self._event("die", exitCode=str(code))
         self._tell({"type": "exited", "exit_code": code, "signal": sig})
         if self._should_restart(record, code, finished):
@@ -430,6 +460,13 @@ class Monitor:
             while self.engine.recv(4096):
                 pass
         self._forget_engine()
+
+
+def _unwatch(selector: selectors.BaseSelector, oom: OomWatch | None) -> None:
+    """Stop watching for OOM kills (closing the v1 eventfd drops its registration)."""
+    if oom is not None:
+        selector.unregister(oom.fileno())
+        oom.close()
 
 
 def _write_all(fd: int, data: bytes) -> None:

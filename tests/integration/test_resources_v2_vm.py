@@ -2,7 +2,7 @@
 
 ``tests/vm/run_engine_v2.sh`` boots the VM and runs a short selection of
 ``test_resources.py`` (OOM kill reported, pids limit, pause, per-device I/O throttling
-on a loop device) with real containers;
+on a loop device) and ``test_oom_live.py`` (OOM kills reported live) with real containers;
 this checks that it ran them all and they passed. Skips only when the VM cannot be
 built here, naming what is missing (``vng``, ``qemu-system-x86_64``, a kernel image).
 """
@@ -16,7 +16,7 @@ from helpers import run_v2_vm_suite
 
 pytestmark = pytest.mark.root
 
-EXPECTED = 4  # the runner's default selection: OOM, pids, pause, device throttling
+EXPECTED = 7  # the runner's default selection: OOM, pids, pause, device throttling; 3 live OOM
 
 
 def test_engine_resource_limits_pass_on_cgroup_v2_in_a_vm() -> None:
@@ -24,5 +24,7 @@ def test_engine_resource_limits_pass_on_cgroup_v2_in_a_vm() -> None:
     output = run_v2_vm_suite("run_engine_v2.sh", "--durations=5", timeout=1500)
     summary = re.search(r"(\d+) passed", output)
     assert summary and int(summary.group(1)) == EXPECTED, "the VM ran fewer tests than expected"
-    for figure in ("oom: exit 137", "pids: forked 9", "pause: frozen at", "throttle: "):
+    figures = ("oom: exit 137", "pids: forked 9", "pause: frozen at", "throttle: ",
+               "oom live: 2 kill(s) reported while running")  # fmt: skip
+    for figure in figures:
         assert figure in output, f"{figure!r} missing from the VM's output"

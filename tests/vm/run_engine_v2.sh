@@ -2,7 +2,8 @@
 # Boot a throw-away VM with a stock kernel (cgroup v2, every controller on) and run
 # the engine-level resource tests (real containers) against the v2 driver:
 # tests/integration/test_resources.py, the short selection below (OOM, pids, pause,
-# per-device I/O throttling on a loop device).
+# per-device I/O throttling on a loop device), and test_oom_live.py (OOM kills
+# reported while the container runs: memory.events watched with POLLPRI).
 # Exit status: the tests' own.
 #
 # Same VM as tests/vm/run_v2.sh (virtme-ng, the host filesystem read-only), with a
@@ -18,7 +19,7 @@ me=run_engine_v2.sh
 # shellcheck source=tests/vm/vm_common.sh
 source "$(dirname "$0")/vm_common.sh"
 
-selection=${CODEX32_VM_TESTS:-"oom_killed or holds_exactly_ten or pause_stops_progress or throttle_direct_io"}
+selection=${CODEX32_VM_TESTS:-"oom_killed or holds_exactly_ten or pause_stops_progress or throttle_direct_io or oom_live"}
 # The VM's /tmp is an overlayfs (virtme's writable layer over the host's /tmp), which
 # overlayfs refuses as an upper layer: the containers' root filesystems need a tmpfs.
 # It goes beside /tmp, not over it: the checkout itself may live under /tmp.
@@ -26,6 +27,7 @@ scratch=/run/codex32-vm-tmp
 inner="mkdir -p $scratch && mount -t tmpfs -o mode=1777 tmpfs $scratch && cd $(printf '%q' "$repo") && \
 TMPDIR=$scratch CODEX32_TEST_TMPDIR=$scratch PYTHONDONTWRITEBYTECODE=1 CODEX32_REQUIRE_V2=1 \
 $(printf '%q' "$venv/bin/python") -m pytest -q -p no:cacheprovider -s \
-tests/integration/test_resources.py -k $(printf '%q' "$selection")$(quote_args "$@")"
+tests/integration/test_resources.py tests/integration/test_oom_live.py \
+-k $(printf '%q' "$selection")$(quote_args "$@")"
 
 run_in_vm "$inner"
