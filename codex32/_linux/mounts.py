@@ -150,7 +150,20 @@ def make_read_only(root_fd: int, target: str) -> None:
 
 def bind(root_fd: int, source: str, target: str, read_only: bool) -> None:
     """Bind a host path below the root; the target's resolution may not leave it."""
-    with _opened(open_host_source(source)) as src:
+    try:
+        src_fd = open_host_source(source)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        # The engine resolved the path when the container was made: a symlink now
+        # means it was swapped since, and following it could bind anything.
+        raise OSError(
+            errno.ELOOP,
+            f"{source} is now a symlink, or has one in its path (replaced since the "
+            "container was created?); refusing to follow it",
+            source,
+        ) from None
+    with _opened(src_fd) as src:
         kind = "dir" if os.path.isdir(fd_path(src)) else "file"
         with _opened(open_beneath(root_fd, target, create=kind)) as dst:
             mount(fd_path(src), fd_path(dst), None, MS_BIND | MS_REC)

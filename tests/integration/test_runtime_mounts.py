@@ -8,6 +8,8 @@ and that host directory must stay empty.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import subprocess
 import sys
@@ -35,7 +37,14 @@ from helpers import (
     write_recipe,
 )
 
-from codex32 import ContainerEngine, IsolationType, LaunchError, TmpfsMount, Volume
+from codex32 import (
+    ContainerEngine,
+    ContainerNotFoundError,
+    IsolationType,
+    LaunchError,
+    TmpfsMount,
+    Volume,
+)
 from codex32._linux import syscalls
 
 pytestmark = pytest.mark.root
@@ -478,6 +487,47 @@ def test_tmpfs_through_a_symlink_out_of_the_root_is_refused(
     with open("/proc/self/mountinfo") as f:
         assert str(escape_target) not in f.read()
     assert_nothing_new(before, storage_dir)
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=lambda lv: lv.value)
+def test_volume_source_swapped_for_a_symlink_before_start_is_refused(
+    engine: ContainerEngine, storage_dir: Path, level: IsolationType
+) -> None:
+    """The source is resolved when the container is made; a symlink put in its place
+    before start (here to another host directory) is not followed: the start fails
+    at the bind step, before the command runs, and the ``--rm`` container goes."""
+    with host_tmpdir() as base, host_tmpdir() as outside:
+        (outside / "marker").write_text("host only\n")
+        source = base / "source"
+        source.mkdir()
+        before = snapshot(storage_dir)
+        container = engine.containers.create(
+            sh(
+                "cat /data/marker; echo escaped > /data/written",
+                isolation=level,
+                volumes=[Volume(source=str(source), target="/data")],
+            )
+        )
+        try:
+            source.rmdir()
+            source.symlink_to(outside)
+            with pytest.raises(LaunchError) as failure:
+                container.start()
+        finally:
+            with contextlib.suppress(ContainerNotFoundError):
+                container.remove(force=True)
+        assert failure.value.step == "bind"
+        assert failure.value.errno == errno.ELOOP
+        assert failure.value.exit_code == 125
+        message = str(failure.value)
+        assert f"volume {source} -> /data" in message
+        assert "symlink" in message
+        assert "refusing to follow it" in message
+        assert sorted(os.listdir(outside)) == ["marker"]
+        assert source.readlink() == outside  # left as it was found
+        with pytest.raises(ContainerNotFoundError):
+            engine.containers.get(container.id)
+        assert_nothing_new(before, storage_dir)
 
 
 # -- the python template ---------------------------------------------------------
