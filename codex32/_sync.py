@@ -1,11 +1,16 @@
-"""The launch protocol between the engine and the set-up process (``_init``).
+"""The launch protocol between the engine, the monitor and the set-up (``_init``).
 
 Messages are JSON objects, one per datagram, on an AF_UNIX SOCK_SEQPACKET pair
 (message boundaries for free). runc's ``sync.go`` is the model. Roles:
 
 * engine   - the caller's process (CLI, script, host service; may be threaded)
-* stage1   - ``python -m codex32._init``: a fresh single-threaded interpreter; stays in
-             the host's namespaces, is a child subreaper, waits for the container
+* stage1   - the container's monitor (``_monitor.serve``), single-threaded: forked by
+             the engine's fork server (``_forkserver``), so its command line reads
+             ``-m codex32._forkserver`` and its name is ``c32mon-<id8>``; the CLI's
+             ``--once`` server becomes the monitor itself, and ``python -S -m
+             codex32._monitor FD`` is started instead when the server cannot serve
+             the calling thread (other namespaces). It stays in the host's
+             namespaces, is a child subreaper, and supervises the container
 * stage2   - forked by stage1: enters the user namespace (id maps written by stage1),
              then the pid/mount/uts/ipc/net/time namespaces, forks PID 1 and exits
 * pid1     - the container's first process: runs the plan's steps, then execs
@@ -13,9 +18,9 @@ Messages are JSON objects, one per datagram, on an AF_UNIX SOCK_SEQPACKET pair
 =========  ==============  ==============================================================
 from       to              message
 =========  ==============  ==============================================================
-engine     stage1          ``{"type": "plan", "plan": {...}}``
+engine     stage1          ``{"type": "plan", "plan": {...}, "monitor": {...}}``
 stage2     stage1          ``{"type": "map_request"}``  (after unshare(CLONE_NEWUSER))
-stage1     stage2          ``{"type": "map_done"}`` or ``{"type": "error", ...}``
+stage1     stage2          ``{"type": "map_done"}``, or it hangs up if the maps fail
 stage2     stage1          ``{"type": "pid", "pid": N}``  (PID 1's pid on the host)
 stage1     engine          ``{"type": "created", "pid": N}``: namespaces exist, nothing
                            of the container runs yet; the engine may now put N in its

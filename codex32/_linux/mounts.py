@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .mountattr import MOUNT_ATTR_RDONLY, mount_setattr
 from .paths import fd_path, open_beneath, open_host_source
 from .syscalls import (
     MNT_DETACH,
@@ -78,21 +79,96 @@ def overlay(lower: list[str], upper: str, work: str, target: str, userxattr: boo
     mount("overlay", target, "overlay", 0, options)
 
 
-def remount(root_fd: int, target: str, extra: int) -> None:
-    """Remount the mount at ``target`` (below the root) adding ``extra`` flags."""
+def _remount_read_only(fd: int) -> None:
+    """Make the one mount ``fd`` is the root of read-only, repeating its locked flags."""
+    flags = _locked_flags(fd) | MS_RDONLY
+    mount(None, fd_path(fd), None, MS_REMOUNT | MS_BIND | flags)
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: the kernel writes space, tab, newline and backslash as \\ooo."""
+    head, *escaped = field.split("\\")
+    return head + "".join(chr(int(part[:3], 8)) + part[3:] for part in escaped)
+
+
+def _mount_id(fd: int) -> int:
+    """The id of the mount an open descriptor is on (as mountinfo's first field)."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    raise OSError(errno.EINVAL, f"no mnt_id in /proc/self/fdinfo/{fd}")
+
+
+def _mounts_below(top: int) -> list[tuple[int, str]]:
+    """(id, mount point) of every mount in the tree below mount ``top``, from mountinfo."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            children.setdefault(int(fields[1]), []).append((int(fields[0]), _unescape(fields[4])))
+    found: list[tuple[int, str]] = []
+    frontier = [top]
+    while frontier:
+        below = [m for m in children.get(frontier.pop(), []) if m[0] != top and m not in found]
+        found += below
+        frontier += [mount_id for mount_id, _point in below]
+    return found
+
+
+def make_read_only(root_fd: int, target: str) -> None:
+    """Make the mount at ``target`` (below the root) and every mount below it read-only.
+
+    A recursive bind brings along whatever is mounted below its source; remounting
+    only the top one would leave those writable (runc's ``ro`` versus ``rro``).
+    mount_setattr(AT_RECURSIVE) does the whole tree at once. Where the kernel lacks
+    it (ENOSYS), each mount of the tree is remounted: found in mountinfo, opened
+    below the root again (never a path outside it), and remounted only if that path
+    still leads to that very mount (one hidden by a later mount is out of reach).
+    """
     with _opened(open_beneath(root_fd, target)) as fd:
-        flags = _locked_flags(fd) | extra
-        mount(None, fd_path(fd), None, MS_REMOUNT | MS_BIND | flags)
+        try:
+            mount_setattr(fd, MOUNT_ATTR_RDONLY, recursive=True, what=f"read-only {target}")
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                raise
+        _remount_read_only(fd)
+        top = _mount_id(fd)
+    root = os.readlink(fd_path(root_fd)).rstrip("/")
+    for mount_id, point in _mounts_below(top):
+        if not point.startswith(root + "/"):
+            continue
+        try:
+            nested = open_beneath(root_fd, point[len(root) :])
+        except FileNotFoundError:
+            continue  # unmounted since
+        with _opened(nested):
+            if _mount_id(nested) == mount_id:
+                _remount_read_only(nested)
 
 
 def bind(root_fd: int, source: str, target: str, read_only: bool) -> None:
     """Bind a host path below the root; the target's resolution may not leave it."""
-    with _opened(open_host_source(source)) as src:
+    try:
+        src_fd = open_host_source(source)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        # The engine resolved the path when the container was made: a symlink now
+        # means it was swapped since, and following it could bind anything.
+        raise OSError(
+            errno.ELOOP,
+            f"{source} is now a symlink, or has one in its path (replaced since the "
+            "container was created?); refusing to follow it",
+            source,
+        ) from None
+    with _opened(src_fd) as src:
         kind = "dir" if os.path.isdir(fd_path(src)) else "file"
         with _opened(open_beneath(root_fd, target, create=kind)) as dst:
             mount(fd_path(src), fd_path(dst), None, MS_BIND | MS_REC)
     if read_only:
-        remount(root_fd, target, MS_RDONLY)
+        make_read_only(root_fd, target)
 
 
 def proc(root_fd: int, target: str) -> None:
@@ -113,7 +189,7 @@ def sysfs(root_fd: int, target: str, read_only: bool) -> None:
                 raise
         mount("/sys", fd_path(fd), None, MS_BIND | MS_REC)
     if read_only:
-        remount(root_fd, target, MS_RDONLY)
+        make_read_only(root_fd, target)
 
 
 def tmpfs(root_fd: int, target: str, size: int | None, mode: int, flags: list[str]) -> None:
@@ -175,7 +251,7 @@ def mask(root_fd: int, paths: list[str]) -> None:
 
 
 def readonly_paths(root_fd: int, paths: list[str]) -> None:
-    """Bind each path onto itself, then remount it read-only."""
+    """Bind each path onto itself, then make it (and what is below it) read-only."""
     for path in paths:
         try:
             fd = open_beneath(root_fd, path)
@@ -183,7 +259,7 @@ def readonly_paths(root_fd: int, paths: list[str]) -> None:
             continue
         with _opened(fd):
             mount(fd_path(fd), fd_path(fd), None, MS_BIND | MS_REC)
-        remount(root_fd, path, MS_RDONLY)
+        make_read_only(root_fd, path)
 
 
 def enter_root(rootfs: str) -> None:

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -229,7 +230,7 @@ def session_cgroups() -> frozenset[str]:
     """Container cgroups beneath this session's cgroup parents, in every hierarchy."""
     found: set[str] = set()
     for top, dirs, _files in os.walk("/sys/fs/cgroup", onerror=lambda _e: None):
-        if os.path.basename(top).startswith(SESSION_TAG):
+        if is_session_name(os.path.basename(top)):
             found.update(os.path.join(top, d) for d in dirs)
             dirs.clear()
     return frozenset(found)
@@ -239,7 +240,25 @@ def _listing(path: Path) -> frozenset[str]:
     return frozenset(p.name for p in path.iterdir()) if path.is_dir() else frozenset()
 
 
-SETUP_PROCESS_NAMES = ("codex32._init", "codex32._monitor")
+#: How a container's monitor names itself (prctl PR_SET_NAME, ``_monitor.serve``):
+#: ``c32mon-`` and 8 hex digits of the id. The stage2 and PID 1 it forks inherit the
+#: name, PID 1 until it execs. Monitors are forked by the fork server, so their
+#: command line is the server's (``-m codex32._forkserver``): only the name tells.
+MONITOR_NAME_PREFIX = "c32mon-"
+#: The engine's fork server: one per engine, long-lived by design, so never counted.
+FORK_SERVER_NAME = "codex32-forksrv"
+#: A monitor started without the fork server (``-m codex32._monitor``), until it
+#: has named itself.
+MONITOR_MODULE = "codex32._monitor"
+
+
+def is_session_name(name: str) -> bool:
+    """Whether a cgroup (parent) name is this session's: the tag, or the tag and a suffix.
+
+    A prefix test alone would also take another session's ``codex32-test-123`` for
+    ``codex32-test-12``'s.
+    """
+    return name == SESSION_TAG or name.startswith(SESSION_TAG + "-")
 
 
 def _refers_to(pid: int, storage_dir: Path) -> bool:
@@ -259,27 +278,101 @@ def _refers_to(pid: int, storage_dir: Path) -> bool:
     return False
 
 
-def setup_processes(storage_dir: Path) -> frozenset[str]:
-    """Set-up/monitor processes of this test run: below this process, or using its storage.
+def _name_and_state(pid: int) -> tuple[str, str] | None:
+    """A process's name (comm) and state letter from /proc/PID/stat; None once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    close = stat.rindex(")")
+    return stat[stat.index("(") + 1 : close], stat[close + 2 : close + 3]
 
-    Other test runs on the machine (other storage directories) are not counted.
+
+def _session_container(pid: int) -> str | None:
+    """The container (its cgroup's name) of this session that ``pid`` runs in, if any.
+
+    The engines of this session put their containers below cgroup parents named
+    after the session (``CODEX32_CGROUP_PARENT``), in every hierarchy.
+    """
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split(":", 2)[-1].split("/")
+        for index, part in enumerate(parts[:-1]):
+            if is_session_name(part):
+                return parts[index + 1]
+    return None
+
+
+def _session_processes(storage_dir: Path) -> frozenset[str]:
+    """One look at the processes a container of this session may leave behind.
+
+    * monitors and set-up processes, by their name ``c32mon-*`` (or, before it is
+      set, the monitor's module on the command line), that are this session's: below
+      this test process (the session engine's fork server is its child), named after
+      a container in ``storage_dir``, or holding a file there (the container's log);
+      the fork server ``codex32-forksrv`` itself is long-lived and not counted;
+    * the containers' own processes, by their cgroup below this session's parents;
+      listed once per container (a container's shell loop forks all the time).
+
+    Zombies do not count: a monitor that was no child of ours is reaped by init a
+    moment after it exits.
     """
     below = set(descendants())
+    ids = {name[:8] for name in _listing(storage_dir / "containers")}
     found: set[str] = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         pid = int(entry)
-        text = " ".join(cmdline(pid))
-        if not any(name in text for name in SETUP_PROCESS_NAMES):
+        stat = _name_and_state(pid)
+        if stat is None or stat[1] == "Z" or stat[0] == FORK_SERVER_NAME:
             continue
-        if pid in below or str(storage_dir) in text or _refers_to(pid, storage_dir):
-            found.add(f"{pid} {text}")
+        name = stat[0]
+        container = _session_container(pid)
+        if container is not None:
+            found.add(f"processes in the cgroup of container {container}")
+            continue
+        text = " ".join(cmdline(pid))
+        named = name.startswith(MONITOR_NAME_PREFIX)
+        if not named and MONITOR_MODULE not in text:
+            continue
+        if (
+            pid in below
+            or (named and name[len(MONITOR_NAME_PREFIX) :] in ids)
+            or str(storage_dir) in text
+            or _refers_to(pid, storage_dir)
+        ):
+            found.add(f"{pid} {name}: {text}")
     return frozenset(found)
 
 
+def setup_processes(storage_dir: Path, settle: float = 0.3, timeout: float = 5.0) -> frozenset[str]:
+    """Monitors, set-up and container processes of this test session (see above).
+
+    Processes on their way out (a monitor that has just reported a failed start, or
+    removed its ``--rm`` container) get a moment to go: the answer is a list that
+    stayed the same for ``settle`` seconds, or the last one after ``timeout``.
+    Other test sessions on the machine (other storage directories and cgroup
+    parents) are not counted.
+    """
+    found = _session_processes(storage_dir)
+    deadline = time.monotonic() + timeout
+    steady_since = time.monotonic()
+    while found and time.monotonic() - steady_since < settle and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = _session_processes(storage_dir)
+        if now != found:
+            found, steady_since = now, time.monotonic()
+    return found
+
+
 def snapshot(storage_dir: Path) -> Snapshot:
-    """Take stock of ``storage_dir``, host mounts and this run's set-up processes."""
+    """Take stock of ``storage_dir``, host mounts, this session's processes and cgroups."""
     with open("/proc/self/mountinfo") as f:
         mounts = frozenset(
             line.strip() for line in f if str(storage_dir) in line or SESSION_TAG in line
@@ -299,7 +392,12 @@ def assert_nothing_new(before: Snapshot, storage_dir: Path) -> None:
     assert after.containers - before.containers == set(), "container directory left"
     assert after.names - before.names == set(), "container name left"
     assert after.mounts - before.mounts == set(), "host mount left"
-    assert after.processes - before.processes == set(), "set-up process left"
+    left = after.processes - before.processes
+    deadline = time.monotonic() + 5.0  # a monitor still tidying up a failed start
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = setup_processes(storage_dir) - before.processes
+    assert left == set(), f"monitor, set-up or container process left: {sorted(left)}"
     assert after.cgroups - before.cgroups == set(), "cgroup left"
 
 

@@ -42,6 +42,7 @@ from codex32._caps import (
     DOCKER_DEFAULT_CAPABILITIES,
     HOST_DANGEROUS_CAPABILITIES,
 )
+from codex32._profiles import READONLY_PATHS
 
 pytestmark = pytest.mark.root
 
@@ -409,6 +410,20 @@ def test_proc_sys_is_read_only(engine: ContainerEngine, level: IsolationType) ->
     assert EROFS_TEXT in found["proc_sys"]
     assert found["proc_sys_hostname"] != "probe"
     assert "ro" in mountinfo(mounts)["/proc/sys"].options
+
+
+def test_minimal_proc_sys_is_read_only(probes: dict[IsolationType, Probe]) -> None:
+    """MINIMAL shares the host's uts and net namespaces and keeps CAP_SYS_ADMIN: a
+    writable /proc/sys would rewrite the host's sysctls. Read from mountinfo only,
+    never tried: a write that got through would change the host."""
+    mounts = probes[MINIMAL].mounts
+    proc_sys = mounts["/proc/sys"]
+    assert proc_sys.fstype == "proc"
+    assert "ro" in proc_sys.options
+    for path in READONLY_PATHS:  # its siblings, where this kernel has them
+        if path in mounts:
+            assert "ro" in mounts[path].options, path
+    assert "rw" in mounts["/proc"].options  # the rest of /proc is the container's own
 
 
 def test_minimal_does_not_mask_proc(engine: ContainerEngine) -> None:

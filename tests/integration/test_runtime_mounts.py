@@ -8,10 +8,15 @@ and that host directory must stay empty.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import subprocess
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from helpers import (
@@ -32,11 +37,20 @@ from helpers import (
     write_recipe,
 )
 
-from codex32 import ContainerEngine, IsolationType, LaunchError, TmpfsMount, Volume
+from codex32 import (
+    ContainerEngine,
+    ContainerNotFoundError,
+    IsolationType,
+    LaunchError,
+    TmpfsMount,
+    Volume,
+)
+from codex32._linux import syscalls
 
 pytestmark = pytest.mark.root
 
 MINIMAL, STANDARD, STRICT = LEVELS
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -199,6 +213,141 @@ cat /proc/self/mountinfo
     assert (host_dir / "existing").read_text() == "keep me\n"
 
 
+def _in_private_mount_namespace(work: Callable[[], T]) -> T:
+    """Run ``work`` in a thread of its own mount namespace (private: nothing propagates).
+
+    Mounts the test makes there never reach the host, and go with the namespace. The
+    engine sees the thread is in other namespaces than its fork server and starts the
+    container's monitor from the thread instead, so the container sees them too.
+    """
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def thread() -> None:
+        try:
+            syscalls.unshare(syscalls.CLONE_NEWNS)
+            syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+            outcome.append(work())
+        except BaseException as exc:
+            failure.append(exc)
+
+    runner = threading.Thread(target=thread, name="private-mount-ns")
+    runner.start()
+    runner.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+NESTED_SCRIPT = r"""
+echo "top=$(touch /data/new 2>&1 && echo written)"
+echo "nested=$(touch /data/nested/new 2>&1 && echo written)"
+echo "read=$(cat /data/nested/from-host)"
+echo --- mountinfo
+cat /proc/self/mountinfo
+"""
+
+
+@pytest.mark.parametrize("read_only", [True, False], ids=["ro", "rw"])
+@pytest.mark.parametrize("level", LEVELS, ids=lambda lv: lv.value)
+def test_ro_volume_is_read_only_below_its_nested_mounts(
+    engine: ContainerEngine, host_dir: Path, level: IsolationType, read_only: bool
+) -> None:
+    """A mount inside a ``:ro`` volume's source is read-only too (runc's ``rro``).
+
+    The bind is recursive, so the host's tmpfs below the source comes along; it must
+    not stay writable. ``rw`` is the control: the same write then succeeds.
+    """
+    nested = host_dir / "nested"
+    nested.mkdir()
+    if level is STRICT:
+        os.chown(host_dir, engine.settings.userns_uid_base, engine.settings.userns_uid_base)
+
+    def run() -> tuple[str, list[str]]:
+        syscalls.mount("tmpfs", str(nested), "tmpfs", 0, "size=1m,mode=1777")
+        (nested / "from-host").write_text("below\n")
+        out = output_of(
+            engine,
+            sh(
+                NESTED_SCRIPT,
+                isolation=level,
+                volumes=[Volume(source=str(host_dir), target="/data", read_only=read_only)],
+            ),
+        )
+        return out, sorted(os.listdir(nested))
+
+    out, on_the_tmpfs = _in_private_mount_namespace(run)
+    head, _, mounts = out.partition("--- mountinfo\n")
+    found = facts(head)
+    inside = mountinfo(mounts)
+    assert found["read"] == "below"
+    assert inside["/data/nested"].fstype == "tmpfs"
+    if read_only:
+        assert EROFS_TEXT in found["top"]
+        assert EROFS_TEXT in found["nested"]
+        assert "ro" in inside["/data/nested"].options
+        assert on_the_tmpfs == ["from-host"]
+    else:
+        assert found["top"] == found["nested"] == "written"
+        assert on_the_tmpfs == ["from-host", "new"]
+    assert not nested.joinpath("new").exists()  # the tmpfs was never the host's
+
+
+# Without mount_setattr (ENOSYS: kernels before 5.12, or hidden by seccomp) each mount
+# of the tree is remounted instead. Run in a child of its own mount namespace.
+FALLBACK_SCRIPT = r"""
+import errno, os, sys
+from codex32._linux import mounts, syscalls
+
+def fails_with(err):
+    def mount_setattr(*args, **kwargs):
+        raise OSError(err, f"mount_setattr: {os.strerror(err)}")
+    return mount_setattr
+
+base = sys.argv[1]
+syscalls.unshare(syscalls.CLONE_NEWNS)
+mounts.make_private()
+source, root = f"{base}/source", f"{base}/root"
+for path in (f"{source}/nested", root):
+    os.makedirs(path)
+    syscalls.mount("tmpfs", path, "tmpfs", 0, "size=1m")
+os.mkdir(f"{source}/nested/deeper")
+syscalls.mount("tmpfs", f"{source}/nested/deeper", "tmpfs", 0, "size=1m")
+root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+mounts.mount_setattr = fails_with(errno.EPERM)  # any other error is the step's
+try:
+    mounts.bind(root_fd, source, "/other", read_only=True)
+except OSError as exc:
+    print(f"other={errno.errorcode[exc.errno]}")
+mounts.mount_setattr = fails_with(errno.ENOSYS)
+mounts.bind(root_fd, source, "/data", read_only=True)
+for name in ("data", "data/nested", "data/nested/deeper", "../source/nested"):
+    try:
+        open(f"{root}/{name}/f", "w").close()
+        print(f"{name}=written")
+    except OSError as exc:
+        print(f"{name}={errno.errorcode[exc.errno]}")
+"""
+
+
+def test_ro_bind_without_mount_setattr_remounts_each_nested_mount(host_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", FALLBACK_SCRIPT, str(host_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert facts(result.stdout) == {
+        "other": "EPERM",
+        "data": "EROFS",
+        "data/nested": "EROFS",
+        "data/nested/deeper": "EROFS",
+        "../source/nested": "written",  # the source itself stays writable
+    }
+    assert os.listdir(host_dir / "source" / "nested") == []  # its tmpfs went with the namespace
+
+
 def test_file_volume_and_missing_target_parents(engine: ContainerEngine, host_dir: Path) -> None:
     source = host_dir / "settings.txt"
     source.write_text("answer=42\n")
@@ -338,6 +487,47 @@ def test_tmpfs_through_a_symlink_out_of_the_root_is_refused(
     with open("/proc/self/mountinfo") as f:
         assert str(escape_target) not in f.read()
     assert_nothing_new(before, storage_dir)
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=lambda lv: lv.value)
+def test_volume_source_swapped_for_a_symlink_before_start_is_refused(
+    engine: ContainerEngine, storage_dir: Path, level: IsolationType
+) -> None:
+    """The source is resolved when the container is made; a symlink put in its place
+    before start (here to another host directory) is not followed: the start fails
+    at the bind step, before the command runs, and the ``--rm`` container goes."""
+    with host_tmpdir() as base, host_tmpdir() as outside:
+        (outside / "marker").write_text("host only\n")
+        source = base / "source"
+        source.mkdir()
+        before = snapshot(storage_dir)
+        container = engine.containers.create(
+            sh(
+                "cat /data/marker; echo escaped > /data/written",
+                isolation=level,
+                volumes=[Volume(source=str(source), target="/data")],
+            )
+        )
+        try:
+            source.rmdir()
+            source.symlink_to(outside)
+            with pytest.raises(LaunchError) as failure:
+                container.start()
+        finally:
+            with contextlib.suppress(ContainerNotFoundError):
+                container.remove(force=True)
+        assert failure.value.step == "bind"
+        assert failure.value.errno == errno.ELOOP
+        assert failure.value.exit_code == 125
+        message = str(failure.value)
+        assert f"volume {source} -> /data" in message
+        assert "symlink" in message
+        assert "refusing to follow it" in message
+        assert sorted(os.listdir(outside)) == ["marker"]
+        assert source.readlink() == outside  # left as it was found
+        with pytest.raises(ContainerNotFoundError):
+            engine.containers.get(container.id)
+        assert_nothing_new(before, storage_dir)
 
 
 # -- the python template ---------------------------------------------------------

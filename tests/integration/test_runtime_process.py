@@ -9,6 +9,7 @@ which reaps orphaned zombies that a plain PID 1 leaves behind.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from helpers import (
     sh,
     snapshot,
 )
+from lifecycle_support import eventually
 
 from codex32 import ContainerConfig, ContainerEngine, IsolationType, LaunchError, Ulimit
 
@@ -27,6 +29,7 @@ pytestmark = pytest.mark.root
 
 MINIMAL, STANDARD, STRICT = LEVELS
 TINI = "/usr/bin/tini-static"
+STOP_TIMEOUT = 20.0
 
 
 def _config(command: list[str], **options: object) -> ContainerConfig:
@@ -283,6 +286,42 @@ def test_init_passes_the_exit_code_through(engine: ContainerEngine) -> None:
 def test_init_reports_a_killed_command_as_128_plus_signal(engine: ContainerEngine) -> None:
     # Without init the command is PID 1 and a signal from inside cannot kill it.
     assert engine.containers.run(sh("kill -9 $$", init=True)).exit_code == 128 + 9
+
+
+# Prints who it is and who PID 1 is once its trap is set, then loops until SIGTERM.
+TERM_TRAP = r"""
+trap 'exit 3' TERM
+echo "self=$$"
+echo "pid1=$(tr '\0' ' ' < /proc/1/cmdline)"
+echo ready
+while :; do sleep 0.1; done
+"""
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=lambda lv: lv.value)
+def test_init_forwards_the_stop_signal_to_the_command(
+    engine: ContainerEngine, level: IsolationType
+) -> None:
+    """``stop`` signals PID 1, which is tini under ``init``: it must pass SIGTERM on to
+    the command (sh, PID 2), whose trap exits 3. Were it not forwarded, the stop
+    would end in SIGKILL after the timeout: exit code 137, and that long."""
+    container = engine.containers.run_detached(
+        _config(["sh", "-c", TERM_TRAP], isolation=level, init=True, auto_remove=False)
+    )
+    try:
+        assert eventually(lambda: b"ready\n" in container.logs(), 15), container.logs()
+        found = facts(container.logs().decode())
+        assert found["self"] == "2"
+        assert found["pid1"].split()[:4] == ["/dev/init", "--", "sh", "-c"]
+        started = time.monotonic()
+        container.stop(timeout=STOP_TIMEOUT)
+        took = time.monotonic() - started
+        assert container.wait(timeout=10) == 3
+        container.reload()
+        assert (container.record.exit_code, container.record.signal) == (3, 0)
+        assert took < STOP_TIMEOUT / 2, f"the stop took {took:.1f}s: SIGKILL, not the trap"
+    finally:
+        container.remove(force=True)
 
 
 def test_only_the_containers_processes_are_visible(engine: ContainerEngine) -> None:
