@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import socket
+import termios
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from . import _sync
-from ._linux import bpf, caps, mounts, process, syscalls
+from ._linux import bpf, caps, mounts, process, pty, syscalls
 from ._linux.paths import open_beneath
 from ._sync import Message
 
@@ -40,8 +42,9 @@ class StepError(Exception):
 class Setup:
     """Runs a plan's steps inside PID 1, in order, ending in exec."""
 
-    def __init__(self, plan: dict[str, Any]) -> None:
+    def __init__(self, plan: dict[str, Any], sock: socket.socket | None = None) -> None:
         self.plan = plan
+        self.sock = sock  # to the monitor: the console step sends its terminal there
         self.root_fd = -1
         self.identity: process.Identity | None = None
         # Read before pivot_root: afterwards the host's files are out of reach.
@@ -67,6 +70,7 @@ class Setup:
             "readonly_paths": lambda s: mounts.readonly_paths(self.root_fd, s["paths"]),
             "mkdir": self._mkdir,
             "pivot_root": self._pivot_root,
+            "console": self._console,
             "remount_root": lambda s: mounts.remount_root_read_only(),
             "loopback_up": lambda s: process.loopback_up(),
             "hostname": lambda s: syscalls.sethostname(s["name"]),
@@ -91,6 +95,25 @@ class Setup:
             except Exception as exc:
                 raise StepError(op, 0, f"{type(exc).__name__}: {exc}") from exc
         raise StepError("exec", 0, "the plan has no exec step")
+
+    def _console(self, step: dict[str, Any]) -> None:
+        """``-t``: a terminal of the container's own devpts as stdio and controlling
+        terminal; its master goes to the monitor, which relays and logs it."""
+        if self.sock is None:
+            raise StepError("console", 0, "no monitor to hand the terminal to")
+        master, slave = pty.open_pty(step["ptmx"])
+        try:
+            os.setsid()  # a session of its own, so that the terminal can be its own
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                os.dup2(slave, fd)
+            _sync.send_with_fd(self.sock, {"type": "console"}, master)
+        finally:
+            os.close(slave)
+            os.close(master)
+        reply = _sync.receive(self.sock)
+        if not reply or reply.get("type") != "console_done":
+            raise StepError("console", 0, "the monitor did not take the terminal")
 
     def _unshare(self, step: dict[str, Any]) -> None:
         flags = 0
@@ -165,7 +188,7 @@ def _pid1(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
         message = _sync.receive(sock)
         if not message or message.get("type") != "proceed":
             os._exit(125)
-        Setup(plan).run()
+        Setup(plan, sock).run()
     except StepError as exc:
         _report(sock, _sync.error_message(exc.step, exc.errno, exc.message, exc.exit_code))
         os._exit(exc.exit_code)

@@ -144,9 +144,16 @@ class Monitor:
 
     # -- start -----------------------------------------------------------------
 
+    def _console_from_pid1(self) -> bool:
+        """PID 1 makes its terminal from its own devpts (plans made before it could not)."""
+        return any(step.get("op") == "console" for step in self.plan.get("steps", []))
+
     def _stdio(self) -> tuple[int, int, int | None, int | None]:
         """The container's (stdout, stderr) write ends and the monitor's read ends."""
         if self.config.tty:
+            if self._console_from_pid1():  # the read end comes with the console message
+                null = os.open(os.devnull, os.O_RDWR)
+                return null, null, None, None
             master, slave = os.openpty()
             _copy_window_size(1, master)
             return slave, slave, master, None
@@ -164,8 +171,9 @@ class Monitor:
             if self.engine is not None:
                 self.engine.close()
             if self.config.tty:
-                os.setsid()
-                fcntl.ioctl(out_w, termios.TIOCSCTTY, 0)
+                if self.out_r is not None:  # a host terminal (a plan without console)
+                    os.setsid()
+                    fcntl.ioctl(out_w, termios.TIOCSCTTY, 0)
                 os.dup2(out_w, 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
@@ -205,7 +213,7 @@ class Monitor:
                 self.pid1 = None
                 return False
             _sync.send(ours, {"type": "proceed"})
-            outcome = _sync.receive(ours)
+            outcome = self._outcome(ours)
             if outcome is not None:
                 self._tell(outcome)
                 _reap(self.pid1)
@@ -222,6 +230,22 @@ class Monitor:
             ours.close()
             if stage2_pid:
                 _kill_and_reap(stage2_pid)
+
+    def _outcome(self, sock: socket.socket) -> _sync.Message | None:
+        """PID 1's error, or None once it has exec'd; takes its terminal on the way."""
+        while True:
+            message, fds = _sync.receive_with_fds(sock)
+            if message is None or message.get("type") != "console":
+                for fd in fds:
+                    os.close(fd)
+                return message
+            if not fds:
+                return _sync.error_message("console", 0, "no terminal came with the console")
+            self.out_r = fds[0]
+            for fd in fds[1:]:
+                os.close(fd)
+            _copy_window_size(1, self.out_r)
+            _sync.send(sock, {"type": "console_done"})
 
     def _record_start(self) -> None:
         assert self.pid1 is not None

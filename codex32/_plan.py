@@ -178,6 +178,8 @@ def build_plan(
     cwd = config.working_dir or template.workdir or "/"
     steps.append({"op": "mkdir", "target": cwd})
     steps.append({"op": "pivot_root", "rootfs": paths.rootfs})
+    if config.tty:  # a terminal of its own /dev/pts, handed to the monitor
+        steps.append({"op": "console", "ptmx": "/dev/pts/ptmx"})
     if read_only_root:
         steps.append({"op": "remount_root", "read_only": True})
     if "net" in ns:

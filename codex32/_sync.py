@@ -27,6 +27,10 @@ stage1     engine          ``{"type": "created", "pid": N}``: namespaces exist, 
                            cgroup and wire its network
 engine     stage1          ``{"type": "proceed"}`` or ``{"type": "abort"}``
 stage1     pid1            ``{"type": "proceed"}`` (relayed)
+pid1       stage1          ``{"type": "console"}`` with the master of PID 1's terminal
+                           attached (SCM_RIGHTS), for ``-t`` (the plan's ``console``
+                           step: a pty of the container's own devpts)
+stage1     pid1            ``{"type": "console_done"}``: the window size is set
 pid1       stage1          ``{"type": "error", "step", "errno", "message", "exit_code"}``
                            or end-of-file: the socket is close-on-exec, so EOF means
                            the exec succeeded
@@ -42,6 +46,7 @@ step; stage1 then makes sure PID 1 is dead and reaped before it exits itself.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import Any
 
@@ -69,6 +74,24 @@ def receive(sock: socket.socket) -> Message | None:
     if not isinstance(message, dict):
         raise ValueError(f"malformed sync message: {data[:200]!r}")
     return message
+
+
+def send_with_fd(sock: socket.socket, message: Message, fd: int) -> None:
+    """Send one message with a descriptor attached (SCM_RIGHTS)."""
+    socket.send_fds(sock, [json.dumps(message, separators=(",", ":")).encode()], [fd])
+
+
+def receive_with_fds(sock: socket.socket) -> tuple[Message | None, list[int]]:
+    """Receive one message and the descriptors attached to it, if any."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 4)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    message = json.loads(data)
+    if not isinstance(message, dict):
+        raise ValueError(f"malformed sync message: {data[:200]!r}")
+    return message, list(fds)
 
 
 def error_message(step: str, errno: int, message: str, exit_code: int = 125) -> Message:

@@ -14,9 +14,10 @@ import errno
 import fcntl
 import os
 import selectors
-import struct
 import termios
 import threading
+
+from ._linux.pty import open_pty
 
 _CHUNK = 65536
 
@@ -103,27 +104,13 @@ class ExecTerminal:
             selector.close()
 
 
-#: ioctls of <asm-generic/ioctls.h>: unlock a new pty; open its peer (Linux >= 4.13).
-_TIOCSPTLCK = 0x40045431
-_TIOCGPTPEER = 0x5441
-
-
 def _open_pty(ptmx: str | None) -> tuple[int, int]:
     """(master, slave), from the given devpts instance if it can, else the caller's."""
     if ptmx is not None:
         try:
-            master = os.open(ptmx, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-        except OSError:
+            return open_pty(ptmx)
+        except FileNotFoundError:
             pass  # no devpts of its own there: the host's terminal will do
-        else:
-            try:
-                fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
-                flags = os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC
-                slave = int(fcntl.ioctl(master, _TIOCGPTPEER, flags))
-            except OSError:
-                os.close(master)
-                raise
-            return master, slave
     master, slave = os.openpty()
     os.set_inheritable(master, False)
     os.set_inheritable(slave, False)

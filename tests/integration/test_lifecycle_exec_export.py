@@ -131,6 +131,19 @@ def test_exec_in_a_strict_container_is_confined(containers: Containers) -> None:
     assert b"Read-only file system" in denied.error_output
 
 
+@pytest.mark.parametrize("level", list(IsolationType))
+def test_run_with_a_tty_gets_a_terminal_of_its_own(
+    engine: ContainerEngine, level: IsolationType
+) -> None:
+    # The container's PID 1 opens it from its own /dev/pts and keeps it as its
+    # controlling terminal; the monitor logs what it prints.
+    script = "tty; : </dev/tty && echo ctty-ok; [ -t 0 ] && echo stdin-tty"
+    config = sh(script, isolation=level, tty=True, auto_remove=True)
+    result = engine.containers.run(config)
+    assert result.exit_code == 0, result
+    assert text(result.output).replace("\r", "").split() == ["/dev/pts/0", "ctty-ok", "stdin-tty"]
+
+
 @pytest.mark.parametrize("level", [IsolationType.STANDARD, IsolationType.STRICT])
 def test_exec_with_a_tty_gets_a_controlling_terminal(
     containers: Containers, level: IsolationType

@@ -139,3 +139,11 @@ def test_plan_round_trips_through_json() -> None:
 @pytest.mark.parametrize("level", list(IsolationType))
 def test_every_level_ends_in_exec(level: IsolationType) -> None:
     assert ops(plan_for(isolation=level.value))[-1] == "exec"
+
+
+def test_a_tty_gets_its_console_right_after_pivot_root() -> None:
+    """-t: PID 1 opens its terminal from its own /dev/pts once that is its /dev."""
+    ops = [step["op"] for step in plan_for(tty=True).steps]
+    assert ops[ops.index("pivot_root") + 1] == "console"
+    assert ops.index("console") < ops.index("user")  # before privileges are dropped
+    assert "console" not in [step["op"] for step in plan_for().steps]
