@@ -129,6 +129,14 @@ def container_command(action: Action) -> Callable[..., None]:
         memory_reservation: Annotated[str | None, typer.Option("--memory-reservation")] = None,
         pids_limit: Annotated[int | None, typer.Option("--pids-limit")] = None,
         blkio_weight: Annotated[int | None, typer.Option("--blkio-weight")] = None,
+        limits: Annotated[
+            str,
+            typer.Option(
+                "--limits",
+                help="enforce: refuse a limit the host cannot enforce; best-effort: drop "
+                "it with a warning.",
+            ),
+        ] = "enforce",
         device_read_bps: Annotated[
             list[str] | None,
             typer.Option("--device-read-bps", help="Read rate of a disk, e.g. /dev/sda:1mb."),
@@ -218,6 +226,7 @@ def container_command(action: Action) -> Callable[..., None]:
                     memory_reservation_bytes=memory_reservation,
                     pids_limit=pids_limit,
                     blkio_weight=blkio_weight,
+                    best_effort=_best_effort(limits),
                     device_read_bps=device_rates("--device-read-bps", device_read_bps),
                     device_write_bps=device_rates("--device-write-bps", device_write_bps),
                     device_read_iops=device_rates("--device-read-iops", device_read_iops),
@@ -241,7 +250,7 @@ def container_command(action: Action) -> Callable[..., None]:
             typer.echo(guard(lambda: eng.containers.run_detached(config)).id)
             return
         flush_stdout()
-        with _raw_terminal(tty and interactive):
+        with raw_terminal(tty and interactive):
             result = guard(
                 lambda: eng.containers.run(
                     config,
@@ -261,8 +270,14 @@ def container_command(action: Action) -> Callable[..., None]:
     return command
 
 
+def _best_effort(mode: str) -> bool:
+    if mode not in ("enforce", "best-effort"):
+        raise ValueError(f"--limits {mode!r}: use enforce or best-effort")
+    return mode == "best-effort"
+
+
 @contextlib.contextmanager
-def _raw_terminal(enabled: bool) -> Iterator[None]:
+def raw_terminal(enabled: bool) -> Iterator[None]:
     """Put the caller's terminal in raw mode for ``-it``, and restore it after."""
     if not (enabled and sys.stdin.isatty()):
         yield

@@ -124,7 +124,7 @@ def exec_(
     container: Annotated[str, typer.Argument(help="Container name or id.")],
     command: Annotated[list[str], typer.Argument(help="Command and arguments.")],
     interactive: Annotated[bool, typer.Option("-i", "--interactive")] = False,
-    tty: Annotated[bool, typer.Option("-t", "--tty", help="Use the caller's terminal.")] = False,
+    tty: Annotated[bool, typer.Option("-t", "--tty", help="Allocate a terminal.")] = False,
     env: Annotated[list[str] | None, typer.Option("-e", "--env", help="NAME=VALUE")] = None,
     user: Annotated[str | None, typer.Option("-u", "--user")] = None,
     workdir: Annotated[str | None, typer.Option("-w", "--workdir")] = None,
@@ -132,23 +132,25 @@ def exec_(
     """Run a command in a running container, confined as its command is."""
     import sys
 
-    from .run import parse_env
+    from .run import parse_env, raw_terminal
 
     args = command[1:] if command[:1] == ["--"] else command
     target = guard(partial(engine().containers.get, container))
     sys.stdout.flush()
-    result = guard(
-        partial(
-            target.exec_run,
-            args,
-            env=parse_env(env or [], []),
-            user=user,
-            workdir=workdir,
-            stdin=sys.stdin.fileno() if interactive or tty else None,
-            stdout=sys.stdout.fileno(),
-            stderr=sys.stderr.fileno(),
+    with raw_terminal(tty and interactive):
+        result = guard(
+            partial(
+                target.exec_run,
+                args,
+                env=parse_env(env or [], []),
+                user=user,
+                workdir=workdir,
+                stdin=sys.stdin.fileno() if interactive else None,
+                stdout=sys.stdout.fileno(),
+                stderr=sys.stderr.fileno(),
+                tty=tty,
+            )
         )
-    )
     raise typer.Exit(result.exit_code)
 
 

@@ -460,3 +460,64 @@ def test_run_it_is_an_interactive_shell(containers: Containers, storage_dir: Pat
     lines = [line.strip() for line in output.replace(b"\r", b"").split(b"\n")]
     assert b"hi" in lines, output
     assert os.waitstatus_to_exitcode(status) == 3, output
+
+
+def _on_a_pty(argv: list[str], env: dict[str, str], typed: bytes) -> tuple[bytes, int]:
+    """Run the CLI on a pty; after its first prompt, type ``typed``; (output, exit code)."""
+    pid, master = pty.fork()
+    if pid == 0:  # the child: become the CLI on the pty
+        try:
+            os.execve(CODEX32, argv, env)
+        finally:
+            os._exit(127)
+    try:
+        prompt = _read_until(master, lambda out: b"# " in out, 30)
+        assert b"# " in prompt, prompt
+        os.write(master, typed)
+        output = _read_until(master, lambda out: False, 30)
+        deadline = time.monotonic() + 10
+        while (status := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            assert time.monotonic() < deadline, f"the CLI did not exit: {output!r}"
+            time.sleep(0.05)
+        pid = 0
+    finally:
+        if pid:  # (a failed check: the CLI and its container go)
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(master)
+    return output, os.waitstatus_to_exitcode(status[1])
+
+
+def test_run_it_and_exec_it_give_a_terminal_of_the_containers_own(
+    containers: Containers, storage_dir: Path
+) -> None:
+    """As docker: the shell's stdio is a terminal named in the container's /dev/pts and
+    is its controlling terminal (/dev/tty opens)."""
+    env = cli_env(storage_dir) | {"TERM": "dumb"}
+    probe = b"tty; : </dev/tty && echo ctty-ok; exit 4\r"
+    containers.adopt("exec-it-target")
+    started = codex32(storage_dir, "run", "-d", "--name", "exec-it-target", "busybox",
+                      "sleep", "600")  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    for argv in (
+        [CODEX32, "run", "--rm", "-it", "--name", "run-it-tty", "busybox", "sh"],
+        [CODEX32, "exec", "-it", "exec-it-target", "sh"],
+    ):
+        containers.adopt("run-it-tty")
+        output, code = _on_a_pty(argv, env, probe)
+        lines = [line.strip() for line in output.replace(b"\r", b"").split(b"\n")]
+        assert code == 4, (argv, output)
+        assert any(re.fullmatch(rb"/dev/pts/\d+", line) for line in lines), (argv, output)
+        assert b"ctty-ok" in lines, (argv, output)
+
+
+def test_limits_mode_is_checked_and_kept(containers: Containers, storage_dir: Path) -> None:
+    bad = codex32(storage_dir, "create", "--limits", "maybe", "busybox", "true")
+    assert bad.returncode == 125 and "use enforce or best-effort" in bad.stderr, bad.stderr
+    containers.adopt("limits-best-effort")
+    made = codex32(storage_dir, "create", "--name", "limits-best-effort", "--limits",
+                   "best-effort", "--pids-limit", "20", "busybox", "true")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    record = json.loads(codex32(storage_dir, "inspect", "limits-best-effort").stdout)
+    text = json.dumps(record)
+    assert '"best_effort": true' in text and '"pids_limit": 20' in text, text
