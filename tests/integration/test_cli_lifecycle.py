@@ -439,27 +439,10 @@ def test_run_it_is_an_interactive_shell(containers: Containers, storage_dir: Pat
     containers.adopt("run-it-shell")
     argv = [CODEX32, "run", "--rm", "-it", "--name", "run-it-shell", "busybox", "sh"]
     env = cli_env(storage_dir) | {"TERM": "dumb"}
-    pid, master = pty.fork()
-    if pid == 0:  # the child: become the CLI on the pty
-        try:
-            os.execve(CODEX32, argv, env)
-        finally:
-            os._exit(127)
-    try:
-        prompt = _read_until(master, lambda out: b"# " in out, 30)
-        assert b"# " in prompt, prompt
-        os.write(master, b"echo hi; exit 3\r")
-        output = _read_until(master, lambda out: False, 30)
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-    finally:
-        if pid:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        os.close(master)
+    output, code = _on_a_pty(argv, env, b"echo hi; exit 3\r")
     lines = [line.strip() for line in output.replace(b"\r", b"").split(b"\n")]
     assert b"hi" in lines, output
-    assert os.waitstatus_to_exitcode(status) == 3, output
+    assert code == 3, output
 
 
 def _on_a_pty(argv: list[str], env: dict[str, str], typed: bytes) -> tuple[bytes, int]:

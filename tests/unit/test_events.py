@@ -69,10 +69,9 @@ for i in range(count):
 """
 
 
-def start_appenders(
-    path: Path, writers: list[str], count: int, *limit: str
-) -> list[subprocess.Popen[str]]:
-    return [
+def run_appenders(path: Path, writers: list[str], count: int, *limit: str) -> None:
+    """One child per writer appending ``count`` events, all released at once."""
+    children = [
         subprocess.Popen(
             [sys.executable, "-c", APPENDER, str(path), writer, str(count), *limit],
             stdin=subprocess.PIPE,
@@ -80,6 +79,12 @@ def start_appenders(
         )
         for writer in writers
     ]
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.close()
+    for child in children:
+        assert child.wait(timeout=20) == 0
 
 
 # --------------------------------------------------------------------------- the file
@@ -137,13 +142,7 @@ def test_a_torn_line_is_ended_and_skipped(events_file: Path) -> None:
 def test_concurrent_appends_from_several_processes(events_file: Path) -> None:
     # Neither the file nor its directory exists: the children also race to create them.
     writers, count = ["w0", "w1", "w2", "w3"], 200
-    children = start_appenders(events_file, writers, count)
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.close()
-    for child in children:
-        assert child.wait(timeout=20) == 0
+    run_appenders(events_file, writers, count)
     lines = events_file.read_bytes().split(b"\n")
     assert lines[-1] == b""
     parsed = [Event.from_json(line) for line in lines[:-1]]  # every line parses
@@ -184,13 +183,7 @@ def test_follow_carries_on_across_a_rotation(events_file: Path) -> None:
 def test_concurrent_appends_across_rotations(events_file: Path) -> None:
     # One rotation half-way: writers waiting on the old file's lock move to the new one.
     writers, count = ["w0", "w1", "w2", "w3"], 200
-    children = start_appenders(events_file, writers, count, str(500_000))
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.close()
-    for child in children:
-        assert child.wait(timeout=20) == 0
+    run_appenders(events_file, writers, count, str(500_000))
     assert rotated_path(events_file).exists()
     parsed = list(read_events(events_file))
     assert len(parsed) == len(writers) * count
@@ -377,8 +370,7 @@ def test_watcher_sees_an_event_of_another_process(events_file: Path) -> None:
     watcher = EventWatcher(events_file, hooks, poll_interval=0.02)
     watcher.start()
     assert watcher.running
-    (child,) = start_appenders(events_file, ["other"], 1)
-    child.communicate("go\n", timeout=10)
+    run_appenders(events_file, ["other"], 1)
     assert arrived.wait(timeout=5)
     latency = time.time() - seen[0].time
     assert latency < 1.0
