@@ -432,10 +432,18 @@ def run_v2_vm_suite(runner: str, *args: str, timeout: int) -> str:
     env = {k: v for k, v in os.environ.items() if k != "CODEX32_VM_TESTS"}
     env["VENV"] = str(Path(sys.executable).parents[1])
     script = Path(__file__).resolve().parents[1] / "vm" / runner
-    result = subprocess.run(
-        ["bash", str(script), *args], capture_output=True, text=True, timeout=timeout,
-        env=env, check=False,
-    )  # fmt: skip
+    try:
+        result = subprocess.run(
+            ["bash", str(script), *args], capture_output=True, text=True, timeout=timeout,
+            env=env, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:  # say how far it got (boot? which test?)
+        partial = b"".join(
+            part if isinstance(part, bytes) else (part or "").encode()
+            for part in (exc.stdout, exc.stderr)
+        ).decode(errors="replace")
+        pytest.fail(f"{runner} did not finish in {timeout} s; its output so far:\n"
+                    f"{partial[-6000:]}")  # fmt: skip
     output = result.stdout + result.stderr
     print(output[-4000:])
     assert result.returncode == 0, f"{runner} failed in the VM:\n{output[-4000:]}"

@@ -26,7 +26,7 @@ selection=${CODEX32_VM_TESTS:-"oom_killed or holds_exactly_ten or pause_stops_pr
 scratch=/run/codex32-vm-tmp
 inner="mkdir -p $scratch && mount -t tmpfs -o mode=1777 tmpfs $scratch && cd $(printf '%q' "$repo") && \
 TMPDIR=$scratch CODEX32_TEST_TMPDIR=$scratch PYTHONDONTWRITEBYTECODE=1 CODEX32_REQUIRE_V2=1 \
-$(printf '%q' "$venv/bin/python") -m pytest -q -p no:cacheprovider -s \
+timeout -s INT -k 30 $vm_test_timeout $(printf '%q' "$venv/bin/python") -m pytest -q -p no:cacheprovider -s \
 tests/integration/test_resources.py tests/integration/test_oom_live.py \
 -k $(printf '%q' "$selection")$(quote_args "$@")"
 

@@ -14,7 +14,7 @@ me=run_v2.sh
 source "$(dirname "$0")/vm_common.sh"
 
 inner="cd $(printf '%q' "$repo") && PYTHONDONTWRITEBYTECODE=1 CODEX32_REQUIRE_V2=1 \
-$(printf '%q' "$venv/bin/python") -m pytest -q -p no:cacheprovider -s \
+timeout -s INT -k 30 $vm_test_timeout $(printf '%q' "$venv/bin/python") -m pytest -q -p no:cacheprovider -s \
 tests/integration/test_cgroups_v2.py$(quote_args "$@")"
 
 run_in_vm "$inner"

@@ -17,6 +17,10 @@ for tool in vng qemu-system-x86_64; do
     command -v "$tool" >/dev/null || { echo "$me: $tool not found" >&2; exit 2; }
 done
 
+# Inside the VM the tests get this long (s); then SIGINT, so that pytest prints where
+# it was, which a timeout of the whole VM from outside could not show.
+vm_test_timeout=${CODEX32_VM_TEST_TIMEOUT:-600}
+
 kvm=(--disable-kvm)
 if [[ "${CODEX32_VM_KVM:-0}" == 1 ]]; then kvm=(); fi
 
