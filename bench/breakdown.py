@@ -179,11 +179,16 @@ def phases(run: Run) -> dict[str, float | None]:
     out["fork PID 1, `created` to engine"] = _span(ns_e, got_created)
     attach_b = run.find("Networking.attach", "B", pid=eng)
     attach_e = run.find("Networking.attach", "E", pid=eng)
-    out["engine: cgroup placement"] = _span(place_b, place_e)
+    out["engine: cgroup made (a thread from the launch's start, beside the forks)"] = _duration(
+        run, "ContainerCgroups.prepare", eng
+    )
     for label, text in (("Driver.open", "look for an existing cgroup"),
-                        ("Driver.create", "mkdir in each hierarchy (+ cpuset copy)"),
-                        ("Cgroup.add_pid", "write cgroup.procs in each hierarchy")):  # fmt: skip
+                        ("Driver.create", "mkdir in each hierarchy (+ cpuset copy)")):  # fmt: skip
         out[f"  of which {text}"] = _sum_of(run, (f"V1{label}", f"V2{label}"), eng)
+    out["engine: cgroup placement"] = _span(place_b, place_e)
+    out["  of which write cgroup.procs in each hierarchy"] = _sum_of(
+        run, ("V1Cgroup.add_pid", "V2Cgroup.add_pid"), eng
+    )
     out["engine: record cgroup paths (state.json)"] = _span(place_e, attach_b or proceed)
     out["engine: network attach (bridge, veth, address, route)"] = _span(attach_b, attach_e)
     for label, text in (

@@ -95,6 +95,7 @@ ENGINE_TARGETS: tuple[tuple[str, str], ...] = (
     ("codex32._launch", "Launch.wait"),
     ("codex32._launch", "Launch.detach"),
     ("codex32._launch", "ForkServer.spawn"),
+    ("codex32._resources", "ContainerCgroups.prepare"),
     ("codex32._resources", "ContainerCgroups.place"),
     ("codex32._state", "StateStore.update"),
     ("codex32._state", "StateStore.save"),
@@ -184,6 +185,17 @@ class Tracer:
 
         sync.send, sync.receive = traced_send, traced_receive
         self.wrapped += [(sync, "send", send), (sync, "receive", receive)]
+        receive_with_fds = getattr(sync, "receive_with_fds", None)
+        if receive_with_fds is not None:  # the monitor's wait for PID 1's outcome
+
+            def traced_receive_with_fds(sock: Any) -> Any:
+                message, fds = receive_with_fds(sock)
+                kind = "EOF" if message is None else message.get("type")
+                tracer.emit("I", f"recv:{kind}")
+                return message, fds
+
+            sync.receive_with_fds = traced_receive_with_fds
+            self.wrapped.append((sync, "receive_with_fds", receive_with_fds))
 
     def wrap_fsync(self) -> None:
         self.wrap(os, "fsync", "os.fsync")

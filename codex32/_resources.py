@@ -111,8 +111,7 @@ class ContainerCgroups:
             raise
         return cgroup
 
-    @staticmethod
-    def place(cgroup: Cgroup | None, pid: int) -> dict[str, str]:
+    def place(self, cgroup: Cgroup | None, pid: int) -> dict[str, str]:
         """Move ``pid`` into a prepared cgroup; its paths per controller ({} without one).
 
         On failure the cgroup is removed (with whatever got into it).
