@@ -342,7 +342,16 @@ class Monitor:
         return status if status is not None else 0
 
     def _report_oom(self, count: int) -> None:
-        """An ``oom`` event for each kill the counter shows that none was appended for."""
+        """An ``oom`` event for each kill the counter shows that none was appended for;
+        ``OOMKilled`` is set at once, as Docker's ``inspect`` shows it on a running
+        container."""
+        if count > self.oom_reported and self.pid1 is not None:
+
+            def mark(record: ContainerRecord) -> None:
+                record.oom_killed = True
+
+            with contextlib.suppress(OSError, Codex32Error):
+                self.store.update(self.config.container_id, mark)
         for _ in range(count - self.oom_reported):
             self._event("oom")
         self.oom_reported = max(self.oom_reported, count)

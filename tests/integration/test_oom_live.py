@@ -64,6 +64,7 @@ def test_a_child_killed_by_oom_is_reported_while_pid1_runs(
         wait_for(lambda: last in container.logs().decode(), 60, f"{last!r} in the logs")
         wait_for(lambda: _oom_events(engine, container) >= kills, 10, f"{kills} oom events")
         assert _running(container), "PID 1 should outlive its OOM-killed children"
+        assert container.record.oom_killed is True, "OOMKilled shows while it runs"
         assert container.stats().oom_kills == kills
         assert _oom_events(engine, container) == kills, "one oom event per kill"
         print(f"oom live: {kills} kill(s) reported while running")
