@@ -154,7 +154,9 @@ class Container:
         self._engine._kill(self, signal_)
 
     def restart(self, timeout: float | None = None) -> None:
-        """Stop (if running), then start."""
+        """Stop (if running), then start; an ``--rm`` container is kept meanwhile, as
+        Docker's restart keeps it."""
+        self._engine._keep_through_restart(self)
         self.stop(timeout)
         self.start()
         self._engine._event(self, "restart")
@@ -622,6 +624,7 @@ class ContainerEngine:
                 r.exit_code = r.exit_code if r.exit_code is not None else 255
                 r.finished_at = r.finished_at or time.time()
                 r.error = "the container's monitor died; its exit status is unknown"
+                r.died_unseen = True
 
         return self._store.update(container_id, lost)
 
@@ -748,7 +751,7 @@ class ContainerEngine:
             launch.detach()
         if restarting:
             self._event(container, "restart")
-        container.reload()
+        self._reload_or_removed(container)  # an --rm one may have run and gone already
 
     def _run_attached(
         self,
@@ -785,6 +788,15 @@ class ContainerEngine:
             error_output=captured["stderr"],
             container_id=container.id,
         )
+
+    def _keep_through_restart(self, container: Container) -> None:
+        if not container.config.auto_remove:
+            return
+
+        def keep(r: ContainerRecord) -> None:
+            r.keep_after_exit = True  # the monitor does not remove it; the start clears it
+
+        self._store.update(container.id, keep)
 
     def _wait_removed(self, container_id: str, timeout: float) -> None:
         """Return once an ``--rm`` container's monitor has removed it (or after timeout)."""
@@ -850,7 +862,7 @@ class ContainerEngine:
                     self._wait_exit(record, 10)
             with contextlib.suppress(ContainerNotFoundError):  # --rm: removed as it died
                 self._wait_recorded(container.id, 5)
-            if config.auto_remove:
+            if config.auto_remove and not record.keep_after_exit:
                 # Its monitor removes it as it dies: once stop returns, it is gone (its
                 # name free for a new container), not merely exited.
                 self._wait_removed(container.id, 10)
@@ -958,7 +970,11 @@ class ContainerEngine:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"container {container.name} not started after {timeout} s")
             time.sleep(0.02)
-            record = self._refresh(container.id)
+            try:
+                record = self._refresh(container.id)
+            except ContainerNotFoundError:  # an --rm one ran and was removed in between
+                container._record.status = ContainerState.REMOVED
+                return self._exit_code_from_events(record)  # (never started before: all)
         while record.status in (ContainerState.RUNNING, ContainerState.PAUSED):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._wait_exit(record, remaining):
@@ -1140,9 +1156,13 @@ class ContainerEngine:
         return fixed
 
     def _recover_lost(self, container_id: str) -> None:
+        def seen(r: ContainerRecord) -> None:
+            r.died_unseen = False  # acted on once, whatever comes of it
+
         try:
+            record = self._store.update(container_id, seen)
             container = self.containers.get(container_id)
-            config, record = container.config, container.record
+            config = container.config
             if config.auto_remove:
                 container.remove(force=True)
                 return
@@ -1172,13 +1192,13 @@ class ContainerEngine:
                 continue
             try:
                 before = self._store.load(path.name).status
-                after = self._refresh(path.name).status
+                after = self._refresh(path.name)
             except ContainerNotFoundError:
                 continue  # removed meanwhile by another process
-            if after is not before:
+            if after.status is not before:
                 fixed.append(path.name)
-                if after is ContainerState.EXITED:
-                    lost.append(path.name)
+            if after.died_unseen:  # found so now, or by any verb since the reboot
+                lost.append(path.name)
         self._store.drop_dangling_names()
         fixed += self._cgroups.remove_orphans(set(self._store.ids()))
         fixed += self._networking.reconcile()

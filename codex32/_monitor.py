@@ -264,6 +264,8 @@ class Monitor:
             record.signal = 0
             record.error = None
             record.oom_killed = False
+            record.died_unseen = False
+            record.keep_after_exit = False
 
         record = self.store.update(self.config.container_id, change)
         self.started_at = started
@@ -414,7 +416,7 @@ class Monitor:
         if self._should_restart(record, code, finished):
             self._restart(record, finished)
             return
-        if self.config.auto_remove:
+        if self.config.auto_remove and not record.keep_after_exit:
             self._wait_for_engine_to_let_go()
             for path in set(self.cgroup_paths.values()):
                 with contextlib.suppress(OSError):

@@ -330,7 +330,14 @@ class Networking:
         known = set(self._store.ids())
         freed: list[str] = []
         for definition in self.ipam.list_networks():
-            stale = [cid for cid in self.ipam.leases(definition.name) if cid not in known]
+            # A lease whose directory exists belongs to a create under way elsewhere
+            # (the lease comes before state.json); really dead half-made directories
+            # were removed before this runs.
+            stale = [
+                cid
+                for cid in self.ipam.leases(definition.name)
+                if cid not in known and not self._store.directory(cid).exists()
+            ]
             for container_id in stale:
                 from ._linux.network import host_ifname, ifb_ifname
 

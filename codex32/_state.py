@@ -64,6 +64,10 @@ class ContainerRecord:
     cgroup_paths: dict[str, str] = field(default_factory=dict)
     #: What the engine could not do as asked (best-effort limits it dropped).
     warnings: list[str] = field(default_factory=list)
+    #: Found dead with no exit written (a reboot, a crash): ``recover`` acts on it once.
+    died_unseen: bool = False
+    #: A restart of an ``--rm`` container is under way: its monitor keeps it (Docker's).
+    keep_after_exit: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""

@@ -78,6 +78,7 @@ class ExecTerminal:
         selector.register(self.master, selectors.EVENT_READ, "out")
         if self._in is not None:
             selector.register(self._in, selectors.EVENT_READ, "in")
+        output_open = True  # a caller that stopped reading (EPIPE): drain and drop
         try:
             while True:
                 for key, _ in selector.select():
@@ -90,16 +91,23 @@ class ExecTerminal:
                             raise
                         if not data:
                             return
-                        _write_all(self._out, data)
+                        if output_open:
+                            try:
+                                _write_all(self._out, data)
+                            except OSError:
+                                output_open = False  # keep reading: the command must not block
                     else:
-                        data = os.read(key.fd, _CHUNK)
+                        try:
+                            data = os.read(key.fd, _CHUNK)
+                        except OSError:
+                            data = b""  # the caller's input failed: as its end
                         if not data:
                             selector.unregister(key.fd)
                             _write_all(self.master, b"\x04")  # EOF, as a terminal says it
                         else:
                             _write_all(self.master, data)
         except OSError:
-            return  # the caller went away: the command gets EIO or SIGHUP
+            return  # the master failed: the command gets EIO on its terminal
         finally:
             selector.close()
 

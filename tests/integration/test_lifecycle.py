@@ -190,6 +190,14 @@ def test_wait_returns_the_exit_code(containers: Containers) -> None:
     finally:
         starter.join()
     assert never_started.wait() == 42  # again, once exited
+    # An --rm one may be gone before the waiter sees it run: its die event tells.
+    quick = containers.create(sh("exit 7", auto_remove=True))
+    starter = threading.Timer(0.3, quick.start)
+    starter.start()
+    try:
+        assert quick.wait(timeout=20) == 7
+    finally:
+        starter.join()
     assert never_started.state is ContainerState.EXITED
 
     running = containers.running(sh(LOOP))
@@ -199,6 +207,22 @@ def test_wait_returns_the_exit_code(containers: Containers) -> None:
     assert time.monotonic() - started < 5
     running.kill("TERM")
     assert running.wait(timeout=10) == 0
+
+
+def test_restart_keeps_an_auto_remove_container(engine: ContainerEngine) -> None:
+    """As docker restart: an --rm container is stopped and started, not removed."""
+    container = engine.containers.run_detached(sh(LOOP, auto_remove=True))
+    try:
+        assert eventually(lambda: ready(container), 15), container.logs()
+        old_pid = container.record.pid
+        container.restart(timeout=5)
+        assert container.state is ContainerState.RUNNING and container.record.pid != old_pid
+        assert eventually(lambda: ready(container, times=2), 15), container.logs()
+        container.stop(timeout=5)  # and an --rm container again: removed when it stops
+        assert state(container) is ContainerState.REMOVED
+    finally:
+        with contextlib.suppress(ContainerNotFoundError):
+            container.remove(force=True)
 
 
 def test_restart_gives_a_new_pid(engine: ContainerEngine, containers: Containers) -> None:
@@ -446,6 +470,10 @@ def test_init_engine_brings_back_what_a_crash_took_down(
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
         assert eventually(lambda c=container: dead(c.record.monitor_pid), 10)  # type: ignore[misc]
+    # A verb after the reboot (here `ps -a`) already marks them exited: still lost.
+    assert {c.state for c in engine.containers.list(all=True) if c.id == always.id} == {
+        ContainerState.EXITED
+    }
     try:
         asyncio.run(init_engine(storage_dir))
     finally:
@@ -476,13 +504,17 @@ def test_reconcile_leaves_a_creation_under_way_alone(
         fcntl.flock(lock, fcntl.LOCK_EX)  # as create holds it until state.json exists
         long_ago = time.time() - 3600
         os.utime(creating, (long_ago, long_ago))
+        ipam = engine._networking.ipam
+        ipam.allocate("bridge", creating.name)  # create leases before state.json exists
         assert creating.name not in engine.reconcile()
         assert creating.is_dir() and name.is_symlink()
+        assert creating.name in ipam.leases("bridge"), "a create's lease was taken away"
     finally:
         os.close(lock)
     # The creator died without finishing: the lock is free, the leftovers go.
     assert creating.name in engine.reconcile()
     assert not creating.exists() and not name.is_symlink()
+    assert creating.name not in engine._networking.ipam.leases("bridge")
 
 
 # -- restart policies ------------------------------------------------------------------
