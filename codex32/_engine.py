@@ -1089,6 +1089,10 @@ class ContainerEngine:
 
                 ptmx = f"/proc/{record.pid}/root/dev/pts/ptmx"
                 terminal = ExecTerminal(stdin, out.target, ptmx)
+                # Host root made it: give it to the container's root, whom a user
+                # namespace maps elsewhere, so that the exec'd user can be given it.
+                with contextlib.suppress(OSError):
+                    os.fchown(terminal.slave, _host_uid_of_root(record.pid or 0), -1)
                 terminal.start()
             try:
                 slave = terminal.slave if terminal is not None else None
@@ -1276,6 +1280,16 @@ def _capture(target: FileArg) -> Iterator[_Captured]:
         return
     with tempfile.TemporaryFile() as file:
         yield _Captured(None, file)
+
+
+def _host_uid_of_root(pid: int) -> int:
+    """The host uid that uid 0 of ``pid``'s user namespace is (0 without one)."""
+    with open(f"/proc/{pid}/uid_map") as f:
+        for line in f:
+            inside, outside, count = (int(x) for x in line.split())
+            if inside == 0 and count > 0:
+                return outside
+    return 0
 
 
 def _liveness(record: ContainerRecord) -> Literal["ok", "settling", "orphaned"]:

@@ -151,6 +151,15 @@ class Setup:
 
     def _user(self, step: dict[str, Any]) -> None:
         self.identity = process.resolve_user(step["user"])
+        # A terminal on stdio becomes the user's (group kept), as runc's
+        # fixStdioPermissions: otherwise a non-root user cannot reopen it by name.
+        for fd in (0, 1, 2):
+            if os.isatty(fd):
+                try:
+                    os.fchown(fd, self.identity.uid, -1)
+                except OSError as exc:  # owner or group not mapped here: leave it (runc's)
+                    if exc.errno not in (errno.EPERM, errno.EINVAL):
+                        raise
         process.switch_user(self.identity)
 
     def _seccomp(self, step: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,47 @@ def test_run_with_a_tty_gets_a_terminal_of_its_own(
     result = engine.containers.run(config)
     assert result.exit_code == 0, result
     assert text(result.output).replace("\r", "").split() == ["/dev/pts/0", "ctty-ok", "stdin-tty"]
+
+
+def test_exec_tty_to_a_caller_that_stops_reading_does_not_hang(containers: Containers) -> None:
+    # `codex32 exec -t c cat big | head -1`: the relay gets EPIPE; it must keep
+    # draining the terminal, or the command blocks on it for good.
+    container = containers.running(sh(LOOP))
+    reader, writer = os.pipe()
+    os.close(reader)
+    outcome: list[int] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(
+            container.exec_run(
+                ["head", "-c", "4000000", "/dev/zero"], tty=True, stdout=writer
+            ).exit_code
+        ),
+        daemon=True,
+    )
+    try:
+        worker.start()
+        worker.join(timeout=60)
+        assert outcome == [0], "exec -t hung on a caller that stopped reading"
+    finally:
+        os.close(writer)
+
+
+@pytest.mark.parametrize("level", [IsolationType.STANDARD, IsolationType.STRICT])
+def test_a_users_terminal_is_the_users(
+    engine: ContainerEngine, containers: Containers, level: IsolationType
+) -> None:
+    # As runc: the terminal on a non-root user's stdio is given to that user, who
+    # can then reopen it by name (screen, mesg, a password prompt).
+    probe = "t=$(tty); stat -c %u $t; echo reopened > $t"
+    result = engine.containers.run(
+        sh(probe, isolation=level, tty=True, user="bot", auto_remove=True)
+    )
+    assert result.exit_code == 0, result
+    assert text(result.output).replace("\r", "").split() == ["1000", "reopened"]
+    container = containers.running(sh(LOOP, isolation=level))
+    execd = container.exec_run(["sh", "-c", probe], tty=True, user="bot")
+    assert execd.exit_code == 0, execd
+    assert text(execd.output).replace("\r", "").split() == ["1000", "reopened"]
 
 
 @pytest.mark.parametrize("level", [IsolationType.STANDARD, IsolationType.STRICT])
