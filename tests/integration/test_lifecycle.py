@@ -178,26 +178,25 @@ def test_kill_delivers_the_signal(engine: ContainerEngine, containers: Container
         container.kill("SIGTERM")
 
 
+def _wait_while_started_later(container: Container) -> int:
+    """``wait()`` on a created container that another thread starts 0.3 s later."""
+    starter = threading.Timer(0.3, container.start)
+    starter.start()
+    try:
+        return container.wait(timeout=20)
+    finally:
+        starter.join()
+
+
 def test_wait_returns_the_exit_code(containers: Containers) -> None:
     never_started = containers.create(sh("exit 42"))
     with pytest.raises(TimeoutError, match="not started"):
         never_started.wait(timeout=0.2)
     # As docker wait: waiting on a created container waits through its coming run.
-    starter = threading.Timer(0.3, never_started.start)
-    starter.start()
-    try:
-        assert never_started.wait(timeout=20) == 42
-    finally:
-        starter.join()
+    assert _wait_while_started_later(never_started) == 42
     assert never_started.wait() == 42  # again, once exited
     # An --rm one may be gone before the waiter sees it run: its die event tells.
-    quick = containers.create(sh("exit 7", auto_remove=True))
-    starter = threading.Timer(0.3, quick.start)
-    starter.start()
-    try:
-        assert quick.wait(timeout=20) == 7
-    finally:
-        starter.join()
+    assert _wait_while_started_later(containers.create(sh("exit 7", auto_remove=True))) == 7
     assert never_started.state is ContainerState.EXITED
 
     running = containers.running(sh(LOOP))
