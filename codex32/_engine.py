@@ -199,7 +199,15 @@ class Container:
         if not follow:
             return read_logs(path, tail=tail, since=since, until=None, streams=streams)
 
+        checked = [0.0]
+
         def stopped() -> bool:
+            # Asked on every read: while output flows, look at the state at most
+            # every 0.2 s (a reload reads state.json and asks the kernel).
+            now = time.monotonic()
+            if now - checked[0] < 0.2:
+                return False
+            checked[0] = now
             self._engine._reload_or_removed(self)  # an --rm container may be gone at once
             return self.state not in _LIVE
 

@@ -158,9 +158,10 @@ def append_event(path: Path, event: Event, *, max_bytes: int = EVENTS_MAX_BYTES)
             fd = os.open(path, flags, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.fstat(fd).st_ino != _inode(path):
+            opened = os.fstat(fd)
+            if opened.st_ino != _inode(path):
                 continue  # rotated while we waited: open the current file
-            size = os.fstat(fd).st_size
+            size = opened.st_size
             if size and size + len(line) > max_bytes:
                 os.replace(path, rotated_path(path))
                 continue

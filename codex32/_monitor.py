@@ -17,7 +17,6 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import termios
@@ -31,6 +30,7 @@ from ._cgroups.oom import OomWatch, oom_kill_count
 from ._events import Event, append_event
 from ._init import stage2
 from ._linux.caps import set_child_subreaper, set_process_name
+from ._linux.pty import copy_window_size, write_all
 from ._logs import LogWriter
 from ._state import (
     ContainerRecord,
@@ -155,7 +155,7 @@ class Monitor:
                 null = os.open(os.devnull, os.O_RDWR)
                 return null, null, None, None
             master, slave = os.openpty()
-            _copy_window_size(1, master)
+            copy_window_size(1, master)
             return slave, slave, master, None
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -244,7 +244,7 @@ class Monitor:
             self.out_r = fds[0]
             for fd in fds[1:]:
                 os.close(fd)
-            _copy_window_size(1, self.out_r)
+            copy_window_size(1, self.out_r)
             _sync.send(sock, {"type": "console_done"})
 
     def _record_start(self) -> None:
@@ -376,7 +376,7 @@ class Monitor:
         if self.config.attach:
             target = 2 if stream == "stderr" else 1
             with contextlib.suppress(OSError):
-                _write_all(target, data)
+                write_all(target, data)
         return True
 
     def _pump_stdin(self, selector: selectors.BaseSelector) -> None:
@@ -388,7 +388,7 @@ class Monitor:
             return
         if self.out_r is not None:
             with contextlib.suppress(OSError):
-                _write_all(self.out_r, data)
+                write_all(self.out_r, data)
 
     # -- exit ------------------------------------------------------------------
 
@@ -502,18 +502,6 @@ def _unwatch(selector: selectors.BaseSelector, oom: OomWatch | None) -> None:
     if oom is not None:
         selector.unregister(oom.fileno())
         oom.close()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _copy_window_size(source_fd: int, target_fd: int) -> None:
-    with contextlib.suppress(OSError):
-        size = fcntl.ioctl(source_fd, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
-        fcntl.ioctl(target_fd, termios.TIOCSWINSZ, size)
 
 
 def _daemonize() -> None:

@@ -68,8 +68,10 @@ def send(sock: socket.socket, message: Message) -> None:
 def receive(sock: socket.socket) -> Message | None:
     """Receive one message; ``None`` at end-of-file (the peer closed or exec'd)."""
     data = sock.recv(MAX_MESSAGE)
-    if not data:
-        return None
+    return _decode(data) if data else None
+
+
+def _decode(data: bytes) -> Message:
     message = json.loads(data)
     if not isinstance(message, dict):
         raise ValueError(f"malformed sync message: {data[:200]!r}")
@@ -88,10 +90,7 @@ def receive_with_fds(sock: socket.socket) -> tuple[Message | None, list[int]]:
         for fd in fds:
             os.close(fd)
         return None, []
-    message = json.loads(data)
-    if not isinstance(message, dict):
-        raise ValueError(f"malformed sync message: {data[:200]!r}")
-    return message, list(fds)
+    return _decode(data), list(fds)
 
 
 def error_message(step: str, errno: int, message: str, exit_code: int = 125) -> Message:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import selectors
-import termios
 import threading
 
-from ._linux.pty import open_pty
+from ._linux.pty import copy_window_size, open_pty, write_all
 
 _CHUNK = 65536
 
@@ -46,10 +44,8 @@ class ExecTerminal:
         if self._out is None:
             raise ValueError("a terminal needs somewhere to write")
         self.master, self.slave = _open_pty(ptmx)
-        if self._in is not None and os.isatty(self._in):
-            with contextlib.suppress(OSError):  # the caller's window size, as Docker's
-                size = fcntl.ioctl(self._in, termios.TIOCGWINSZ, b"\0" * 8)
-                fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)
+        if self._in is not None:
+            copy_window_size(self._in, self.master)  # the caller's, as Docker's
         self._thread = threading.Thread(target=self._relay, name="codex32-exec-tty", daemon=True)
 
     def start(self) -> None:
@@ -93,7 +89,7 @@ class ExecTerminal:
                             return
                         if output_open:
                             try:
-                                _write_all(self._out, data)
+                                write_all(self._out, data)
                             except OSError:
                                 output_open = False  # keep reading: the command must not block
                     else:
@@ -103,9 +99,9 @@ class ExecTerminal:
                             data = b""  # the caller's input failed: as its end
                         if not data:
                             selector.unregister(key.fd)
-                            _write_all(self.master, b"\x04")  # EOF, as a terminal says it
+                            write_all(self.master, b"\x04")  # EOF, as a terminal says it
                         else:
-                            _write_all(self.master, data)
+                            write_all(self.master, data)
         except OSError:
             return  # the master failed: the command gets EIO on its terminal
         finally:
@@ -123,9 +119,3 @@ def _open_pty(ptmx: str | None) -> tuple[int, int]:
     os.set_inheritable(master, False)
     os.set_inheritable(slave, False)
     return master, slave
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

@@ -11,6 +11,7 @@ import contextlib
 import os
 import select
 import time
+from collections.abc import Iterator
 
 #: v1 signals the eventfd *before* its OOM killer picks and kills a victim, so the
 #: counter may not have risen yet when we wake (seen on 6.x): re-read it this long
@@ -33,22 +34,25 @@ def _read_oom_kill(fd: int) -> int | None:
     return None
 
 
-def _candidates(paths: dict[str, str]) -> list[tuple[str, str]]:
-    found = []
+def _opened(paths: dict[str, str]) -> Iterator[tuple[str, str, int]]:
+    """(version, path, open fd) of each file that counts the cgroup's OOM kills, v2
+    first; the caller closes each fd it is given."""
+    candidates = []
     if "unified" in paths:
-        found.append(("v2", os.path.join(paths["unified"], "memory.events")))
+        candidates.append(("v2", os.path.join(paths["unified"], "memory.events")))
     if "memory" in paths:
-        found.append(("v1", os.path.join(paths["memory"], "memory.oom_control")))
-    return found
-
-
-def oom_kill_count(paths: dict[str, str]) -> int:
-    """``oom_kill`` from v2 ``memory.events`` or v1 ``memory.oom_control`` (0 if absent)."""
-    for _version, path in _candidates(paths):
+        candidates.append(("v1", os.path.join(paths["memory"], "memory.oom_control")))
+    for version, path in candidates:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             continue
+        yield version, path, fd
+
+
+def oom_kill_count(paths: dict[str, str]) -> int:
+    """``oom_kill`` from v2 ``memory.events`` or v1 ``memory.oom_control`` (0 if absent)."""
+    for _version, _path, fd in _opened(paths):
         try:
             count = _read_oom_kill(fd)
         finally:
@@ -79,11 +83,7 @@ class OomWatch:
     def open(cls, paths: dict[str, str]) -> OomWatch | None:
         """Watch the cgroup of ``paths``; None where the kernel cannot tell us (no
         memory controller, no right to register, a fake driver's paths)."""
-        for version, path in _candidates(paths):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
+        for version, path, fd in _opened(paths):
             try:
                 return cls._register(version, path, fd)
             except OSError:

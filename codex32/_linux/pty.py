@@ -9,9 +9,11 @@ slave through ``TIOCGPTPEER`` (no path lookup) gives a terminal that is
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
+import termios
 
 #: <asm-generic/ioctls.h>: unlock a new pty; open its peer (Linux >= 4.13).
 TIOCSPTLCK = 0x40045431
@@ -28,3 +30,17 @@ def open_pty(ptmx: str) -> tuple[int, int]:
         os.close(master)
         raise
     return master, slave
+
+
+def copy_window_size(source_fd: int, target_fd: int) -> None:
+    """Give the terminal ``target_fd`` the window size of ``source_fd`` (if both are)."""
+    with contextlib.suppress(OSError):  # not a terminal: nothing to copy
+        size = fcntl.ioctl(source_fd, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+        fcntl.ioctl(target_fd, termios.TIOCSWINSZ, size)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``write`` until all of ``data`` is written (a terminal or pipe takes it in parts)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -144,25 +144,7 @@ def follow_output(
     An ``--rm`` container is removed by its monitor as it ends: a container gone
     while followed has ended too, and following stops as it does for an exit.
     """
-    from codex32 import ContainerNotFoundError
-    from codex32._logs import follow_logs
-
-    last_check = [0.0]
-
-    def stopped() -> bool:
-        now = time.monotonic()
-        if now - last_check[0] < 0.2:
-            return False
-        last_check[0] = now
-        try:
-            container.reload()
-        except ContainerNotFoundError:
-            return True
-        return container.status not in ("running", "restarting", "paused")
-
-    path = container._engine._log_path(container.id)
-    for entry in follow_logs(path, since=since, tail=tail, streams={"stdout", "stderr"},
-                             stop=stopped):  # fmt: skip
+    for entry in container.stream_logs(tail=tail, since=since):
         _write_entry(entry, timestamps=timestamps, json_lines=json_lines)
         sys.stdout.flush()
         sys.stderr.flush()
