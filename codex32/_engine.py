@@ -970,6 +970,10 @@ class ContainerEngine:
             time.sleep(0.005)
 
     def _wait(self, container: Container, timeout: float | None) -> int:
+        if container._record.status is ContainerState.REMOVED:
+            # This handle saw its --rm container removed (following its log, say):
+            # the exit code of the run it followed is in the die event.
+            return self._exit_code_from_events(container._record)
         record = self._refresh(container.id)
         deadline = None if timeout is None else time.monotonic() + timeout
         # As docker wait: a container not started yet is waited for through its run

@@ -61,18 +61,15 @@ def start(
 def _exit_code(container: Container) -> int:
     """The exit code of the run just followed; 0 if it cannot be known.
 
-    An ``--rm`` container may be removed already: its ``die`` event keeps the code
-    (as ``wait`` finds it when the removal happens while it waits).
+    An ``--rm`` container may be removed already; ``wait`` then finds the code in
+    its ``die`` event.
     """
     from codex32 import ContainerNotFoundError
 
     try:
         return container.wait()
     except ContainerNotFoundError:
-        try:
-            return container._engine._exit_code_from_events(container.record)
-        except ContainerNotFoundError:
-            return 0
+        return 0
 
 
 def stop(
