@@ -1,6 +1,6 @@
 """Codex-32: a container engine for Linux, for running bots.
 
-The public API. Names are loaded on first use, so that ``python -m codex32._init``
+The public API. Names are loaded on first use, so that ``python -m codex32._runtime.init``
 (every container's set-up process) and the CLI do not pay for pydantic and the
 engine when they do not need them.
 """
@@ -11,23 +11,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._engine import Container as Container
-    from ._engine import ContainerEngine as ContainerEngine
-    from ._engine import RunResult as RunResult
-    from ._engine import get_engine as get_engine
-    from ._engine import init_engine as init_engine
-    from ._engine import shutdown_engine as shutdown_engine
-    from ._state import ContainerState as ContainerState
-    from .config import ContainerConfig as ContainerConfig
-    from .config import ContainerImage as ContainerImage
-    from .config import DeviceRate as DeviceRate
-    from .config import IsolationType as IsolationType
-    from .config import PortMapping as PortMapping
-    from .config import ResourceLimits as ResourceLimits
-    from .config import RestartPolicy as RestartPolicy
-    from .config import TmpfsMount as TmpfsMount
-    from .config import Ulimit as Ulimit
-    from .config import Volume as Volume
+    from ._engine.engine import Container as Container
+    from ._engine.engine import ContainerEngine as ContainerEngine
+    from ._engine.engine import RunResult as RunResult
+    from ._engine.engine import get_engine as get_engine
+    from ._engine.engine import init_engine as init_engine
+    from ._engine.engine import shutdown_engine as shutdown_engine
+    from ._store.state import ContainerState as ContainerState
+    from .config.container import ContainerConfig as ContainerConfig
+    from .config.container import ContainerImage as ContainerImage
+    from .config.container import DeviceRate as DeviceRate
+    from .config.container import IsolationType as IsolationType
+    from .config.container import PortMapping as PortMapping
+    from .config.container import ResourceLimits as ResourceLimits
+    from .config.container import RestartPolicy as RestartPolicy
+    from .config.container import TmpfsMount as TmpfsMount
+    from .config.container import Ulimit as Ulimit
+    from .config.container import Volume as Volume
     from .errors import Codex32Error as Codex32Error
     from .errors import ConfigError as ConfigError
     from .errors import ContainerError as ContainerError
@@ -38,23 +38,23 @@ if TYPE_CHECKING:
     from .errors import StateError as StateError
 
 _EXPORTS = {
-    "Container": "._engine",
-    "ContainerEngine": "._engine",
-    "RunResult": "._engine",
-    "get_engine": "._engine",
-    "init_engine": "._engine",
-    "shutdown_engine": "._engine",
-    "ContainerState": "._state",
-    "ContainerConfig": ".config",
-    "ContainerImage": ".config",
-    "DeviceRate": ".config",
-    "IsolationType": ".config",
-    "PortMapping": ".config",
-    "ResourceLimits": ".config",
-    "RestartPolicy": ".config",
-    "TmpfsMount": ".config",
-    "Ulimit": ".config",
-    "Volume": ".config",
+    "Container": "._engine.engine",
+    "ContainerEngine": "._engine.engine",
+    "RunResult": "._engine.engine",
+    "get_engine": "._engine.engine",
+    "init_engine": "._engine.engine",
+    "shutdown_engine": "._engine.engine",
+    "ContainerState": "._store.state",
+    "ContainerConfig": ".config.container",
+    "ContainerImage": ".config.container",
+    "DeviceRate": ".config.container",
+    "IsolationType": ".config.container",
+    "PortMapping": ".config.container",
+    "ResourceLimits": ".config.container",
+    "RestartPolicy": ".config.container",
+    "TmpfsMount": ".config.container",
+    "Ulimit": ".config.container",
+    "Volume": ".config.container",
     "Codex32Error": ".errors",
     "ConfigError": ".errors",
     "ContainerError": ".errors",

@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import IsolationType, default_isolation
-from .errors import ConfigError
+from codex32.config.container import IsolationType, default_isolation
+from codex32.errors import ConfigError
 
 DEFAULT_STORAGE_DIR = "/var/lib/codex32"
 

@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..config import ResourceLimits
-from ..errors import CgroupError
+from codex32.config.container import ResourceLimits
+from codex32.errors import CgroupError
 
 #: CFS period used for ``--cpus`` (as Docker and runc).
 CPU_PERIOD_US = 100_000

@@ -30,9 +30,7 @@ import os
 import signal
 from collections.abc import Mapping
 
-from ..config import ResourceLimits
-from ..errors import CgroupError
-from ._fs import (
+from codex32._cgroups._fs import (
     MOUNTINFO,
     PROC_CGROUP,
     V1_CONTROLLER_NAMES,
@@ -49,7 +47,7 @@ from ._fs import (
     prune_dirs,
     remove_tree,
 )
-from .driver import (
+from codex32._cgroups.driver import (
     CPU_PERIOD_US,
     THROTTLES,
     CgroupStats,
@@ -57,6 +55,8 @@ from .driver import (
     signal_pids,
     throttle_rules,
 )
+from codex32.config.container import ResourceLimits
+from codex32.errors import CgroupError
 
 #: Hierarchies a container joins (devices: so a device policy has a place later).
 MANAGED = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices")

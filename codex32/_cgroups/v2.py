@@ -30,9 +30,7 @@ import os
 import signal
 from collections.abc import Mapping
 
-from ..config import ResourceLimits
-from ..errors import CgroupError
-from ._fs import (
+from codex32._cgroups._fs import (
     MOUNTINFO,
     PROC_CGROUP,
     CgroupFS,
@@ -48,7 +46,7 @@ from ._fs import (
     prune_dirs,
     remove_tree,
 )
-from .driver import (
+from codex32._cgroups.driver import (
     CPU_PERIOD_US,
     THROTTLES,
     CgroupStats,
@@ -56,6 +54,8 @@ from .driver import (
     signal_pids,
     throttle_rules,
 )
+from codex32.config.container import ResourceLimits
+from codex32.errors import CgroupError
 
 #: Controllers we enable for container cgroups when the parent offers them.
 WANTED = ("cpu", "cpuset", "io", "memory", "pids")

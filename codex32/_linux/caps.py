@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from .._caps import CAPABILITY_NUMBERS
+from codex32.config.capabilities import CAPABILITY_NUMBERS
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522

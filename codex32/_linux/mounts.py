@@ -12,9 +12,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .mountattr import MOUNT_ATTR_RDONLY, mount_setattr
-from .paths import fd_path, open_beneath, open_host_source
-from .syscalls import (
+from codex32._linux.mountattr import MOUNT_ATTR_RDONLY, mount_setattr
+from codex32._linux.paths import fd_path, open_beneath, open_host_source
+from codex32._linux.syscalls import (
     MNT_DETACH,
     MS_BIND,
     MS_NOATIME,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._common import engine, flush_stdout, guard
+from codex32.cli._common import engine, flush_stdout, guard
 
 if TYPE_CHECKING:
     from codex32 import ContainerConfig, DeviceRate

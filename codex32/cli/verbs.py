@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._common import each_ref, engine, guard
-from ._usage import UsageError
+from codex32.cli._common import each_ref, engine, guard
+from codex32.cli._usage import UsageError
 
 if TYPE_CHECKING:
     from codex32 import Container
@@ -47,7 +47,7 @@ def start(
         raise UsageError("you cannot start and attach multiple containers at once")
     import time
 
-    from .views import follow_output
+    from codex32.cli.views import follow_output
 
     container = guard(partial(engine().containers.get, containers[0]))
     # Only this start's output: a restarted container's log still holds earlier runs.
@@ -129,7 +129,7 @@ def exec_(
     """Run a command in a running container, confined as its command is."""
     import sys
 
-    from .run import parse_env, raw_terminal
+    from codex32.cli.run import parse_env, raw_terminal
 
     args = command[1:] if command[:1] == ["--"] else command
     target = guard(partial(engine().containers.get, container))

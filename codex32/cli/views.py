@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import ago, each_ref, engine, guard, table
+from codex32.cli._common import ago, each_ref, engine, guard, table
 
 if TYPE_CHECKING:
     from codex32 import Container
-    from codex32._logs import LogEntry
+    from codex32._store.logs import LogEntry
 
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -92,7 +92,7 @@ def logs(
     ] = False,
 ) -> None:
     """Print a container's output (stdout to stdout, stderr to stderr)."""
-    from codex32._logs import parse_since
+    from codex32._store.logs import parse_since
 
     c = guard(partial(engine().containers.get, container))
     if tail != "all" and not tail.isdigit():
@@ -102,7 +102,7 @@ def logs(
     if follow:
         follow_output(c, timestamps=timestamps, tail=lines, since=start, json_lines=json_output)
         return
-    from codex32._logs import read_logs
+    from codex32._store.logs import read_logs
 
     path = c._engine._log_path(c.id)
     for entry in read_logs(path, tail=lines, since=start, until=None,
@@ -117,7 +117,7 @@ def _write_entry(entry: LogEntry, *, timestamps: bool, json_lines: bool) -> None
     The JSON has Docker's json-file fields, those of the container's log file:
     ``log`` is the text with its newline, ``time`` RFC 3339 with nanoseconds.
     """
-    from codex32._logs import format_entry
+    from codex32._store.logs import format_entry
 
     if json_lines:
         record = {"time": entry.time_text, "stream": entry.stream, "log": entry.text}
@@ -160,8 +160,8 @@ def events(
     json_output: Json = False,
 ) -> None:
     """Print engine events (create, start, die, stop, kill, destroy, ...)."""
-    from codex32._events import follow_events, parse_filters, read_events
-    from codex32._logs import parse_since
+    from codex32._store.events import follow_events, parse_filters, read_events
+    from codex32._store.logs import parse_since
 
     eng = engine()
     filters = guard(partial(parse_filters, filter_ or []))

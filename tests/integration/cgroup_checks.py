@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import pytest
 
 from codex32._cgroups.driver import Cgroup
-from codex32.config import ResourceLimits
+from codex32.config.container import ResourceLimits
 from codex32.errors import CgroupError
 
 MEMORY_HOG = """

@@ -25,7 +25,7 @@ from helpers import SESSION_TAG
 
 from codex32._cgroups.detect import host_info
 from codex32._cgroups.v1 import V1Cgroup, V1Driver
-from codex32.config import ResourceLimits
+from codex32.config.container import ResourceLimits
 from codex32.errors import CgroupError
 
 pytestmark = pytest.mark.root

@@ -46,12 +46,12 @@ from codex32 import (
     ResourceLimits,
     Volume,
 )
+from codex32._cgroups.containers import ContainerCgroups
 from codex32._cgroups.driver import CgroupDriver
 from codex32._cgroups.fake import ALL_CONTROLLERS, FakeDriver
 from codex32._cgroups.v2 import blkio_to_io_weight, shares_to_weight
-from codex32._events import read_events
-from codex32._resources import ContainerCgroups
-from codex32._state import ContainerRecord
+from codex32._store.events import read_events
+from codex32._store.state import ContainerRecord
 from codex32.errors import CgroupError
 
 pytestmark = pytest.mark.root

@@ -24,7 +24,7 @@ from codex32._cgroups.detect import detect_driver, host_info
 from codex32._cgroups.driver import CgroupDriver, cpu_quota_us
 from codex32._cgroups.v1 import V1Driver
 from codex32._cgroups.v2 import V2Driver, blkio_to_io_weight, shares_to_weight
-from codex32.config import ResourceLimits
+from codex32.config.container import ResourceLimits
 from codex32.errors import CgroupError
 
 MEMSW = "memory.memsw.limit_in_bytes"

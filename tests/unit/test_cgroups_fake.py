@@ -6,10 +6,10 @@ import signal
 
 import pytest
 
+from codex32._cgroups.containers import ContainerCgroups
 from codex32._cgroups.driver import CgroupDriver, requested
 from codex32._cgroups.fake import ALL_CONTROLLERS, FakeDriver
-from codex32._resources import ContainerCgroups
-from codex32.config import ResourceLimits
+from codex32.config.container import ResourceLimits
 from codex32.errors import CgroupError
 
 

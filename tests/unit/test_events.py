@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from codex32._events import (
+from codex32._store.events import (
     Event,
     EventHooks,
     EventWatcher,
@@ -58,7 +58,7 @@ def deadline(seconds: float) -> Callable[[], bool]:
 APPENDER = """
 import sys, time
 from pathlib import Path
-from codex32._events import Event, append_event
+from codex32._store.events import Event, append_event
 path, writer, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 limit = {"max_bytes": int(sys.argv[4])} if len(sys.argv) > 4 else {}
 sys.stdin.readline()
@@ -344,7 +344,7 @@ def test_a_failing_callback_is_logged_and_does_not_stop_the_others(
     hooks.on("die", lambda e: seen.append("first"))
     hooks.on("die", broken)
     hooks.on("*", lambda e: seen.append("last"))
-    with caplog.at_level(logging.ERROR, logger="codex32._events"):
+    with caplog.at_level(logging.ERROR, logger="codex32._store.events"):
         hooks.dispatch(event("die", exitCode="1"))
     assert seen == ["first", "last"]
     (record,) = caplog.records

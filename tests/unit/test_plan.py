@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from codex32 import ContainerConfig, IsolationType, TmpfsMount, Ulimit, Volume
-from codex32._caps import (
+from codex32._images.templates import Template, TemplateBind
+from codex32._plan.plan import INIT_PATH, ContainerPaths, Plan, Step, build_plan
+from codex32._plan.profiles import resolve_profile
+from codex32.config.capabilities import (
     ALL_CAPABILITIES,
     DOCKER_DEFAULT_CAPABILITIES,
     HOST_DANGEROUS_CAPABILITIES,
 )
-from codex32._plan import INIT_PATH, ContainerPaths, Plan, Step, build_plan
-from codex32._profiles import resolve_profile
-from codex32._templates import Template, TemplateBind
 
 TEMPLATE = Template(
     name="t",

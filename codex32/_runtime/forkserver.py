@@ -25,8 +25,8 @@ import signal
 import socket
 import sys
 
-from . import _monitor
-from ._linux.caps import set_process_name
+from codex32._linux.caps import set_process_name
+from codex32._runtime import monitor as _monitor
 
 _FDS = 4
 
@@ -57,13 +57,13 @@ def _child(control: socket.socket, fds: list[int], *, forked: bool) -> None:
 
 
 def main() -> int:
-    """``python -S -m codex32._forkserver FD``: serve spawn requests until EOF."""
+    """``python -S -m codex32._runtime.forkserver FD``: serve spawn requests until EOF."""
     control = socket.socket(fileno=int(sys.argv[1]))
     once = sys.argv[2:] == ["--once"]
     set_process_name("codex32-forksrv")
     if not once:
         # Shared with every --rm monitor forked from here (they release the network).
-        from ._network import endpoint  # noqa: F401
+        from codex32._network import endpoint  # noqa: F401
 
     # Everything imported so far is shared with the monitors forked from here; frozen,
     # the collector never walks (so never writes, so never copies) those pages in them.

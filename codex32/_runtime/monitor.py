@@ -25,20 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _sync
-from ._cgroups.oom import OomWatch, oom_kill_count
-from ._events import Event, append_event
-from ._init import stage2
-from ._linux.caps import set_child_subreaper, set_process_name
-from ._linux.pty import copy_window_size, write_all
-from ._logs import LogWriter
-from ._state import (
+from codex32._cgroups.oom import OomWatch, oom_kill_count
+from codex32._linux.caps import set_child_subreaper, set_process_name
+from codex32._linux.pty import copy_window_size, write_all
+from codex32._runtime import protocol as _sync
+from codex32._runtime.init import stage2
+from codex32._store.events import Event, append_event
+from codex32._store.logs import LogWriter
+from codex32._store.state import (
     ContainerRecord,
     ContainerState,
     StateStore,
     process_start_time,
 )
-from .errors import Codex32Error
+from codex32.errors import Codex32Error
 
 _BACKOFF_START = 0.1
 _BACKOFF_MAX = 60.0
@@ -435,7 +435,7 @@ class Monitor:
             # Imported here: a monitor started as a fresh interpreter (the CLI's)
             # should not carry ipaddress, hashlib... for its whole life. The fork
             # server imports it up front, so forked monitors share it.
-            from ._network.endpoint import EndpointFiles
+            from codex32._network.endpoint import EndpointFiles
 
             EndpointFiles(Path(self.config.storage_dir), self.store).release(container_id)
         except Exception as exc:  # the removal goes on: a lease left is reconciled later
@@ -476,7 +476,13 @@ class Monitor:
             return
         with open(self.directory / "restart.log", "ab") as log:  # why a restart failed
             result = subprocess.run(
-                [sys.executable, "-m", "codex32._restart", self.config.storage_dir, record.id],
+                [
+                    sys.executable,
+                    "-m",
+                    "codex32._engine.restart",
+                    self.config.storage_dir,
+                    record.id,
+                ],
                 env={**os.environ, **self.config.engine_env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -538,7 +544,7 @@ def serve(engine: socket.socket, *, daemonize: bool = True) -> int:
 
 
 def main() -> int:
-    """Entry point of ``python -S -m codex32._monitor FD`` (see ``_sync``)."""
+    """Entry point of ``python -S -m codex32._runtime.monitor FD`` (see ``_sync``)."""
     return serve(socket.socket(fileno=int(sys.argv[1])))
 
 

@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ContainerNotFoundError
+from codex32.errors import ConfigError, ContainerNotFoundError
 
 
 class ContainerState(StrEnum):

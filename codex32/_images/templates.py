@@ -23,7 +23,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ImageError
+from codex32.errors import ImageError
 
 _STAMP = ".codex32-recipe"
 

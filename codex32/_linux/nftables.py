@@ -29,7 +29,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import NetworkError
+from codex32.errors import NetworkError
 
 TABLE = "codex32"
 _IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"

@@ -15,7 +15,7 @@ import os
 import selectors
 import threading
 
-from ._linux.pty import copy_window_size, open_pty, write_all
+from codex32._linux.pty import copy_window_size, open_pty, write_all
 
 _CHUNK = 65536
 

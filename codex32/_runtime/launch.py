@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import IO
 
-from . import _sync
-from ._plan import Plan
-from .errors import LaunchError
+from codex32._plan.plan import Plan
+from codex32._runtime import protocol as _sync
+from codex32.errors import LaunchError
 
 FileArg = int | IO[bytes] | None
 
@@ -75,7 +75,14 @@ class ForkServer:
         mode = ["--once"] if self._once else []
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-S", "-m", "codex32._forkserver", str(theirs.fileno()), *mode],
+                [
+                    sys.executable,
+                    "-S",
+                    "-m",
+                    "codex32._runtime.forkserver",
+                    str(theirs.fileno()),
+                    *mode,
+                ],
                 pass_fds=(theirs.fileno(),),
                 env=MONITOR_ENV,
                 stdin=subprocess.DEVNULL,
@@ -222,7 +229,7 @@ class Launch:
             stdin = stdin if stdin is not None else subprocess.DEVNULL
             if self.fork_server is None or not self.fork_server.spawn(fd, stdin, stdout, stderr):
                 self._process = subprocess.Popen(
-                    [sys.executable, "-S", "-m", "codex32._monitor", str(fd)],
+                    [sys.executable, "-S", "-m", "codex32._runtime.monitor", str(fd)],
                     pass_fds=(fd,),
                     env=MONITOR_ENV,
                     stdin=stdin,
@@ -358,7 +365,7 @@ def run_exec(
     fd = child.fileno()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-S", "-m", "codex32._exec", str(fd)],
+            [sys.executable, "-S", "-m", "codex32._runtime.exec", str(fd)],
             pass_fds=(fd,),
             env=MONITOR_ENV,
             stdin=stdin if stdin is not None else subprocess.DEVNULL,

@@ -25,8 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Generic, Literal, TypeVar, cast
 
-from ._events import Event, EventHooks, EventWatcher, follow_events, read_events
-from ._launch import (
+from codex32._cgroups.containers import ContainerCgroups, ContainerStats
+from codex32._images.templates import Template, TemplateStore
+from codex32._network.manager import NetworkCollection, Networking
+from codex32._plan.plan import ContainerPaths, Plan, Step, build_plan
+from codex32._plan.profiles import Profile, resolve_profile
+from codex32._runtime.launch import (
     MONITOR_ENV,
     ExitStatus,
     FileArg,
@@ -35,16 +39,12 @@ from ._launch import (
     run_exec,
     take_prestarted_fork_server,
 )
-from ._logs import LogEntry
-from ._netconfig import HOST, resolve_network
-from ._networking import NetworkCollection, Networking
-from ._plan import ContainerPaths, Plan, Step, build_plan
-from ._profiles import Profile, resolve_profile
-from ._resources import ContainerCgroups, ContainerStats
-from ._state import ContainerRecord, ContainerState, StateStore, is_same_process
-from ._templates import Template, TemplateStore
-from .config import ContainerConfig, ContainerImage, signal_name
-from .errors import (
+from codex32._store.events import Event, EventHooks, EventWatcher, follow_events, read_events
+from codex32._store.logs import LogEntry
+from codex32._store.state import ContainerRecord, ContainerState, StateStore, is_same_process
+from codex32.config.container import ContainerConfig, ContainerImage, signal_name
+from codex32.config.network import HOST, resolve_network
+from codex32.errors import (
     CgroupError,
     Codex32Error,
     ConfigError,
@@ -55,7 +55,7 @@ from .errors import (
     NetworkError,
     StateError,
 )
-from .settings import Settings
+from codex32.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class Container:
         timestamps: bool = False,
     ) -> bytes:
         """The container's output so far, as docker-py's ``logs()``."""
-        from ._logs import format_entry, read_logs
+        from codex32._store.logs import format_entry, read_logs
 
         streams = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
         entries = read_logs(self._engine._log_path(self.id), tail=tail, since=since,
@@ -192,7 +192,7 @@ class Container:
         follow: bool = True,
     ) -> Iterator[LogEntry]:
         """Log entries as they come (survives rotation); ends when the container stops."""
-        from ._logs import follow_logs, read_logs
+        from codex32._store.logs import follow_logs, read_logs
 
         streams = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
         path = self._engine._log_path(self.id)
@@ -481,7 +481,7 @@ class ContainerEngine:
         )
         program = None
         if profile.seccomp:
-            from ._seccomp_cache import default_program
+            from codex32._plan.seccomp_cache import default_program
 
             program = str(default_program(self.settings.storage_dir, profile.capabilities))
         return build_plan(
@@ -558,7 +558,7 @@ class ContainerEngine:
         memory_only = set(missing) == {"memory_bytes"}
         has_as = any(u.name == "as" for u in config.ulimits)
         if "memory_bytes" in missing and (memory_only or best_effort) and not has_as:
-            from .config import Ulimit
+            from codex32.config.container import Ulimit
 
             size = config.resources.memory_bytes or 0
             warnings.append(
@@ -599,7 +599,7 @@ class ContainerEngine:
         return self._store.directory(container_id) / "container.log"
 
     def _event(self, container: Container, action: str, **attributes: str) -> None:
-        from ._events import Event, append_event
+        from codex32._store.events import Event, append_event
 
         event = Event(
             time=time.time(), type="container", action=action, id=container.id,
@@ -770,7 +770,7 @@ class ContainerEngine:
         stderr: FileArg,
         forward_signals: bool,
     ) -> RunResult:
-        from ._logs import read_logs
+        from codex32._store.logs import read_logs
 
         with self._store.operation(container.id):
             launch = self._launch(
@@ -1097,7 +1097,7 @@ class ContainerEngine:
         with _capture(stdout) as out, _capture(stderr) as err:
             terminal = None
             if tty:
-                from ._terminal import ExecTerminal
+                from codex32._runtime.terminal import ExecTerminal
 
                 ptmx = f"/proc/{record.pid}/root/dev/pts/ptmx"
                 terminal = ExecTerminal(stdin, out.target, ptmx)
@@ -1134,7 +1134,7 @@ class ContainerEngine:
         try:
             with open(tmp, "wb") as out:
                 result = subprocess.run(
-                    [sys.executable, "-S", "-m", "codex32._export", json.dumps(spec)],
+                    [sys.executable, "-S", "-m", "codex32._runtime.export", json.dumps(spec)],
                     stdout=out, stderr=subprocess.PIPE, env=MONITOR_ENV, check=False,
                 )  # fmt: skip
             if result.returncode != 0:
@@ -1363,7 +1363,7 @@ def _script_image(config: ContainerConfig) -> ContainerConfig:
     script = Path(config.image)
     if not script.is_file():
         raise ImageError(f"bot script {script} does not exist", hint="give the path of a .py file")
-    from .config import Volume
+    from codex32.config.container import Volume
 
     volume = Volume(source=str(script.parent), target=SCRIPT_DIR, read_only=True)
     return config.model_copy(

@@ -11,7 +11,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from ._linux.seccomp import PROFILE_PATH, compile_default_bpf
+from codex32._linux.seccomp import PROFILE_PATH, compile_default_bpf
 
 
 def default_program(storage_dir: Path, capabilities: frozenset[str]) -> Path:

@@ -1,4 +1,4 @@
-"""``python -S -m codex32._exec FD``: run one more process in a running container.
+"""``python -S -m codex32._runtime.exec FD``: run one more process in a running container.
 
 Joins PID 1's namespaces (the user namespace first, so that it owns the rest),
 forks into its pid namespace, then applies the container's own privilege steps
@@ -18,9 +18,9 @@ import sys
 import termios
 from typing import NoReturn
 
-from . import _sync
-from ._init import Setup, StepError
-from ._linux import syscalls
+from codex32._linux import syscalls
+from codex32._runtime import protocol as _sync
+from codex32._runtime.init import Setup, StepError
 
 # setns order: user first (it owns the others), pid last (it applies to children).
 _JOIN_ORDER = ("user", "mnt", "uts", "ipc", "net", "cgroup", "time", "pid")

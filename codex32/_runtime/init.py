@@ -20,10 +20,10 @@ import termios
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from . import _sync
-from ._linux import bpf, caps, mounts, process, pty, syscalls
-from ._linux.paths import open_beneath
-from ._sync import Message
+from codex32._linux import bpf, caps, mounts, process, pty, syscalls
+from codex32._linux.paths import open_beneath
+from codex32._runtime import protocol as _sync
+from codex32._runtime.protocol import Message
 
 _EXEC_EXIT_CODES = {errno.ENOENT: 127, errno.EACCES: 126, errno.ENOEXEC: 126, errno.EISDIR: 126}
 

@@ -1,6 +1,6 @@
 """A container's published ports: a small userspace proxy, one process per container.
 
-``python -S -m codex32._portproxy SPEC`` where SPEC is JSON::
+``python -S -m codex32._network.portproxy SPEC`` where SPEC is JSON::
 
     {"container": ID, "pidfd": FD, "listeners": [
         {"fd": FD, "protocol": "tcp"|"udp", "address": "10.88.0.5", "port": 80}, ...]}

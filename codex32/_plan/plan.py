@@ -13,9 +13,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._profiles import IdMapping, Profile
-from ._templates import Template
-from .config import ContainerConfig
+from codex32._images.templates import Template
+from codex32._plan.profiles import IdMapping, Profile
+from codex32.config.container import ContainerConfig
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # On the container's own /dev tmpfs: never inside a template bind such as /usr.

@@ -1,4 +1,4 @@
-"""``python -S -m codex32._export``: a container's filesystem as a tar on stdout.
+"""``python -S -m codex32._runtime.export``: a container's filesystem as a tar on stdout.
 
 Runs in its own mount namespace (nothing is mounted on the host): it mounts a
 read-only overlay of the container's upper layer over its template (both as lower
@@ -16,7 +16,7 @@ import sys
 import tarfile
 import tempfile
 
-from ._linux import mounts, syscalls
+from codex32._linux import mounts, syscalls
 
 
 def main() -> int:

@@ -24,8 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from ._caps import ALL_CAPABILITIES, normalize_capability
-from ._netconfig import (
+from codex32.config.capabilities import ALL_CAPABILITIES, normalize_capability
+from codex32.config.network import (
     PortMapping,
     check_network_options,
     normalize_network,
@@ -79,7 +79,7 @@ def default_isolation() -> IsolationType:
     try:
         return IsolationType(level.strip().lower())
     except ValueError:
-        from .errors import ConfigError
+        from codex32.errors import ConfigError
 
         raise ConfigError(
             f"{variable}={level!r} is not an isolation level",

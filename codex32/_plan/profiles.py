@@ -21,9 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ._caps import ALL_CAPABILITIES, DOCKER_DEFAULT_CAPABILITIES, HOST_DANGEROUS_CAPABILITIES
-from ._netconfig import HOST, resolve_network
-from .config import ContainerConfig, IsolationType
+from codex32.config.capabilities import (
+    ALL_CAPABILITIES,
+    DOCKER_DEFAULT_CAPABILITIES,
+    HOST_DANGEROUS_CAPABILITIES,
+)
+from codex32.config.container import ContainerConfig, IsolationType
+from codex32.config.network import HOST, resolve_network
 
 # Docker's masked and read-only paths (moby oci/defaults.go).
 MASKED_PATHS: tuple[str, ...] = (

@@ -22,7 +22,7 @@ container keeps its address across restarts and peers' ``hosts`` entries stay tr
 Every peer holding a lease on the network is listed in ``hosts``, running or not:
 the address is reserved for it, so the name never resolves to someone else.
 
-All netlink work is :mod:`codex32._linux.network` (pyroute2), imported only when a
+All netlink work is :mod:`codex32._linux.netlink` (pyroute2), imported only when a
 container actually joins a bridge; host and none containers never pay for it.
 """
 
@@ -34,9 +34,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ._netconfig import HOST, NONE, PortMapping, format_rate, is_bridged, resolve_network
-from ._network import bridge_cache
-from ._network.endpoint import (
+from codex32._network import bridge_cache
+from codex32._network.endpoint import (
     ENDPOINT_FILE,
     Endpoint,
     EndpointFiles,
@@ -44,7 +43,7 @@ from ._network.endpoint import (
     link_exists,
     load_endpoint,
 )
-from ._network.etc_files import (
+from codex32._network.etc_files import (
     HOSTS,
     RESOLV_CONF,
     SYSTEMD_RESOLV_CONF,
@@ -55,11 +54,12 @@ from ._network.etc_files import (
     render_resolv_conf,
     write_in_place,
 )
-from ._network.ipam import NetworkDefinition
-from ._state import ContainerState, StateStore, process_start_time
-from ._state import write_json_atomic as _write_json_atomic
-from .config import ContainerConfig
-from .errors import Codex32Error, NetworkError
+from codex32._network.ipam import NetworkDefinition
+from codex32._store.state import ContainerState, StateStore, process_start_time
+from codex32._store.state import write_json_atomic as _write_json_atomic
+from codex32.config.container import ContainerConfig
+from codex32.config.network import HOST, NONE, PortMapping, format_rate, is_bridged, resolve_network
+from codex32.errors import Codex32Error, NetworkError
 
 log = logging.getLogger("codex32")
 
@@ -83,7 +83,7 @@ class Networking:
         self, name: str, subnet: str, gateway: str | None = None, masquerade: bool = False
     ) -> NetworkDefinition:
         """Define a network and build its bridge (and NAT); all of it or nothing."""
-        from ._linux import network as netlink
+        from codex32._linux import netlink
 
         definition = self.ipam.create_network(name, subnet, gateway, None, masquerade)
         bridge_existed = link_exists(definition.bridge)
@@ -108,7 +108,7 @@ class Networking:
         definition = self.ipam.remove_network(name)
         bridge_cache.forget(definition.bridge)
         if link_exists(definition.bridge):
-            from ._linux import network as netlink
+            from codex32._linux import netlink
 
             netlink.remove_bridge(definition.bridge, None)
         if definition.masquerade:
@@ -140,7 +140,7 @@ class Networking:
         }
 
     def _apply_nat(self) -> None:
-        from ._linux.nat import MasqueradedNetwork, apply_masquerade
+        from codex32._linux.nftables import MasqueradedNetwork, apply_masquerade
 
         apply_masquerade(
             [
@@ -183,7 +183,7 @@ class Networking:
         definition = self.ipam.get_network(network)
         self._check_ports(container_id, name, config.ports)
         lease = self.ipam.allocate(definition.name, container_id)
-        from ._linux.network import host_ifname, ifb_ifname
+        from codex32._linux.netlink import host_ifname, ifb_ifname
 
         endpoint = Endpoint(
             network=definition.name,
@@ -238,7 +238,7 @@ class Networking:
         endpoint = load_endpoint(self._store, container_id)
         if endpoint is None:
             return  # host or none: the plan's loopback step is all there is
-        from ._linux import network as netlink
+        from codex32._linux import netlink
 
         definition = self.ipam.get_network(endpoint.network)
         self._stop_proxy(endpoint)  # one left by an earlier run, if it still lingers
@@ -275,7 +275,7 @@ class Networking:
             drop_links(endpoint.ifname_host, endpoint.ifname_ifb)
 
     def _publish(self, container_id: str, pid: int, endpoint: Endpoint) -> int:
-        from ._linux.ports import Publish, bind_listeners, start_proxy
+        from codex32._network.ports import Publish, bind_listeners, start_proxy
 
         ports = [
             Publish(p.host_ip, p.host_port, p.protocol, endpoint.ip, p.container_port)
@@ -309,7 +309,7 @@ class Networking:
 
     def _stop_proxy(self, endpoint: Endpoint) -> None:
         if endpoint.proxy_pid is not None and endpoint.proxy_alive():
-            from ._linux.ports import stop_process
+            from codex32._network.ports import stop_process
 
             stop_process(endpoint.proxy_pid)
 
@@ -339,7 +339,7 @@ class Networking:
                 if cid not in known and not self._store.directory(cid).exists()
             ]
             for container_id in stale:
-                from ._linux.network import host_ifname, ifb_ifname
+                from codex32._linux.netlink import host_ifname, ifb_ifname
 
                 veth = host_ifname(container_id)
                 drop_links(veth, ifb_ifname(veth))

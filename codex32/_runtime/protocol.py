@@ -6,9 +6,9 @@ Messages are JSON objects, one per datagram, on an AF_UNIX SOCK_SEQPACKET pair
 * engine   - the caller's process (CLI, script, host service; may be threaded)
 * stage1   - the container's monitor (``_monitor.serve``), single-threaded: forked by
              the engine's fork server (``_forkserver``), so its command line reads
-             ``-m codex32._forkserver`` and its name is ``c32mon-<id8>``; the CLI's
+             ``-m codex32._runtime.forkserver`` and its name is ``c32mon-<id8>``; the CLI's
              ``--once`` server becomes the monitor itself, and ``python -S -m
-             codex32._monitor FD`` is started instead when the server cannot serve
+             codex32._runtime.monitor FD`` is started instead when the server cannot serve
              the calling thread (other namespaces). It stays in the host's
              namespaces, is a child subreaper, and supervises the container
 * stage2   - forked by stage1: enters the user namespace (id maps written by stage1),

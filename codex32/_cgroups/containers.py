@@ -11,10 +11,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ._cgroups.detect import detect_driver
-from ._cgroups.driver import LIMIT_CONTROLLERS, Cgroup, CgroupDriver, CgroupStats, requested
-from .config import ResourceLimits
-from .errors import CgroupError
+from codex32._cgroups.detect import detect_driver
+from codex32._cgroups.driver import LIMIT_CONTROLLERS, Cgroup, CgroupDriver, CgroupStats, requested
+from codex32.config.container import ResourceLimits
+from codex32.errors import CgroupError
 
 log = logging.getLogger("codex32")
 

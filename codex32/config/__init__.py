@@ -1,0 +1,1 @@
+"""The models of what a user asks for: pydantic, no OS calls."""
