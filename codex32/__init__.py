@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from ._engine.engine import shutdown_engine as shutdown_engine
     from ._store.state import ContainerState as ContainerState
     from .config.container import ContainerConfig as ContainerConfig
-    from .config.container import ContainerImage as ContainerImage
     from .config.container import DeviceRate as DeviceRate
     from .config.container import IsolationType as IsolationType
     from .config.container import PortMapping as PortMapping
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
     from .config.container import TmpfsMount as TmpfsMount
     from .config.container import Ulimit as Ulimit
     from .config.container import Volume as Volume
+    from .config.images import ContainerImage as ContainerImage
     from .errors import Codex32Error as Codex32Error
     from .errors import ConfigError as ConfigError
     from .errors import ContainerError as ContainerError
@@ -46,7 +46,7 @@ _EXPORTS = {
     "shutdown_engine": "._engine.engine",
     "ContainerState": "._store.state",
     "ContainerConfig": ".config.container",
-    "ContainerImage": ".config.container",
+    "ContainerImage": ".config.images",
     "DeviceRate": ".config.container",
     "IsolationType": ".config.container",
     "PortMapping": ".config.container",

@@ -42,7 +42,8 @@ from codex32._runtime.launch import (
 from codex32._store.events import Event, EventHooks, EventWatcher, follow_events, read_events
 from codex32._store.logs import LogEntry
 from codex32._store.state import ContainerRecord, ContainerState, StateStore, is_same_process
-from codex32.config.container import ContainerConfig, ContainerImage, signal_name
+from codex32.config.container import ContainerConfig, signal_name
+from codex32.config.images import ContainerImage
 from codex32.config.network import HOST, resolve_network
 from codex32.errors import (
     CgroupError,

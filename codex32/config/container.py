@@ -575,23 +575,9 @@ class ContainerConfig(BaseModel):
         return self
 
 
-class ContainerImage(BaseModel):
-    """A rootfs template as the engine shows it (``codex32 images``)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    description: str
-    built: bool
-    path: str
-    recipe: str
-    command: list[str]
-
-
 __all__ = [
     "ALL_CAPABILITIES",
     "ContainerConfig",
-    "ContainerImage",
     "DeviceRate",
     "IsolationType",
     "PortMapping",

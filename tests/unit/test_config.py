@@ -17,7 +17,7 @@ from codex32 import (
     Ulimit,
     Volume,
 )
-from codex32.config.container import container as config_module
+from codex32.config import container as config_module
 from codex32.config.container import parse_size
 from codex32.errors import ConfigError
 
