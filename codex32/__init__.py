@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from ._engine.engine import get_engine as get_engine
     from ._engine.engine import init_engine as init_engine
     from ._engine.engine import shutdown_engine as shutdown_engine
+    from ._runtime.launch import prestart_fork_server as prestart_fork_server
+    from ._store.events import Event as Event
+    from ._store.events import parse_event_filters as parse_event_filters
+    from ._store.logs import LogEntry as LogEntry
+    from ._store.logs import parse_since as parse_since
     from ._store.state import ContainerState as ContainerState
     from .config.container import ContainerConfig as ContainerConfig
     from .config.container import DeviceRate as DeviceRate
@@ -45,6 +50,11 @@ _EXPORTS = {
     "init_engine": "._engine.engine",
     "shutdown_engine": "._engine.engine",
     "ContainerState": "._store.state",
+    "Event": "._store.events",
+    "parse_event_filters": "._store.events:parse_event_filters",
+    "LogEntry": "._store.logs",
+    "parse_since": "._store.logs",
+    "prestart_fork_server": "._runtime.launch",
     "ContainerConfig": ".config.container",
     "ContainerImage": ".config.images",
     "DeviceRate": ".config.container",

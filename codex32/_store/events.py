@@ -178,7 +178,7 @@ def append_event(path: Path, event: Event, *, max_bytes: int = EVENTS_MAX_BYTES)
 # --------------------------------------------------------------------------- filters
 
 
-def parse_filters(values: Iterable[str]) -> dict[str, list[str]]:
+def parse_event_filters(values: Iterable[str]) -> dict[str, list[str]]:
     """``["event=die", "container=bot"]`` -> ``{"event": ["die"], "container": ["bot"]}``."""
     filters: dict[str, list[str]] = {}
     for value in values:

@@ -56,6 +56,10 @@ class LogEntry(NamedTuple):
     stream: str
     text: str
 
+    def format(self, timestamps: bool = False) -> str:
+        """The entry as ``logs`` prints it (``timestamps``: the time and a space first)."""
+        return format_entry(self, timestamps)
+
 
 # --------------------------------------------------------------------------- times
 

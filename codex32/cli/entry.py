@@ -30,7 +30,7 @@ def _verb(args: list[str]) -> str | None:
 def main() -> None:
     """Console-script entry point."""
     if _verb(sys.argv[1:]) in _STARTING_VERBS:
-        from codex32._runtime.launch import prestart_fork_server
+        from codex32 import prestart_fork_server
 
         # On failure the engine tries again when it needs the server, and reports it.
         with contextlib.suppress(OSError):

@@ -13,8 +13,7 @@ import typer
 from codex32.cli._common import ago, each_ref, engine, guard, table
 
 if TYPE_CHECKING:
-    from codex32 import Container
-    from codex32._store.logs import LogEntry
+    from codex32 import Container, LogEntry
 
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -92,7 +91,7 @@ def logs(
     ] = False,
 ) -> None:
     """Print a container's output (stdout to stdout, stderr to stderr)."""
-    from codex32._store.logs import parse_since
+    from codex32 import parse_since
 
     c = guard(partial(engine().containers.get, container))
     if tail != "all" and not tail.isdigit():
@@ -102,11 +101,7 @@ def logs(
     if follow:
         follow_output(c, timestamps=timestamps, tail=lines, since=start, json_lines=json_output)
         return
-    from codex32._store.logs import read_logs
-
-    path = c._engine._log_path(c.id)
-    for entry in read_logs(path, tail=lines, since=start, until=None,
-                           streams={"stdout", "stderr"}):  # fmt: skip
+    for entry in c.stream_logs(tail=lines, since=start, follow=False):
         _write_entry(entry, timestamps=timestamps, json_lines=json_output)
     sys.stdout.flush()
 
@@ -117,14 +112,12 @@ def _write_entry(entry: LogEntry, *, timestamps: bool, json_lines: bool) -> None
     The JSON has Docker's json-file fields, those of the container's log file:
     ``log`` is the text with its newline, ``time`` RFC 3339 with nanoseconds.
     """
-    from codex32._store.logs import format_entry
-
     if json_lines:
         record = {"time": entry.time_text, "stream": entry.stream, "log": entry.text}
         sys.stdout.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
         return
     stream = sys.stderr if entry.stream == "stderr" else sys.stdout
-    stream.write(format_entry(entry, timestamps))
+    stream.write(entry.format(timestamps))
 
 
 def _raise(exc: Exception) -> None:
@@ -160,19 +153,14 @@ def events(
     json_output: Json = False,
 ) -> None:
     """Print engine events (create, start, die, stop, kill, destroy, ...)."""
-    from codex32._store.events import follow_events, parse_filters, read_events
-    from codex32._store.logs import parse_since
+    from codex32 import parse_event_filters, parse_since
 
     eng = engine()
-    filters = guard(partial(parse_filters, filter_ or []))
+    filters = guard(partial(parse_event_filters, filter_ or []))
     now = time.time()
     start = guard(partial(parse_since, since, now)) if since else None
     end = guard(partial(parse_since, until, now)) if until else None
-    path = eng.settings.storage_dir / "events.jsonl"
-    if follow:
-        stream = follow_events(path, since=start, filters=filters, stop=lambda: False)
-    else:
-        stream = read_events(path, since=start, until=end, filters=filters)
+    stream = eng.events(since=start, until=end, filters=filters, follow=follow)
     for event in stream:
         if json_output:
             typer.echo(event.to_json())

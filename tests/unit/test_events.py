@@ -19,7 +19,7 @@ from codex32._store.events import (
     EventWatcher,
     append_event,
     follow_events,
-    parse_filters,
+    parse_event_filters,
     read_events,
     rotated_path,
 )
@@ -196,12 +196,14 @@ def test_concurrent_appends_across_rotations(events_file: Path) -> None:
 
 
 def test_parse_filters() -> None:
-    assert parse_filters(["event=die", "container=bot", "event=oom", " type = container "]) == {
+    assert parse_event_filters(
+        ["event=die", "container=bot", "event=oom", " type = container "]
+    ) == {
         "event": ["die", "oom"],
         "container": ["bot"],
         "type": ["container"],
     }
-    assert parse_filters([]) == {}
+    assert parse_event_filters([]) == {}
 
 
 @pytest.mark.parametrize(
@@ -215,7 +217,7 @@ def test_parse_filters() -> None:
 )
 def test_parse_filters_errors(value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        parse_filters([value])
+        parse_event_filters([value])
 
 
 def test_read_with_filters(events_file: Path) -> None:
