@@ -489,7 +489,7 @@ class ContainerEngine:
             config.name or container_id[:12],
             config,
             profile,
-            template,
+            template.image_config(),
             paths,
             hostname=config.hostname or container_id[:12],
             seccomp_program=program,

@@ -23,18 +23,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from codex32._images.image import HostBind, ImageConfig
 from codex32.errors import ImageError
 
 _STAMP = ".codex32-recipe"
-
-
-@dataclass(frozen=True)
-class TemplateBind:
-    """A host path bound read-only into every container of the template."""
-
-    source: str
-    target: str
-    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,8 +40,12 @@ class Template:
     command: tuple[str, ...]
     env: dict[str, str]
     workdir: str
-    binds: tuple[TemplateBind, ...]
+    binds: tuple[HostBind, ...]
     writable: tuple[str, ...] = field(default_factory=tuple)
+
+    def image_config(self) -> ImageConfig:
+        """What the template gives its containers, as any image does."""
+        return ImageConfig(self.command, self.env, self.workdir, self.binds, self.writable)
 
     def recipe_hash(self) -> str:
         """A digest of every file in the recipe folder (names and contents).
@@ -119,7 +115,7 @@ class TemplateStore:
             # Sources are resolved here, once: the set-up process refuses a symlink
             # in a bind source (it would mean the path changed since).
             binds = tuple(
-                TemplateBind(
+                HostBind(
                     os.path.realpath(str(b["source"])),
                     str(b["target"]),
                     bool(b.get("optional", False)),

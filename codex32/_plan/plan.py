@@ -1,4 +1,4 @@
-"""Compile a config, its isolation profile and its template into a launch plan.
+"""Compile a config, its isolation profile and its image's config into a launch plan.
 
 The plan is plain data (JSON-able dicts), as bubblewrap's SetupOp list or runc's
 converted spec: it can be printed (``codex32 plan``), tested without root, and is
@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from codex32._images.templates import Template
+from codex32._images.image import ImageConfig
 from codex32._plan.profiles import IdMapping, Profile
 from codex32.config.container import ContainerConfig
 
@@ -81,7 +81,7 @@ def build_plan(
     container: str,
     config: ContainerConfig,
     profile: Profile,
-    template: Template,
+    image: ImageConfig,
     paths: ContainerPaths,
     *,
     hostname: str,
@@ -112,7 +112,7 @@ def build_plan(
             "userxattr": profile.userns,
         }
     )
-    for bind in template.binds:
+    for bind in image.binds:
         steps.append(
             {
                 "op": "bind",
@@ -130,7 +130,7 @@ def build_plan(
     if profile.tmpfs_tmp or read_only_root:
         # A read-only root still needs somewhere to write: /tmp and the template's
         # writable paths become private tmpfs.
-        for target in dict.fromkeys(["/tmp", *template.writable]):
+        for target in dict.fromkeys(["/tmp", *image.writable]):
             if not any(t.target == target for t in config.tmpfs):
                 steps.append(_tmpfs_step(target, None, 0o1777, ["nosuid", "nodev"]))
     for tmpfs in config.tmpfs:
@@ -163,7 +163,7 @@ def build_plan(
         steps.append({"op": "mask", "paths": list(profile.masked_paths)})
     if profile.readonly_paths:
         steps.append({"op": "readonly_paths", "paths": list(profile.readonly_paths)})
-    args = list(config.command) or list(template.command)
+    args = list(config.command) or list(image.command)
     if config.init:
         steps.append(
             {
@@ -175,7 +175,7 @@ def build_plan(
                 "what": "init",
             }
         )
-    cwd = config.working_dir or template.workdir or "/"
+    cwd = config.working_dir or image.workdir or "/"
     steps.append({"op": "mkdir", "target": cwd})
     steps.append({"op": "pivot_root", "rootfs": paths.rootfs})
     if config.tty:  # a terminal of its own /dev/pts, handed to the monitor
@@ -204,7 +204,7 @@ def build_plan(
                 "program": seccomp_program,
             }
         )
-    env = {"PATH": DEFAULT_PATH, **template.env, "HOSTNAME": hostname, **config.env}
+    env = {"PATH": DEFAULT_PATH, **image.env, "HOSTNAME": hostname, **config.env}
     steps.append(
         {
             "op": "exec",

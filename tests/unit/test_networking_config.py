@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from codex32 import ContainerConfig, IsolationType, PortMapping
-from codex32._images.templates import Template
+from codex32._images.image import ImageConfig
 from codex32._linux.nftables import MasqueradedNetwork, masquerade_ruleset
 from codex32._network.endpoint import ENDPOINT_FILE, Endpoint
 from codex32._network.etc_files import (
@@ -32,11 +32,7 @@ from codex32._store.state import ContainerRecord, StateStore, process_start_time
 from codex32.config.network import format_rate, parse_rate
 from codex32.errors import NetworkError
 
-TEMPLATE = Template(
-    name="t",
-    recipe_dir=Path("/nonexistent"),
-    description="",
-    build_script="build.sh",
+TEMPLATE = ImageConfig(
     command=("sh",),
     env={},
     workdir="/",

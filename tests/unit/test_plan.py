@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from codex32 import ContainerConfig, IsolationType, TmpfsMount, Ulimit, Volume
-from codex32._images.templates import Template, TemplateBind
+from codex32._images.image import HostBind, ImageConfig
 from codex32._plan.plan import INIT_PATH, ContainerPaths, Plan, Step, build_plan
 from codex32._plan.profiles import resolve_profile
 from codex32.config.capabilities import (
@@ -16,15 +16,11 @@ from codex32.config.capabilities import (
     HOST_DANGEROUS_CAPABILITIES,
 )
 
-TEMPLATE = Template(
-    name="t",
-    recipe_dir=Path("/nonexistent"),
-    description="",
-    build_script="build.sh",
+TEMPLATE = ImageConfig(
     command=("sh",),
     env={"PATH": "/bin"},
     workdir="/",
-    binds=(TemplateBind("/usr", "/usr"),),
+    binds=(HostBind("/usr", "/usr"),),
     writable=("/home/bot",),
 )
 PATHS = ContainerPaths(rootfs="/s/rootfs", upper="/s/upper", work="/s/work", lower=("/t",))
