@@ -168,3 +168,17 @@ def test_runtime_entry_points_import_no_third_party_package(entry: str) -> None:
         check=True,
     )
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("old", sorted(COMPAT))
+def test_old_paths_of_running_monitors_still_import(old: str) -> None:
+    """A monitor of an earlier version imports these late in its life (the netlink
+    and restart ones with site-packages, as it did)."""
+    out = subprocess.run(
+        [sys.executable, "-c", f"import {old}"],
+        cwd=PACKAGE.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
