@@ -51,7 +51,7 @@ _EXPORTS = {
     "shutdown_engine": "._engine.engine",
     "ContainerState": "._store.state",
     "Event": "._store.events",
-    "parse_event_filters": "._store.events:parse_event_filters",
+    "parse_event_filters": "._store.events",
     "LogEntry": "._store.logs",
     "parse_since": "._store.logs",
     "prestart_fork_server": "._runtime.launch",
