@@ -43,7 +43,13 @@ from ._profiles import Profile, resolve_profile
 from ._resources import ContainerCgroups, ContainerStats
 from ._state import ContainerRecord, ContainerState, StateStore, is_same_process
 from ._templates import Template, TemplateStore
-from .config import ContainerConfig, ContainerImage, signal_name
+from .config import (
+    ContainerConfig,
+    ContainerImage,
+    check_no_newline,
+    check_user_spec,
+    signal_name,
+)
 from .errors import (
     CgroupError,
     Codex32Error,
@@ -1085,6 +1091,7 @@ class ContainerEngine:
     ) -> ExecResult:
         if not command:
             raise ConfigError("exec needs a command")
+        _check_exec_input(user, env)
         record = self._refresh(container.id)
         if record.status is not ContainerState.RUNNING:
             raise StateError(
@@ -1222,6 +1229,21 @@ class ContainerEngine:
 
 
 _EXEC_OPS = ("rlimits", "bounding_set", "user", "capabilities", "no_new_privs", "seccomp", "exec")
+
+
+def _check_exec_input(user: str | None, env: dict[str, str]) -> None:
+    """The checks ``ContainerConfig`` makes on ``user`` and ``env``, for ``exec``."""
+    try:
+        if user is not None:
+            check_user_spec(user)
+        for key, value in env.items():
+            if not key or "=" in key:
+                raise ValueError(f"environment variable name {key!r} is empty or has '='")
+            check_no_newline(key, "environment variable name")
+            if "\x00" in value:
+                raise ValueError(f"environment variable {key} has a NUL byte in its value")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _exec_steps(

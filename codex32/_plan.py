@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 from ._profiles import IdMapping, Profile
@@ -133,8 +134,6 @@ def build_plan(
         for target in dict.fromkeys(["/tmp", *template.writable]):
             if not any(t.target == target for t in config.tmpfs):
                 steps.append(_tmpfs_step(target, None, 0o1777, ["nosuid", "nodev"]))
-    for tmpfs in config.tmpfs:
-        steps.append(_tmpfs_step(tmpfs.target, tmpfs.size_bytes, tmpfs.mode, list(tmpfs.flags)))
     for source, target in network_files:
         # /etc/hosts, /etc/resolv.conf: the engine rewrites them in place (peers come
         # and go), so read-only; before the volumes, so a user's own bind wins.
@@ -148,17 +147,7 @@ def build_plan(
                 "what": "network file",
             }
         )
-    for volume in config.volumes:
-        steps.append(
-            {
-                "op": "bind",
-                "source": volume.source,
-                "target": volume.target,
-                "read_only": volume.read_only,
-                "optional": False,
-                "what": "volume",
-            }
-        )
+    steps.extend(_user_mounts(config))
     if profile.masked_paths:
         steps.append({"op": "mask", "paths": list(profile.masked_paths)})
     if profile.readonly_paths:
@@ -215,6 +204,29 @@ def build_plan(
         }
     )
     return plan
+
+
+def _user_mounts(config: ContainerConfig) -> list[Step]:
+    """The config's tmpfs and volumes, parents before children (as Docker sorts them
+    for runc): ``-v X:/data --tmpfs /data/t`` mounts /data first, then the tmpfs in it.
+
+    By the number of path components, stable, so equal depths keep the config's order.
+    """
+    mounts: list[Step] = [
+        _tmpfs_step(t.target, t.size_bytes, t.mode, list(t.flags)) for t in config.tmpfs
+    ]
+    mounts += [
+        {
+            "op": "bind",
+            "source": volume.source,
+            "target": volume.target,
+            "read_only": volume.read_only,
+            "optional": False,
+            "what": "volume",
+        }
+        for volume in config.volumes
+    ]
+    return sorted(mounts, key=lambda step: len(PurePosixPath(step["target"]).parts))
 
 
 def _tmpfs_step(target: str, size: int | None, mode: int, flags: list[str]) -> Step:

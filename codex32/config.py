@@ -116,12 +116,79 @@ def signal_name(value: str | int) -> str:
         raise ValueError(f"unknown signal number {number}") from None
 
 
+#: The largest uid or gid the kernel gives a user: (uid_t)-1, 4294967295, means "no id"
+#: (setresuid leaves the id unchanged), so it and anything above are refused.
+ID_MAX = 2**32 - 2
+
+#: Mount targets refused: the root, and the kernel filesystems the set-up mounts
+#: itself. /proc and /sys with everything below them (the masked and read-only paths
+#: live there: a volume would undo them, or hide /proc from the set-up's later steps);
+#: /dev itself only, as a socket such as /dev/log may be bound below it.
+SHADOWED_TREES = ("/proc", "/sys")
+SHADOWED_PATHS = ("/", "/dev")
+#: What runc lets a bind cover below /proc (lxcfs's files).
+PROC_ALLOWED = frozenset(
+    {"/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps",
+     "/proc/uptime", "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev"}
+)  # fmt: skip
+
+
+def check_user_spec(spec: str) -> str:
+    """``user[:group]`` as names or numbers; numbers as the kernel takes them.
+
+    0 <= id <= 2^32 - 2: -1 as an unsigned 32-bit number (4294967295) is the
+    kernel's "no change", with which the process would keep the set-up's uid 0.
+    """
+    parts = spec.split(":")
+    if len(parts) > 2 or not all(re.fullmatch(r"[a-zA-Z0-9_.-]+", p) for p in parts):
+        raise ValueError(
+            f"user {spec!r} is not user[:group]: names or numbers of letters, digits, _ . -"
+        )
+    for part, what in zip(parts, ("uid", "gid"), strict=False):
+        if part.isdigit() and int(part) > ID_MAX:
+            raise ValueError(
+                f"{what} {part} is out of range: ids go from 0 to {ID_MAX} "
+                "(4294967295 is the kernel's 'no id')"
+            )
+    return spec
+
+
+def check_no_newline(value: str, what: str) -> str:
+    """Refuse NUL and line breaks: they would split a record or a mount option."""
+    for char, name in (("\x00", "a NUL byte"), ("\n", "a newline"), ("\r", "a carriage return")):
+        if char in value:
+            raise ValueError(f"{what} {value!r} contains {name}")
+    return value
+
+
+def check_mount_target(target: str, what: str) -> str:
+    """Refuse a mount over ``/``, ``/dev``, or ``/proc`` and ``/sys`` or below them.
+
+    The set-up mounts those itself, masks paths below them and reads /proc after
+    the mounts: a mount there would hide the container's root, undo a mask (a
+    writable /proc/sys) or break the set-up later with an obscure error. As runc,
+    lxcfs's files in /proc may be covered.
+    """
+    if target in SHADOWED_PATHS:
+        place = "the container's root filesystem" if target == "/" else target
+        raise ValueError(
+            f"{what} {target!r} would hide {place}, which the engine sets up itself: "
+            "choose another target"
+        )
+    for tree in SHADOWED_TREES:
+        if (target == tree or target.startswith(tree + "/")) and target not in PROC_ALLOWED:
+            raise ValueError(
+                f"{what} {target!r} would cover {tree}, which the engine mounts and masks "
+                "itself: choose a target outside /proc and /sys"
+            )
+    return target
+
+
 def check_container_path(path: str, what: str) -> str:
-    """Refuse relative paths and ``..`` components in a path inside the container."""
+    """Refuse relative paths, ``..`` components and line breaks in a container path."""
     if not path.startswith("/"):
         raise ValueError(f"{what} {path!r} must be an absolute path inside the container")
-    if "\x00" in path:
-        raise ValueError(f"{what} {path!r} contains a NUL byte")
+    check_no_newline(path, what)
     if ".." in PurePosixPath(path).parts:
         raise ValueError(f"{what} {path!r} must not contain '..'")
     normalized = os.path.normpath(path)
@@ -142,6 +209,7 @@ class Volume(BaseModel):
     def _source_exists(cls, value: str, info: ValidationInfo) -> str:
         if not value.startswith("/"):
             raise ValueError(f"volume source {value!r} must be an absolute host path")
+        check_no_newline(value, "volume source")
         if info.context and info.context.get("stored"):
             return value  # checked at create; at start the set-up process checks again
         if not os.path.exists(value):
@@ -153,10 +221,7 @@ class Volume(BaseModel):
     @field_validator("target")
     @classmethod
     def _target_absolute(cls, value: str) -> str:
-        target = check_container_path(value, "volume target")
-        if target == "/":
-            raise ValueError("volume target '/' would hide the container's root filesystem")
-        return target
+        return check_mount_target(check_container_path(value, "volume target"), "volume target")
 
     @classmethod
     def parse(cls, spec: str) -> Volume:
@@ -182,7 +247,7 @@ class TmpfsMount(BaseModel):
     @field_validator("target")
     @classmethod
     def _target_absolute(cls, value: str) -> str:
-        return check_container_path(value, "tmpfs target")
+        return check_mount_target(check_container_path(value, "tmpfs target"), "tmpfs target")
 
     @field_validator("flags")
     @classmethod
@@ -199,6 +264,7 @@ class TmpfsMount(BaseModel):
         size: int | None = None
         mode = 0o1777
         flags: list[str] = ["nosuid", "nodev"]
+        check_no_newline(options, "tmpfs options")
         for option in filter(None, options.split(",")):
             key, _, value = option.partition("=")
             if key == "size":
@@ -466,7 +532,7 @@ class ContainerConfig(BaseModel):
     command: list[str] = Field(default_factory=list)
     env: dict[EnvName, str] = Field(default_factory=dict)
     working_dir: str | None = None
-    user: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9_.-]+(:[a-zA-Z0-9_.-]+)?$")
+    user: str | None = None
     hostname: str | None = Field(
         default=None, max_length=63, pattern=r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$"
     )
@@ -538,9 +604,16 @@ class ContainerConfig(BaseModel):
     @field_validator("env")
     @classmethod
     def _env_values(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            check_no_newline(key, "environment variable name")
         if any("\x00" in v for v in value.values()):
             raise ValueError("environment values must not contain NUL bytes")
         return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        return None if value is None else check_user_spec(value)
 
     @field_validator("working_dir")
     @classmethod

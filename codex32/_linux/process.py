@@ -16,6 +16,7 @@ from dataclasses import dataclass
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
+_ID_MAX = 2**32 - 2
 
 
 class UserLookupError(LookupError):
@@ -61,6 +62,9 @@ def resolve_user(spec: str) -> Identity:
                     f"unable to find group {group}: no matching entries in group file"
                 )
             gid = int(match[2])
+    for what, number in (("uid", uid), ("gid", gid)):
+        if not 0 <= number <= _ID_MAX:  # (uid_t)-1 would leave the set-up's root in place
+            raise UserLookupError(f"{what} {number} is out of range 0..{_ID_MAX}")
     name = entry[0] if entry else None
     extra = tuple(
         int(g[2]) for g in groups if name and name in g[3].split(",") and int(g[2]) != gid

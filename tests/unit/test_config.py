@@ -248,3 +248,72 @@ def test_stored_device_limits_reload_without_the_device() -> None:
     )
     with pytest.raises(ValidationError, match="cannot be used"):
         ContainerConfig.model_validate(stored)
+
+
+# -- issue 11: ids, shadowed targets, line breaks ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("user", "what"),
+    [
+        ("4294967295", "uid 4294967295"),
+        ("4294967296", "uid 4294967296"),
+        ("99999999999999999999999", "uid 99999999999999999999999"),
+        ("1000:4294967295", "gid 4294967295"),
+        ("4294967295:1000", "uid 4294967295"),
+    ],
+)
+def test_ids_the_kernel_would_not_take_are_refused(user: str, what: str) -> None:
+    # (uid_t)-1 is setresuid's "leave it": the process would stay uid 0.
+    with pytest.raises(ValidationError, match=f"{what} is out of range"):
+        ContainerConfig(image="busybox", user=user)
+
+
+@pytest.mark.parametrize("user", ["0", "4294967294", "1000:1000", "bot", "bot:staff", "0:4294967294"])
+def test_ids_in_range_and_names_pass(user: str) -> None:
+    assert ContainerConfig(image="busybox", user=user).user == user
+
+
+@pytest.mark.parametrize("user", ["a:b:c", "", "x y", "root:"])
+def test_malformed_users_are_refused(user: str) -> None:
+    with pytest.raises(ValidationError, match="is not user"):
+        ContainerConfig(image="busybox", user=user)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/", "/proc", "/proc/sys", "/proc/sys/kernel", "/proc/kcore", "/sys", "/sys/firmware",
+     "/dev", "//proc", "/proc/"],
+)  # fmt: skip
+def test_targets_that_shadow_what_the_engine_mounts_are_refused(
+    target: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValidationError, match="would (hide|cover)"):
+        Volume(source=str(tmp_path), target=target)
+    with pytest.raises(ValidationError, match="would (hide|cover)"):
+        TmpfsMount.parse(target)
+
+
+@pytest.mark.parametrize("target", ["/data", "/dev/log", "/proc/cpuinfo", "/procfoo", "/system"])
+def test_targets_beside_them_pass(target: str, tmp_path: Path) -> None:
+    assert Volume(source=str(tmp_path), target=target).target == target
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda d: Volume(source=d, target="/data\n/etc"), "contains a newline"),
+        (lambda d: Volume(source=d + "\n", target="/data"), "contains a newline"),
+        (lambda d: Volume(source=d + "\x00", target="/data"), "contains a NUL"),
+        (lambda d: TmpfsMount.parse("/run:size=1m\nmode=777"), "contains a newline"),
+        (lambda d: TmpfsMount.parse("/run\n"), "contains a newline"),
+        (lambda d: ContainerConfig(image="busybox", env={"A\nB": "1"}), "contains a newline"),
+        (lambda d: ContainerConfig(image="busybox", env={"A": "1\x002"}), "NUL"),
+        (lambda d: ContainerConfig(image="busybox", working_dir="/w\n"), "contains a newline"),
+    ],
+)
+def test_line_breaks_and_nul_are_refused(
+    build: object, message: str, tmp_path: Path
+) -> None:
+    with pytest.raises((ValidationError, ValueError), match=message):
+        build(str(tmp_path))  # type: ignore[operator]

@@ -147,3 +147,16 @@ def test_a_tty_gets_its_console_right_after_pivot_root() -> None:
     assert ops[ops.index("pivot_root") + 1] == "console"
     assert ops.index("console") < ops.index("user")  # before privileges are dropped
     assert "console" not in [step["op"] for step in plan_for().steps]
+
+
+def test_mounts_go_parents_first_whatever_the_order_given(tmp_path: Path) -> None:
+    # -v X:/data --tmpfs /data/t: the volume first, or it would hide the tmpfs.
+    plan = plan_for(
+        tmpfs=[TmpfsMount(target="/data/t"), TmpfsMount(target="/run")],
+        volumes=[
+            Volume(source=str(tmp_path), target="/data/t/deeper"),
+            Volume(source=str(tmp_path), target="/data"),
+        ],
+    )
+    targets = [s["target"] for s in plan.steps if s.get("what") == "volume" or s["op"] == "tmpfs"]
+    assert targets == ["/run", "/data", "/data/t", "/data/t/deeper"]
