@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._state import ContainerState as ContainerState
     from .config import ContainerConfig as ContainerConfig
     from .config import ContainerImage as ContainerImage
+    from .config import DeviceMapping as DeviceMapping
     from .config import DeviceRate as DeviceRate
     from .config import IsolationType as IsolationType
     from .config import PortMapping as PortMapping
@@ -47,6 +48,7 @@ _EXPORTS = {
     "ContainerState": "._state",
     "ContainerConfig": ".config",
     "ContainerImage": ".config",
+    "DeviceMapping": ".config",
     "DeviceRate": ".config",
     "IsolationType": ".config",
     "PortMapping": ".config",

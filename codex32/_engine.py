@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Generic, Literal, TypeVar, cast
 
+from ._devices import DeviceRule, device_rules
 from ._events import Event, EventHooks, EventWatcher, follow_events, read_events
 from ._launch import (
     MONITOR_ENV,
@@ -677,7 +678,10 @@ class ContainerEngine:
         # at ``created`` only the move of PID 1 is left. That move waits out an RCU
         # grace period (5-20 ms of kernel time, see docs/performance.md): a bridged
         # container's veth is wired meanwhile. Both finish before PID 1's go-ahead.
-        preparing = _Background(lambda: self._cgroups.prepare(container.id, config.resources))
+        devices = _device_rules(container, config)
+        preparing = _Background(
+            lambda: self._cgroups.prepare(container.id, config.resources, devices)
+        )
         pending: list[_Background[Any]] = [preparing]
 
         def place(pid: int) -> None:
@@ -1229,6 +1233,19 @@ class ContainerEngine:
 
 
 _EXEC_OPS = ("rlimits", "bounding_set", "user", "capabilities", "no_new_privs", "seccomp", "exec")
+
+
+def _device_rules(container: Container, config: ContainerConfig) -> tuple[DeviceRule, ...] | None:
+    """The container's device allow list, its ``--device`` nodes read now."""
+    try:
+        return device_rules(config)
+    except OSError as exc:
+        raise LaunchError(
+            f"device {exc.filename}: {exc.strerror}", container=container.name, step="devices",
+            errno=exc.errno, path=exc.filename,
+            hint="the device went away since the container was created: attach it again, "
+            "or recreate the container without it",
+        ) from None  # fmt: skip
 
 
 def _check_exec_input(user: str | None, env: dict[str, str]) -> None:

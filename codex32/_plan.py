@@ -127,6 +127,19 @@ def build_plan(
     steps.append({"op": "proc", "target": "/proc"})
     steps.append({"op": "sysfs", "target": "/sys", "read_only": profile.sysfs_read_only})
     steps.append({"op": "dev", "target": "/dev", "mqueue": "ipc" in ns})
+    for device in config.devices:
+        # Bound, not made with mknod (refused in a user namespace): the node is then a
+        # mount of the host's devtmpfs, reachable although /dev itself is nodev.
+        steps.append(
+            {
+                "op": "bind",
+                "source": device.host_path,
+                "target": device.container_path,
+                "read_only": "w" not in device.permissions,
+                "optional": False,
+                "what": "device",
+            }
+        )
     read_only_root = profile.read_only_root or config.read_only
     if profile.tmpfs_tmp or read_only_root:
         # A read-only root still needs somewhere to write: /tmp and the template's

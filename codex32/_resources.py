@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._cgroups.detect import detect_driver
 from ._cgroups.driver import LIMIT_CONTROLLERS, Cgroup, CgroupDriver, CgroupStats, requested
+from ._devices import DeviceRule
 from .config import ResourceLimits
 from .errors import CgroupError
 
@@ -85,7 +87,12 @@ class ContainerCgroups:
                 missing[field] = controller
         return missing
 
-    def prepare(self, container_id: str, limits: ResourceLimits) -> Cgroup | None:
+    def prepare(
+        self,
+        container_id: str,
+        limits: ResourceLimits,
+        devices: Sequence[DeviceRule] | None = None,
+    ) -> Cgroup | None:
         """Make the container's cgroup afresh with its limits, still empty.
 
         Called as a start begins, so that the directories and limit files are written
@@ -94,7 +101,9 @@ class ContainerCgroups:
         ``stats`` and OOM checks) is removed first, with anything left in it: limits
         are only ever written, never cleared, so a reused cgroup could keep a rule the
         config no longer has (a throttle on a device number that now names another disk).
-        ``None`` when the host has no cgroup driver.
+        ``devices``: the allow list of device nodes (everything else denied), or
+        ``None`` to keep the host's (MINIMAL). ``None`` when the host has no cgroup
+        driver.
         """
         driver = self.driver()
         if driver is None:
@@ -103,6 +112,8 @@ class ContainerCgroups:
             driver.open(container_id).destroy(kill=True)
         cgroup = driver.create(container_id)
         try:
+            if devices is not None:
+                cgroup.set_devices(devices)
             if set_limits(limits):
                 cgroup.apply(limits)
         except BaseException:

@@ -416,6 +416,69 @@ class DeviceRate(BaseModel):
         return cls(path=path, rate=rate)
 
 
+class DeviceMapping(BaseModel):
+    """A host device node given to the container (``--device HOST[:CONTAINER[:PERMS]]``).
+
+    It is bound into the container and allowed in its device rules with ``PERMS``
+    (a subset of ``rwm``: read, write, mknod; ``rwm`` by default, as Docker's).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host_path: str
+    #: Where it appears in the container; the host path when not given.
+    container_path: str = Field(default="", validate_default=True)
+    permissions: str = "rwm"
+
+    @field_validator("host_path")
+    @classmethod
+    def _device_node(cls, value: str, info: ValidationInfo) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"device {value!r} must be an absolute host path, e.g. /dev/fuse")
+        check_no_newline(value, "device")
+        if info.context and info.context.get("stored"):
+            return value  # checked at create; read again at every start
+        real = os.path.realpath(value)
+        try:
+            mode = os.stat(real).st_mode
+        except OSError as exc:
+            raise ValueError(f"device {value!r} cannot be used: {exc.strerror}") from None
+        if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+            raise ValueError(f"{value!r} is not a device node: give one such as /dev/fuse")
+        return real
+
+    @field_validator("permissions")
+    @classmethod
+    def _access(cls, value: str) -> str:
+        if not value or set(value) - set("rwm") or len(set(value)) != len(value):
+            raise ValueError(f"device permissions {value!r}: use letters of rwm, e.g. rw")
+        return "".join(c for c in "rwm" if c in value)
+
+    @field_validator("container_path")
+    @classmethod
+    def _target(cls, value: str, info: ValidationInfo) -> str:
+        target = value or str(info.data.get("host_path") or "")
+        if not target:
+            return value  # the host path was refused: that error is the one to show
+        return check_mount_target(check_container_path(target, "device target"), "device target")
+
+    @classmethod
+    def parse(cls, spec: str) -> DeviceMapping:
+        """Parse Docker's ``HOST[:CONTAINER[:PERMS]]`` (``/dev/fuse``, ``/dev/sdb:/dev/xvdc:r``)."""
+        parts = spec.split(":")
+        if len(parts) > 3 or not parts[0]:
+            raise ValueError(
+                f"invalid device {spec!r}: use HOST[:CONTAINER[:PERMS]], e.g. /dev/fuse"
+            )
+        if len(parts) == 2 and not parts[1].startswith("/"):  # HOST:PERMS, as Docker
+            return cls(host_path=parts[0], permissions=parts[1])
+        return cls(
+            host_path=parts[0],
+            container_path=parts[1] if len(parts) > 1 else "",
+            permissions=parts[2] if len(parts) > 2 else "rwm",
+        )
+
+
 #: The per-device limit lists of ResourceLimits; the IOs/s ones end in "_iops".
 DEVICE_LIMITS = ("device_read_bps", "device_write_bps", "device_read_iops", "device_write_iops")
 
@@ -539,6 +602,8 @@ class ContainerConfig(BaseModel):
     isolation: IsolationType = Field(default_factory=default_isolation)
     volumes: list[Volume] = Field(default_factory=list)
     tmpfs: list[TmpfsMount] = Field(default_factory=list)
+    #: Host devices given to the container (Docker's ``--device``).
+    devices: list[DeviceMapping] = Field(default_factory=list)
     read_only: bool = False
     cap_add: list[str] = Field(default_factory=list)
     cap_drop: list[str] = Field(default_factory=list)
@@ -639,6 +704,7 @@ class ContainerConfig(BaseModel):
         if self.auto_remove and self.restart_policy.name != "no":
             raise ValueError("--rm and a restart policy exclude each other (as in Docker)")
         targets = [v.target for v in self.volumes] + [t.target for t in self.tmpfs]
+        targets += [d.container_path for d in self.devices]
         duplicates = sorted({t for t in targets if targets.count(t) > 1})
         if duplicates:
             raise ValueError(f"more than one mount targets {duplicates}")
@@ -665,6 +731,7 @@ __all__ = [
     "ALL_CAPABILITIES",
     "ContainerConfig",
     "ContainerImage",
+    "DeviceMapping",
     "DeviceRate",
     "IsolationType",
     "PortMapping",

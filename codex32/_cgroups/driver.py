@@ -21,10 +21,11 @@ import contextlib
 import os
 import signal
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .._devices import DeviceRule
 from ..config import ResourceLimits
 from ..errors import CgroupError
 
@@ -96,6 +97,11 @@ class Cgroup(Protocol):
 
     def apply(self, limits: ResourceLimits) -> None:
         """Write every limit that is set; a limit the host cannot enforce is a CgroupError."""
+        ...
+
+    def set_devices(self, rules: Sequence[DeviceRule]) -> None:
+        """Deny every device node but those ``rules`` allow (v1: devices.deny/allow;
+        v2: a BPF device program). Done before any process joins."""
         ...
 
     def freeze(self) -> None:

@@ -9,9 +9,10 @@ process: ``kill_all`` only records the signal and forgets the pids.
 from __future__ import annotations
 
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .._devices import DeviceRule
 from ..config import ResourceLimits
 from ..errors import CgroupError
 from ._fs import check_name
@@ -34,6 +35,8 @@ class FakeCgroup:
     cpu_usage_ns: int = 0
     memory_usage_bytes: int = 0
     destroyed: bool = False
+    #: The allow list of set_devices (None: never set, the host's rules).
+    devices: tuple[DeviceRule, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -65,6 +68,10 @@ class FakeCgroup:
         update = {k: v for k, v in limits.model_dump(exclude_none=True).items() if v != []}
         merged = self.limits.model_dump(exclude_none=True) | update
         self.limits = ResourceLimits.model_validate(merged, context={"stored": True})
+
+    def set_devices(self, rules: Sequence[DeviceRule]) -> None:
+        self._alive("devices")
+        self.devices = tuple(rules)
 
     def freeze(self) -> None:
         self._alive("freeze")

@@ -28,8 +28,9 @@ import contextlib
 import errno as errno_module
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+from .._devices import DeviceRule
 from ..config import ResourceLimits
 from ..errors import CgroupError
 from ._fs import (
@@ -130,6 +131,20 @@ class V1Cgroup:
                     raise
                 pending.remove(swap[0])
                 pending[:0] = [swap[0], (controller, filename, value)]
+
+    def set_devices(self, rules: Sequence[DeviceRule]) -> None:
+        """``a`` to devices.deny (the group starts with its parent's list), then one
+        line per rule to devices.allow, as runc does on v1."""
+        if "devices" not in self._dirs:
+            raise CgroupError(
+                "the v1 devices controller is not mounted, so the container's device "
+                "policy cannot be enforced",
+                step="devices",
+                hint="mount the devices hierarchy (as Docker requires on v1), or use MINIMAL",
+            )
+        self._write("devices", "devices.deny", "a", "devices")
+        for rule in rules:
+            self._write("devices", "devices.allow", str(rule), "devices")
 
     def _limit_writes(self, limits: ResourceLimits) -> list[tuple[str, str, str]]:
         writes: list[tuple[str, str, int | str]] = []

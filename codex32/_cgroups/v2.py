@@ -28,8 +28,9 @@ import contextlib
 import errno as errno_module
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+from .._devices import DeviceRule
 from ..config import ResourceLimits
 from ..errors import CgroupError
 from ._fs import (
@@ -102,6 +103,26 @@ class V2Cgroup:
 
     def add_pid(self, pid: int) -> None:
         self._write("cgroup.procs", pid, "add_pid")
+
+    def set_devices(self, rules: Sequence[DeviceRule]) -> None:
+        """Attach a BPF device program built from ``rules`` (v2 has no devices files)."""
+        from .._linux import bpf
+        from .devicefilter import device_program
+
+        try:
+            program = bpf.load_device_program(device_program(rules))
+            try:
+                bpf.attach_device_program(self._path, program)
+            finally:
+                os.close(program)
+        except OSError as exc:
+            raise CgroupError(
+                f"cannot apply the device policy to {self._path}: {exc.strerror or exc}",
+                step="devices",
+                path=self._path,
+                errno=exc.errno,
+                hint="the kernel needs CONFIG_CGROUP_BPF (as runc and Docker on v2 do)",
+            ) from exc
 
     def apply(self, limits: ResourceLimits) -> None:
         """Check every file first, so a limit the host lacks fails before any write."""

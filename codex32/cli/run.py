@@ -95,6 +95,13 @@ def container_command(action: Action) -> Callable[..., None]:
         tmpfs: Annotated[
             list[str] | None, typer.Option("--tmpfs", help="TARGET[:size=64m,mode=1777]")
         ] = None,
+        device: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--device",
+                help="Give a host device: HOST[:CONTAINER[:PERMS]], e.g. /dev/fuse (rwm).",
+            ),
+        ] = None,
         workdir: Annotated[str | None, typer.Option("-w", "--workdir")] = None,
         user: Annotated[str | None, typer.Option("-u", "--user", help="user[:group]")] = None,
         hostname: Annotated[str | None, typer.Option("-h", "--hostname")] = None,
@@ -177,6 +184,7 @@ def container_command(action: Action) -> Callable[..., None]:
         def build() -> ContainerConfig:
             from codex32 import (
                 ContainerConfig,
+                DeviceMapping,
                 IsolationType,
                 PortMapping,
                 ResourceLimits,
@@ -205,6 +213,7 @@ def container_command(action: Action) -> Callable[..., None]:
                 isolation=IsolationType(level.lower()),
                 volumes=[Volume.parse(v) for v in volume or []],
                 tmpfs=[TmpfsMount.parse(t) for t in tmpfs or []],
+                devices=[DeviceMapping.parse(d) for d in device or []],
                 read_only=read_only,
                 cap_add=cap_add or [],
                 cap_drop=cap_drop or [],

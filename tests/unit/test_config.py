@@ -269,7 +269,9 @@ def test_ids_the_kernel_would_not_take_are_refused(user: str, what: str) -> None
         ContainerConfig(image="busybox", user=user)
 
 
-@pytest.mark.parametrize("user", ["0", "4294967294", "1000:1000", "bot", "bot:staff", "0:4294967294"])
+@pytest.mark.parametrize(
+    "user", ["0", "4294967294", "1000:1000", "bot", "bot:staff", "0:4294967294"]
+)
 def test_ids_in_range_and_names_pass(user: str) -> None:
     assert ContainerConfig(image="busybox", user=user).user == user
 
@@ -288,9 +290,9 @@ def test_malformed_users_are_refused(user: str) -> None:
 def test_targets_that_shadow_what_the_engine_mounts_are_refused(
     target: str, tmp_path: Path
 ) -> None:
-    with pytest.raises(ValidationError, match="would (hide|cover)"):
+    with pytest.raises(ValidationError, match=r"would (hide|cover)"):
         Volume(source=str(tmp_path), target=target)
-    with pytest.raises(ValidationError, match="would (hide|cover)"):
+    with pytest.raises(ValidationError, match=r"would (hide|cover)"):
         TmpfsMount.parse(target)
 
 
@@ -312,8 +314,6 @@ def test_targets_beside_them_pass(target: str, tmp_path: Path) -> None:
         (lambda d: ContainerConfig(image="busybox", working_dir="/w\n"), "contains a newline"),
     ],
 )
-def test_line_breaks_and_nul_are_refused(
-    build: object, message: str, tmp_path: Path
-) -> None:
+def test_line_breaks_and_nul_are_refused(build: object, message: str, tmp_path: Path) -> None:
     with pytest.raises((ValidationError, ValueError), match=message):
         build(str(tmp_path))  # type: ignore[operator]
