@@ -387,7 +387,7 @@ class ContainerEngine:
         does); off, each monitor is a fresh interpreter."""
         self.settings = settings or Settings.from_env(storage_dir)
         self._fork_server = (take_prestarted_fork_server() or ForkServer()) if fork_server else None
-        self._store = StateStore(self.settings.storage_dir)
+        self._store = StateStore(self.settings.storage_dir, group=self.settings.userns_uid_base)
         self._templates = TemplateStore(self.settings.templates_dir, self.settings.storage_dir)
         self._cgroups = ContainerCgroups(self.settings.cgroup_parent)
         self._networking = Networking(self.settings.storage_dir, self._store)
@@ -526,22 +526,27 @@ class ContainerEngine:
         # The directory first, then the name: a name never points at nothing. The
         # operation lock marks the creation as under way until state.json exists, so a
         # concurrent init_engine()'s reconcile leaves the half-made directory alone.
-        directory.mkdir(mode=0o711)
+        directory.mkdir(mode=0o700)
         try:
             with self._store.operation(container_id):
                 self._store.reserve_name(name, container_id)
-                os.chmod(directory, 0o711)
                 for sub in ("upper", "work", "rootfs"):
                     (directory / sub).mkdir(mode=0o755)
                 if profile.userns:
+                    # Its root (host uid/gid base) mounts its overlay from inside its
+                    # user namespace: it may traverse (group x), no other user may.
                     base = self.settings.userns_uid_base
+                    os.chown(directory, 0, base)
+                    os.chmod(directory, 0o710)
                     for sub in ("upper", "work"):
                         os.chown(directory / sub, base, base)
+                else:
+                    os.chmod(directory, 0o700)  # Docker's overlay2 layer directories
                 self._store.save_config(container_id, config.model_dump(mode="json"))
                 hostname = config.hostname or container_id[:12]
                 self._networking.prepare(container_id, name, hostname, config, profile.network)
                 plan = self._plan(container_id, config, profile, template, lower)
-                (directory / "plan.json").write_text(plan.describe())
+                _write_private(directory / "plan.json", plan.describe())  # -e secrets
                 self._store.save(record)
         except BaseException:
             self._networking.release(container_id)
@@ -1422,11 +1427,21 @@ def _require_root() -> None:
         )
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only root may read (0600 from its creation on)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # an older file of another mode keeps its mode
+        f.write(text)
+
+
 def _check_traversable(storage: Path, uid: int) -> None:
-    """A user-namespaced root (host uid ``uid``) must be able to reach its layers."""
+    """A user-namespaced root (host uid and gid ``uid``) must be able to reach its
+    layers: by the storage tree's group (``ensure_layout``), or as "other" above it."""
     for path in [storage, *storage.parents]:
         st = path.stat()
-        if st.st_uid != uid and not st.st_mode & 0o001:
+        by_group = st.st_gid == uid and st.st_mode & 0o010
+        if st.st_uid != uid and not by_group and not st.st_mode & 0o001:
             raise ConfigError(
                 f"{path} is not searchable by other users, so a STRICT container's root "
                 f"(host uid {uid}) cannot reach its layers under {storage}",

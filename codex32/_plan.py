@@ -22,6 +22,10 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # On the container's own /dev tmpfs: never inside a template bind such as /usr.
 INIT_PATH = "/dev/init"
 TINI_STATIC = "/usr/bin/tini-static"
+#: The size of the tmpfs a read-only root gets for /tmp and the template's writable
+#: paths (an unsized tmpfs may take half the host's RAM). ``--tmpfs /tmp:size=1g``
+#: replaces it; its pages are charged to the container's memory cgroup either way.
+TMP_SIZE = 64 * 1024**2
 
 # Linux's RLIMIT_* numbers (asm-generic/resource.h; Python's resource lacks some).
 _RLIMITS = {
@@ -146,7 +150,7 @@ def build_plan(
         # writable paths become private tmpfs.
         for target in dict.fromkeys(["/tmp", *template.writable]):
             if not any(t.target == target for t in config.tmpfs):
-                steps.append(_tmpfs_step(target, None, 0o1777, ["nosuid", "nodev"]))
+                steps.append(_tmpfs_step(target, TMP_SIZE, 0o1777, ["nosuid", "nodev"]))
     for source, target in network_files:
         # /etc/hosts, /etc/resolv.conf: the engine rewrites them in place (peers come
         # and go), so read-only; before the volumes, so a user's own bind wins.

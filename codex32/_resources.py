@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ._cgroups.detect import detect_driver
 from ._cgroups.driver import LIMIT_CONTROLLERS, Cgroup, CgroupDriver, CgroupStats, requested
 from ._devices import DeviceRule
-from .config import ResourceLimits
+from .config import DEFAULT_PIDS_LIMIT, ResourceLimits
 from .errors import CgroupError
 
 log = logging.getLogger("codex32")
@@ -101,6 +101,7 @@ class ContainerCgroups:
         ``stats`` and OOM checks) is removed first, with anything left in it: limits
         are only ever written, never cleared, so a reused cgroup could keep a rule the
         config no longer has (a throttle on a device number that now names another disk).
+        A config without a pids limit gets ``DEFAULT_PIDS_LIMIT`` (a fork bomb's stop).
         ``devices``: the allow list of device nodes (everything else denied), or
         ``None`` to keep the host's (MINIMAL). ``None`` when the host has no cgroup
         driver.
@@ -111,6 +112,8 @@ class ContainerCgroups:
         with contextlib.suppress(CgroupError):
             driver.open(container_id).destroy(kill=True)
         cgroup = driver.create(container_id)
+        if limits.pids_limit is None and "pids" in driver.controllers():
+            limits = limits.model_copy(update={"pids_limit": DEFAULT_PIDS_LIMIT})
         try:
             if devices is not None:
                 cgroup.set_devices(devices)

@@ -151,22 +151,33 @@ def file_lock(path: Path) -> Iterator[None]:
 class StateStore:
     """Container directories and the name index under the storage directory."""
 
-    def __init__(self, storage_dir: Path) -> None:
+    def __init__(self, storage_dir: Path, group: int = 0) -> None:
+        """``group``: the host gid of a STRICT container's root, the one other id that
+        may traverse the storage tree (``ensure_layout``)."""
+        self.group = group
         self.root = storage_dir
         self.containers = storage_dir / "containers"
         self.names = storage_dir / "names"
         self._layout_ready = False
 
     def ensure_layout(self) -> None:
-        """Create the storage tree; 0711 so a user-namespaced root can reach its layers.
+        """Create the storage tree, closed to every host user but root and ``group``.
 
+        The root and ``containers/`` are 0710 root:``group`` (Docker's layout under
+        userns-remap): a STRICT container's root (host uid and gid ``group``) may
+        traverse them to its layers, no one else may enter, so nothing below (a
+        setuid file a container planted in its upper layer, a plan's secrets) is
+        reachable whatever its own mode. ``names/`` is root's alone.
         Once per store while the tree stays (every create asks).
         """
         if self._layout_ready and self.names.is_dir() and self.containers.is_dir():
             return
         for path in (self.root, self.containers, self.names):
             path.mkdir(parents=True, exist_ok=True)
-            os.chmod(path, 0o711)
+        for path in (self.root, self.containers):
+            os.chown(path, 0, self.group)
+            os.chmod(path, 0o710)
+        os.chmod(self.names, 0o700)
         self._layout_ready = True
 
     def directory(self, container_id: str) -> Path:

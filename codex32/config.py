@@ -52,6 +52,14 @@ SYS_DEV_BLOCK = "/sys/dev/block"
 
 #: The largest rates blk-throttle stores: bytes/s in a u64, IOs/s in an unsigned int.
 BPS_MAX = (1 << 64) - 1
+
+#: Processes a container may have when its config sets no limit (podman's default):
+#: a fork bomb stops there instead of filling the host's pid space. -1: unlimited.
+DEFAULT_PIDS_LIMIT = 2048
+#: Log rotation when the config names none: Docker's ``local`` driver's 20 MB x 5
+#: (json-file's default is unbounded, which lets a container fill the host's disk).
+DEFAULT_LOG_MAX_SIZE = 20 * 1024**2
+DEFAULT_LOG_MAX_FILES = 5
 IOPS_MAX = (1 << 32) - 1
 
 
@@ -494,7 +502,9 @@ class ResourceLimits(BaseModel):
     memory_bytes: int | None = Field(default=None, ge=6 * 1024 * 1024)
     memory_swap_bytes: int | None = Field(default=None, ge=-1)
     memory_reservation_bytes: int | None = Field(default=None, gt=0)
-    pids_limit: int | None = Field(default=None, ge=1)
+    #: None: the engine's default (DEFAULT_PIDS_LIMIT) where the host has a pids
+    #: controller; -1 (or 0, as Docker): unlimited.
+    pids_limit: int | None = Field(default=None, ge=-1)
     blkio_weight: int | None = Field(default=None, ge=10, le=1000)
     max_open_files: int | None = Field(default=None, ge=1, le=1 << 20)
     # Per-device throttles (Docker's --device-{read,write}-{bps,iops}); bytes or IOs/s.
@@ -505,6 +515,11 @@ class ResourceLimits(BaseModel):
     #: Enforce what the host can and warn about the rest (dropped from the config),
     #: instead of refusing the container (``--limits best-effort``).
     best_effort: bool = False
+
+    @field_validator("pids_limit")
+    @classmethod
+    def _pids(cls, value: int | None) -> int | None:
+        return -1 if value == 0 else value
 
     @field_validator("memory_bytes", "memory_swap_bytes", "memory_reservation_bytes", mode="before")
     @classmethod
@@ -614,8 +629,9 @@ class ContainerConfig(BaseModel):
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     stop_signal: str = "SIGTERM"
     stop_timeout: int = Field(default=10, ge=0, le=3600)
-    log_max_size: int | None = Field(default=None, ge=4096)
-    log_max_files: int = Field(default=1, ge=1, le=100)
+    #: Rotate the log at this size (None: never; "-1" or -1 given: never).
+    log_max_size: int | None = Field(default=DEFAULT_LOG_MAX_SIZE, ge=4096)
+    log_max_files: int = Field(default=DEFAULT_LOG_MAX_FILES, ge=1, le=100)
     resources: ResourceLimits = Field(default_factory=ResourceLimits)
     # None: the isolation level's default (see _netconfig); rates in bit/s.
     network: str | None = None
@@ -643,6 +659,8 @@ class ContainerConfig(BaseModel):
     @field_validator("log_max_size", mode="before")
     @classmethod
     def _log_size(cls, value: Any) -> Any:
+        if value in (-1, "-1"):
+            return None
         return parse_size(value) if isinstance(value, str) else value
 
     @field_validator("stop_signal")

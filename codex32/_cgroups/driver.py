@@ -175,6 +175,11 @@ def cpu_quota_us(cpus: float, period_us: int = CPU_PERIOD_US) -> int:
     return round(cpus * period_us)
 
 
+def pids_max(limit: int) -> str:
+    """pids.max's value: ``max`` for -1 (unlimited, ``--pids-limit -1``)."""
+    return "max" if limit < 0 else str(limit)
+
+
 def requested(limits: ResourceLimits) -> list[str]:
     """Names of the cgroup limits that are set (rlimit-only fields are not ours).
 

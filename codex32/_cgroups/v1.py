@@ -55,6 +55,7 @@ from .driver import (
     THROTTLES,
     CgroupStats,
     cpu_quota_us,
+    pids_max,
     signal_pids,
     throttle_rules,
 )
@@ -162,7 +163,7 @@ class V1Cgroup:
         if limits.memory_reservation_bytes is not None:
             writes.append(("memory", "memory.soft_limit_in_bytes", limits.memory_reservation_bytes))
         if limits.pids_limit is not None:
-            writes.append(("pids", "pids.max", limits.pids_limit))
+            writes.append(("pids", "pids.max", pids_max(limits.pids_limit)))
         if limits.blkio_weight is not None:
             # blkio.weight is CFQ's (gone since 5.0); BFQ's file is blkio.bfq.weight
             # with the same 10..1000 range: runc falls back to it the same way.

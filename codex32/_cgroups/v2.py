@@ -54,6 +54,7 @@ from .driver import (
     THROTTLES,
     CgroupStats,
     cpu_quota_us,
+    pids_max,
     signal_pids,
     throttle_rules,
 )
@@ -160,7 +161,7 @@ class V2Cgroup:
         if limits.memory_reservation_bytes is not None:
             writes.append(("memory.low", limits.memory_reservation_bytes))
         if limits.pids_limit is not None:
-            writes.append(("pids.max", limits.pids_limit))
+            writes.append(("pids.max", pids_max(limits.pids_limit)))
         if limits.blkio_weight is not None:
             # BFQ takes the blkio range as is; io.weight (iocost) needs converting.
             if self._has("io.bfq.weight"):
