@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from codex32._cgroups.driver import CgroupDriver, requested
-from codex32._cgroups.fake import ALL_CONTROLLERS, FakeDriver
+from codex32._cgroups.fake import ALL_CONTROLLERS, FakeCgroup, FakeDriver
 from codex32._resources import ContainerCgroups
 from codex32.config import ResourceLimits
 from codex32.errors import CgroupError
@@ -73,3 +73,22 @@ def test_fake_records_device_limits_and_needs_blkio() -> None:
     # A v2 driver names the controller "io": that counts as blkio.
     with_io = FakeDriver(available=(ALL_CONTROLLERS - {"blkio"}) | {"io"})
     assert ContainerCgroups("codex32", driver=with_io).missing_controllers(limits) == {}
+
+
+def test_prepare_sets_the_device_rules_and_the_default_pids_limit() -> None:
+    from codex32._devices import DEFAULT_RULES
+    from codex32.config import DEFAULT_PIDS_LIMIT
+
+    driver = FakeDriver()
+    cgroups = ContainerCgroups("codex32", driver=driver)
+    group = cgroups.prepare("a" * 64, ResourceLimits(), DEFAULT_RULES)
+    assert isinstance(group, FakeCgroup)
+    assert group.devices == DEFAULT_RULES
+    assert group.limits.pids_limit == DEFAULT_PIDS_LIMIT  # a fork bomb's stop
+    group = cgroups.prepare("b" * 64, ResourceLimits(pids_limit=-1), None)
+    assert isinstance(group, FakeCgroup)
+    assert (group.devices, group.limits.pids_limit) == (None, -1)  # MINIMAL; unlimited
+    no_pids = FakeDriver(available=ALL_CONTROLLERS - {"pids"})
+    group = ContainerCgroups("codex32", driver=no_pids).prepare("c" * 64, ResourceLimits())
+    assert isinstance(group, FakeCgroup)
+    assert group.limits.pids_limit is None  # no controller: no default to enforce

@@ -317,3 +317,31 @@ def test_targets_beside_them_pass(target: str, tmp_path: Path) -> None:
 def test_line_breaks_and_nul_are_refused(build: object, message: str, tmp_path: Path) -> None:
     with pytest.raises((ValidationError, ValueError), match=message):
         build(str(tmp_path))  # type: ignore[operator]
+
+
+def test_device_mappings_parse_as_dockers() -> None:
+    from codex32 import DeviceMapping
+
+    assert DeviceMapping.parse("/dev/null").model_dump() == {
+        "host_path": "/dev/null", "container_path": "/dev/null", "permissions": "rwm"
+    }  # fmt: skip
+    assert DeviceMapping.parse("/dev/null:/dev/x:wr").permissions == "rw"
+    assert DeviceMapping.parse("/dev/null:r").container_path == "/dev/null"
+    for spec, message in [
+        ("/etc/passwd", "is not a device node"),
+        ("/dev/null:/proc/x", "would cover /proc"),
+        ("/dev/null:/dev/x:rx", "use letters of rwm"),
+        ("/dev/null:/dev/x:r:y", "HOST"),
+        ("dev/null", "absolute"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            DeviceMapping.parse(spec)
+
+
+def test_safe_defaults_for_logs_and_pids() -> None:
+    config = ContainerConfig(image="busybox")
+    assert (config.log_max_size, config.log_max_files) == (20 << 20, 5)
+    assert ContainerConfig(image="busybox", log_max_size="-1").log_max_size is None
+    assert ResourceLimits(pids_limit=0).pids_limit == -1  # Docker's 0: unlimited
+    with pytest.raises(ValidationError):
+        ResourceLimits(pids_limit=-2)
