@@ -677,13 +677,13 @@ class ContainerEngine:
         directory = self._store.directory(container.id)
         config = container.config
         plan = Plan.from_json((directory / "plan.json").read_text())
+        devices = _device_rules(container, config)  # before anything is started
         monitor = self._monitor_config(container, config, attach, config.tty)
         launch = Launch(plan, container.name, monitor, self._fork_server)
         # The cgroup is made, with its limits, while the monitor and PID 1 are forked;
         # at ``created`` only the move of PID 1 is left. That move waits out an RCU
         # grace period (5-20 ms of kernel time, see docs/performance.md): a bridged
         # container's veth is wired meanwhile. Both finish before PID 1's go-ahead.
-        devices = _device_rules(container, config)
         preparing = _Background(
             lambda: self._cgroups.prepare(container.id, config.resources, devices)
         )

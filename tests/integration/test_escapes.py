@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ from codex32 import (
     Volume,
 )
 from codex32.config import DEFAULT_PIDS_LIMIT
-from codex32.errors import ConfigError
+from codex32.errors import ConfigError, LaunchError
 
 pytestmark = pytest.mark.root
 
@@ -147,6 +148,28 @@ def test_device_grants_that_device_only(
     assert "WROTE" not in output, output  # write: not granted, nor the kernel log
     assert other_secret.decode() not in output, output
     assert image.read_bytes() == before
+
+
+def test_a_device_gone_since_create_fails_the_start_in_one_message(
+    engine: ContainerEngine, containers: Containers, storage_dir: Path
+) -> None:
+    with host_tmpdir() as directory:
+        node = directory / "null-twin"
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        container = containers.create(
+            ContainerConfig(
+                image="busybox",
+                command=["true"],
+                network="none",
+                devices=[DeviceMapping(host_path=str(node), container_path="/dev/twin")],
+            )
+        )
+        node.unlink()
+        before = snapshot(storage_dir)
+        with pytest.raises(LaunchError, match="null-twin: No such file") as caught:
+            container.start()
+        assert caught.value.step == "devices"
+        assert_nothing_new(before, storage_dir)
 
 
 def test_device_flag_refuses_what_is_not_a_device(storage_dir: Path) -> None:
