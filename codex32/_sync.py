@@ -93,6 +93,26 @@ def receive_with_fds(sock: socket.socket) -> tuple[Message | None, list[int]]:
     return _decode(data), list(fds)
 
 
+def printable(text: object, limit: int = 1000) -> str:
+    """``text`` made safe to print as the engine's own words: one line, no control or
+    format characters (terminal escapes, a forged second line, bidi overrides), each
+    shown escaped instead, and at most ``limit`` characters.
+
+    An error message may carry what a container wrote (a name from its /etc/passwd,
+    a path in its root); the engine must never print that as if it said it.
+    """
+    out = []
+    for char in str(text):
+        if char.isprintable():
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(f"\\u{ord(char):04x}")
+    cleaned = "".join(out)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
 def error_message(step: str, errno: int, message: str, exit_code: int = 125) -> Message:
     """The one shape every failure takes on the wire."""
     return {
