@@ -36,7 +36,7 @@ import socket
 import sys
 import termios
 import time
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import _sync
 from ._init import Setup, StepError
@@ -54,6 +54,22 @@ _NSTYPE = {
     "time": syscalls.CLONE_NEWTIME,
     "pid": syscalls.CLONE_NEWPID,
 }
+
+
+class _ExecSetup(Setup):
+    """The container's privilege steps, run beside its processes: non-dumpable until
+    exec even where a uid change would undo it (fs.suid_dumpable=1)."""
+
+    pause = 0.0  # tests only: hold the window before seccomp open (CODEX32_TEST_EXEC_PAUSE)
+
+    def _user(self, step: dict[str, Any]) -> None:
+        super()._user(step)
+        caps.set_undumpable()
+
+    def _seccomp(self, step: dict[str, Any]) -> None:
+        if self.pause:  # capabilities dropped, no seccomp yet: runc's CVE-2016-9962 window
+            time.sleep(self.pause)
+        super()._seccomp(step)
 
 
 def _join(pid: int) -> None:
@@ -77,15 +93,13 @@ def _join(pid: int) -> None:
             os.close(fd)
 
 
-def _child(setup: Setup, sock: socket.socket, tty: bool, pause: float) -> NoReturn:
+def _child(setup: Setup, sock: socket.socket, tty: bool) -> NoReturn:
     """The new process, in the container's pid namespace: wait for the go-ahead on
     ``sock`` (its own socket with us, close-on-exec), set up and exec."""
     try:
         go = _sync.receive(sock)  # the engine has put us in the container's cgroup
         if not go or go.get("type") != "proceed":
             os._exit(125)
-        if pause:  # tests only: hold the set-up window open (CODEX32_TEST_EXEC_PAUSE)
-            time.sleep(pause)
         if tty:  # a session of its own, the terminal on stdin its controlling one
             try:
                 os.setsid()
@@ -123,7 +137,8 @@ def main() -> int:
     if not message or message.get("type") != "exec":
         return 125
     try:
-        setup = Setup({"steps": message["steps"]}, undumpable=True)  # reads the seccomp program
+        setup = _ExecSetup({"steps": message["steps"]})  # reads the seccomp program
+        setup.pause = float(message.get("pause") or 0)
         _join(int(message["pid"]))
         ours, theirs = _sync.socket_pair()
         pid = os.fork()
@@ -133,7 +148,7 @@ def main() -> int:
     if pid == 0:
         engine.close()
         ours.close()
-        _child(setup, theirs, bool(message.get("tty")), float(message.get("pause") or 0))
+        _child(setup, theirs, bool(message.get("tty")))
     theirs.close()
     # The engine learns the pid from the kernel: a pidfd, which names this child and
     # no other, whatever its number (the engine reads the pid from its fdinfo).

@@ -42,14 +42,9 @@ class StepError(Exception):
 class Setup:
     """Runs a plan's steps inside PID 1, in order, ending in exec."""
 
-    def __init__(
-        self, plan: dict[str, Any], sock: socket.socket | None = None, *, undumpable: bool = False
-    ) -> None:
+    def __init__(self, plan: dict[str, Any], sock: socket.socket | None = None) -> None:
         self.plan = plan
         self.sock = sock  # to the monitor: the console step sends its terminal there
-        # exec's set-up runs beside the container's processes: it stays non-dumpable
-        # until exec, even where fs.suid_dumpable would make a uid change undo it.
-        self.undumpable = undumpable
         self.root_fd = -1
         self.identity: process.Identity | None = None
         # Read before pivot_root: afterwards the host's files are out of reach.
@@ -166,8 +161,6 @@ class Setup:
                     if exc.errno not in (errno.EPERM, errno.EINVAL):
                         raise
         process.switch_user(self.identity)
-        if self.undumpable:
-            caps.set_undumpable()
 
     def _seccomp(self, step: dict[str, Any]) -> None:
         bpf.load_bpf(self.seccomp_program)

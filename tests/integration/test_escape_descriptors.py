@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from lifecycle_support import (
     Containers,
     cli_env,
     containers,  # noqa: F401 - a pytest fixture, used by name
+    eventually,
     sh,
 )
 
@@ -182,3 +184,94 @@ def test_exec_tty_never_hands_in_the_callers_terminal(
     finally:
         os.close(master)
         os.close(caller_tty)
+
+
+# Watches /proc in a tight loop for exec's set-up processes (their command line is
+# still the host's ``codex32._exec``) and, again and again until each has exec'd,
+# tries to PTRACE_SEIZE and PTRACE_ATTACH it and to read where its descriptors
+# lead, until argv[1] seconds pass, argv[2] of them were seen and are gone, or one
+# was ptraced (exiting then lets it go).
+# Prints "seen N seized N fds N" (set-up processes seen, ptraced, fds read).
+PTRACE = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+PTRACE_ATTACH, PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 16, 17, 0x4206, 0x4207
+deadline = time.monotonic() + float(sys.argv[1])
+seen, done, active, seized, fds = 0, set(), set(), set(), set()
+
+def setup(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"\0codex32._exec\0" in f.read()  # "-m codex32._exec FD"
+    except OSError:
+        return False
+
+def let_go(pid, request):
+    # Detach (a process that exec'd meanwhile is the container's own: let it run).
+    if request == PTRACE_SEIZE:
+        libc.ptrace(PTRACE_INTERRUPT, pid, None, None)
+    try:
+        os.waitpid(pid, 0x40000000)  # __WALL: its ptrace-stop
+    except OSError:
+        pass
+    libc.ptrace(PTRACE_DETACH, pid, None, None)
+
+open("/tmp/attacker-ready", "w").close()
+while time.monotonic() < deadline and (seen < int(sys.argv[2]) or active) and not seized:
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in done | active | {os.getpid()} and setup(name):
+            active.add(int(name))
+            seen += 1
+    for pid in list(active):
+        if pid not in seized:
+            for request in (PTRACE_SEIZE, PTRACE_ATTACH):
+                if libc.ptrace(request, pid, None, None) == 0:
+                    if setup(pid):
+                        seized.add(pid)
+                    let_go(pid, request)
+                    break
+        if pid not in fds:
+            try:
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    os.readlink(f"/proc/{pid}/fd/{fd}")
+                if setup(pid):
+                    fds.add(pid)
+            except OSError:
+                pass
+        if not setup(pid):
+            active.discard(pid)
+            done.add(pid)
+print("seen", seen, "seized", len(seized), "fds", len(fds), flush=True)
+"""
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_container_cannot_ptrace_the_exec_set_up_process(
+    containers: Containers, monkeypatch: pytest.MonkeyPatch, level: IsolationType
+) -> None:
+    # CVE-2016-9962: while exec's set-up process is still the host's Python (all of
+    # the engine's capabilities, no seccomp yet) in the container's pid namespace,
+    # a process of the container attaches to it. The engine holds the set-up step
+    # open 0.3 s here so that the attacker sees every one.
+    container = containers.running(_python_loop(level))
+    ready = Path(f"/proc/{container.record.pid}/root/tmp/attacker-ready")
+    outcome: list[bytes] = []
+    attacker = threading.Thread(
+        target=lambda: outcome.append(
+            container.exec_run(["python3", "-c", PTRACE, "30", "5"]).output
+        )
+    )
+    attacker.start()
+    try:
+        assert eventually(ready.exists, 15), "the attacker did not start"
+        monkeypatch.setenv("CODEX32_TEST_EXEC_PAUSE", "0.3")
+        for _ in range(5):
+            assert container.exec_run(["true"]).exit_code == 0
+    finally:
+        attacker.join(60)
+    words = outcome[0].decode().split()
+    found = dict(zip(words[::2], (int(w) for w in words[1::2]), strict=True))
+    assert found["seized"] == 0, f"a container process ptraced exec's set-up: {found}"
+    assert found["fds"] == 0, f"a container process read exec's set-up descriptors: {found}"
+    assert found["seen"] >= 3, f"the attacker saw too few set-up processes to judge: {found}"
