@@ -35,6 +35,7 @@ from ._launch import (
     run_exec,
     take_prestarted_fork_server,
 )
+from ._linux.process import is_namespace_init
 from ._logs import LogEntry
 from ._netconfig import HOST, resolve_network
 from ._networking import NetworkCollection, Networking
@@ -817,6 +818,8 @@ class ContainerEngine:
         if not is_same_process(record.pid, record.pid_start_time):
             return False
         assert record.pid is not None
+        if not is_namespace_init(record.pid):  # a record pointing at a host process
+            return False
         try:
             os.kill(record.pid, sig)
         except ProcessLookupError:

@@ -241,6 +241,12 @@ class Launch:
                 # The monitor has daemonized by now; its first process has exited.
                 self._process.wait()
             self.pid = int(created["pid"])
+            if not process_info.is_namespace_init(self.pid):
+                raise LaunchError(
+                    f"pid {self.pid} is not the first process of a pid namespace",
+                    container=self.container,
+                    step="created",
+                )
             if on_created is not None:
                 try:
                     on_created(self.pid)
@@ -311,7 +317,7 @@ class Launch:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the container's PID 1."""
-        if self.pid is not None:
+        if self.pid is not None and process_info.is_namespace_init(self.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
 

@@ -160,8 +160,12 @@ def pid_namespace(pid: int) -> int:
 
 
 def is_namespace_init(pid: int) -> bool:
-    """``pid`` is PID 1 of a pid namespace of its own (a container's first process)."""
-    nspid = _status_field(pid, "NSpid")
+    """``pid`` is PID 1 of a pid namespace of its own (a container's first process);
+    False if it is gone."""
+    try:
+        nspid = _status_field(pid, "NSpid")
+    except OSError:
+        return False
     return len(nspid) > 1 and nspid[-1] == "1"
 
 
