@@ -26,7 +26,7 @@ from lifecycle_support import (
     sh,
 )
 
-from codex32 import ContainerConfig, ContainerEngine, IsolationType
+from codex32 import ContainerConfig, ContainerEngine, IsolationType, LaunchError
 
 pytestmark = pytest.mark.root
 
@@ -275,3 +275,28 @@ def test_a_container_cannot_ptrace_the_exec_set_up_process(
     assert found["seized"] == 0, f"a container process ptraced exec's set-up: {found}"
     assert found["fds"] == 0, f"a container process read exec's set-up descriptors: {found}"
     assert found["seen"] >= 3, f"the attacker saw too few set-up processes to judge: {found}"
+
+
+def test_a_set_up_error_is_printed_on_one_line_with_escapes_shown(
+    engine: ContainerEngine, containers: Containers, storage_dir: Path
+) -> None:
+    # A set-up error carries text from the container's side (here a command name the
+    # container's PATH does not have): the engine prints it escaped, on one line.
+    name = "no\x1b]0;owned\x07such\nError: forged"
+    container = containers.running(sh(LOOP, network="none"))
+    with pytest.raises(LaunchError) as raised:
+        container.exec_run([name])
+    assert "\x1b" not in str(raised.value) and "\n" not in str(raised.value)
+    assert "no\\x1b]0;owned\\x07such\\x0aError: forged" in str(raised.value)
+    with pytest.raises(LaunchError) as raised:
+        engine.containers.run(sh("true", network="none", auto_remove=True).model_copy(
+            update={"command": [name]}
+        ))  # fmt: skip
+    assert "\x1b" not in str(raised.value) and "\n" not in str(raised.value)
+    run = subprocess.run(
+        [CODEX32, "exec", container.name, "--", name],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        env=cli_env(storage_dir), timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 127, run
+    assert len(run.stderr.splitlines()) == 1 and "\x1b" not in run.stderr, run.stderr
