@@ -118,7 +118,7 @@ def _is_cgroup_of(path: object, container_id: str) -> bool:
     """A cgroup directory named by the id (the engine ``rmdir``s these paths)."""
     return (
         isinstance(path, str)
-        and path.startswith("/sys/fs/cgroup/")
+        and os.path.isabs(path)
         and os.path.basename(path) == container_id
         and ".." not in path.split("/")
     )

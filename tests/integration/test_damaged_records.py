@@ -51,7 +51,7 @@ def test_a_damaged_record_is_named_and_the_others_list(
         "bad name": json.dumps(record | {"name": "../../names/x"}).encode(),
         "bad pid": json.dumps(record | {"pid": "1; rm -rf /"}).encode(),
         "foreign cgroup": json.dumps(
-            record | {"cgroup_paths": {"pids": "/sys/fs/cgroup/pids"}}
+            record | {"cgroup_paths": {"pids": "/sys/fs/cgroup/pids/user.slice"}}
         ).encode(),
     }[damage]
     path.write_bytes(hostile)

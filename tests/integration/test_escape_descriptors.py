@@ -193,7 +193,7 @@ def test_exec_tty_never_hands_in_the_callers_terminal(
 # was ptraced (exiting then lets it go).
 # Prints "seen N seized N fds N" (set-up processes seen, ptraced, fds read).
 PTRACE = r"""
-import ctypes, os, sys, time
+import ctypes, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
 PTRACE_ATTACH, PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 16, 17, 0x4206, 0x4207
@@ -216,6 +216,10 @@ def let_go(pid, request):
     except OSError:
         pass
     libc.ptrace(PTRACE_DETACH, pid, None, None)
+    try:  # an ATTACH's SIGSTOP that landed after all would leave it stopped
+        os.kill(pid, signal.SIGCONT)
+    except OSError:
+        pass
 
 open("/tmp/attacker-ready", "w").close()
 while time.monotonic() < deadline and (seen < int(sys.argv[2]) or active) and not seized:
