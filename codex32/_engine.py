@@ -35,7 +35,7 @@ from ._launch import (
     run_exec,
     take_prestarted_fork_server,
 )
-from ._linux.process import is_namespace_init
+from ._linux.process import in_cgroup_named, is_namespace_init
 from ._logs import LogEntry
 from ._netconfig import HOST, resolve_network
 from ._networking import NetworkCollection, Networking
@@ -851,6 +851,8 @@ class ContainerEngine:
             return False
         assert record.pid is not None
         if not is_namespace_init(record.pid):  # a record pointing at a host process
+            return False
+        if record.cgroup_paths and not in_cgroup_named(record.pid, record.id):
             return False
         try:
             os.kill(record.pid, sig)

@@ -172,3 +172,13 @@ def is_namespace_init(pid: int) -> bool:
 def in_pid_namespace_of(pid: int, init: int) -> bool:
     """``pid`` lives in the pid namespace whose PID 1 is ``init`` (a container's)."""
     return is_namespace_init(init) and pid_namespace(pid) == pid_namespace(init)
+
+
+def in_cgroup_named(pid: int, name: str) -> bool:
+    """``pid`` is in a cgroup whose directory is ``name`` (a container's id), in some
+    hierarchy, as ``/proc/PID/cgroup`` shows it from here; False if it is gone."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return any(line.rstrip("\n").rsplit("/", 1)[-1] == name for line in f)
+    except OSError:
+        return False
