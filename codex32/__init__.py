@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .errors import ConfigError as ConfigError
     from .errors import ContainerError as ContainerError
     from .errors import ContainerNotFoundError as ContainerNotFoundError
+    from .errors import DamagedRecordError as DamagedRecordError
     from .errors import ImageError as ImageError
     from .errors import LaunchError as LaunchError
     from .errors import NetworkError as NetworkError
@@ -61,6 +62,7 @@ _EXPORTS = {
     "ConfigError": ".errors",
     "ContainerError": ".errors",
     "ContainerNotFoundError": ".errors",
+    "DamagedRecordError": ".errors",
     "ImageError": ".errors",
     "LaunchError": ".errors",
     "NetworkError": ".errors",

@@ -36,13 +36,20 @@ from ._launch import (
     run_exec,
     take_prestarted_fork_server,
 )
+from ._linux.process import in_cgroup_named, is_namespace_init
 from ._logs import LogEntry
 from ._netconfig import HOST, resolve_network
 from ._networking import NetworkCollection, Networking
 from ._plan import ContainerPaths, Plan, Step, build_plan
 from ._profiles import Profile, resolve_profile
 from ._resources import ContainerCgroups, ContainerStats
-from ._state import ContainerRecord, ContainerState, StateStore, is_same_process
+from ._state import (
+    ContainerRecord,
+    ContainerState,
+    StateStore,
+    is_container_id,
+    is_same_process,
+)
 from ._templates import Template, TemplateStore
 from .config import (
     ContainerConfig,
@@ -57,6 +64,7 @@ from .errors import (
     ConfigError,
     ContainerError,
     ContainerNotFoundError,
+    DamagedRecordError,
     ImageError,
     LaunchError,
     NetworkError,
@@ -331,7 +339,11 @@ class ContainerCollection:
         return Container(self._engine, self._engine._refresh(store.resolve(name_or_id)))
 
     def list(self, *, all: bool = False) -> list[Container]:
-        """Running containers, or every container with ``all=True``."""
+        """Running containers, or every container with ``all=True``.
+
+        A damaged record is left out (``damaged()`` names it): one bad file does not
+        hide the others.
+        """
         store = self._engine._store
         containers = []
         for container_id in store.ids():
@@ -342,6 +354,27 @@ class ContainerCollection:
             if all or record.status in _LIVE:
                 containers.append(Container(self._engine, record))
         return sorted(containers, key=lambda c: c.record.created_at)
+
+    def damaged(self) -> tuple[DamagedRecordError, ...]:
+        """Each container record that cannot be trusted, with its path and why."""
+        found: list[DamagedRecordError] = []
+        for container_id in self._engine._store.ids():
+            try:
+                self._engine._store.load(container_id)
+            except DamagedRecordError as exc:
+                found.append(exc)
+            except ContainerNotFoundError:
+                continue  # removed meanwhile
+        return tuple(found)
+
+    def remove_damaged(self, name_or_id: str) -> str:
+        """Remove a container whose record is damaged; return its directory's name.
+
+        Nothing of the record is used: whatever runs in the cgroup named by the
+        directory is killed, that cgroup and the directory are removed, and names
+        pointing at it dropped (``rm -f`` of a damaged record).
+        """
+        return self._engine._remove_damaged(name_or_id)
 
 
 class ImageCollection:
@@ -832,6 +865,10 @@ class ContainerEngine:
         if not is_same_process(record.pid, record.pid_start_time):
             return False
         assert record.pid is not None
+        if not is_namespace_init(record.pid):  # a record pointing at a host process
+            return False
+        if record.cgroup_paths and not in_cgroup_named(record.pid, record.id):
+            return False
         try:
             os.kill(record.pid, sig)
         except ProcessLookupError:
@@ -1086,6 +1123,34 @@ class ContainerEngine:
         self._event(container, "destroy")
         container._record.status = ContainerState.REMOVED
 
+    def _remove_damaged(self, name_or_id: str) -> str:
+        store = self._store
+        try:
+            container_id = store.resolve(name_or_id)
+        except ContainerNotFoundError:
+            # A directory whose name is no id (damaged that way) is named as it is.
+            if "/" in name_or_id or name_or_id in ("", ".", ".."):
+                raise
+            container_id = name_or_id
+        try:
+            store.load(container_id)
+        except DamagedRecordError:
+            pass
+        else:
+            raise StateError(
+                f"the record of {name_or_id} is not damaged", hint="remove it with `rm`"
+            )
+        directory = store.directory(container_id)
+        if directory.parent != store.containers or not directory.is_dir():
+            raise ContainerNotFoundError(f"no such container: {name_or_id}")
+        with store.operation(container_id):
+            if is_container_id(container_id):  # its cgroup, its network: named by the id
+                self._cgroups.destroy(container_id)
+                self._networking.release(container_id)
+            shutil.rmtree(directory, ignore_errors=True)
+            store.drop_dangling_names()
+        return container_id
+
     def _exec(
         self,
         container: Container,
@@ -1227,6 +1292,9 @@ class ContainerEngine:
                 after = self._refresh(path.name)
             except ContainerNotFoundError:
                 continue  # removed meanwhile by another process
+            except DamagedRecordError as exc:  # left for `rm -f`; the others go on
+                log.warning("%s", exc)
+                continue
             if after.status is not before:
                 fixed.append(path.name)
             if after.died_unseen:  # found so now, or by any verb since the reboot

@@ -30,6 +30,7 @@ from ._cgroups.oom import OomWatch, oom_kill_count
 from ._events import Event, append_event
 from ._init import stage2
 from ._linux.caps import set_child_subreaper, set_process_name
+from ._linux.process import pid_of_pidfd
 from ._linux.pty import copy_window_size, write_all
 from ._logs import LogWriter
 from ._state import (
@@ -187,7 +188,14 @@ class Monitor:
             os.close(err_w)
         try:
             while self.pid1 is None:
-                message = _sync.receive(ours)
+                message, fds = _sync.receive_with_fds(ours)
+                pid1 = None
+                try:  # PID 1 comes as a pidfd: its pid is the kernel's word, not a number sent
+                    if message and message.get("type") == "pid" and len(fds) == 1:
+                        pid1 = pid_of_pidfd(fds[0])
+                finally:
+                    for fd in fds:
+                        os.close(fd)
                 if message is None:
                     self._tell(_sync.error_message("namespaces", 0, "set-up process died"))
                     return False
@@ -199,8 +207,8 @@ class Monitor:
                         self._tell(_sync.error_message("uid_map", exc.errno or 0, str(exc)))
                         return False
                     _sync.send(ours, {"type": "map_done"})
-                elif kind == "pid":
-                    self.pid1 = int(message["pid"])
+                elif kind == "pid" and pid1 is not None:
+                    self.pid1 = pid1
                 else:
                     self._tell(message)
                     return False

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,7 +27,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ContainerNotFoundError
+from ._sync import printable
+from .errors import ConfigError, ContainerNotFoundError, DamagedRecordError
 
 
 class ContainerState(StrEnum):
@@ -87,6 +89,67 @@ _FIELDS = frozenset(ContainerRecord.__dataclass_fields__)
 #: How young a lock-less container directory must be to count as being created.
 _CREATION_GRACE = 10.0
 _HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def is_container_id(text: str) -> bool:
+    """Whether ``text`` is a container id: 64 lowercase hex digits."""
+    return len(text) == 64 and set(text) <= _HEX_DIGITS
+
+
+# config.NAME_PATTERN and NAME_MAX (not imported: the monitor runs without pydantic).
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+NAME_MAX = 128
+_INT_FIELDS = (
+    "pid", "pid_start_time", "exit_code", "monitor_pid", "monitor_start_time", "signal",
+    "restart_count",
+)  # fmt: skip
+_TIME_FIELDS = ("created_at", "started_at", "finished_at")
+
+
+def _damaged(path: Path, reason: str) -> DamagedRecordError:
+    return DamagedRecordError(
+        f"damaged container record {path}: {printable(reason, 200)}",
+        path=str(path),
+        hint=f"`codex32 rm -f {path.parent.name}` removes it",
+    )
+
+
+def _is_cgroup_of(path: object, container_id: str) -> bool:
+    """A cgroup directory named by the id (the engine ``rmdir``s these paths)."""
+    return (
+        isinstance(path, str)
+        and os.path.isabs(path)
+        and os.path.basename(path) == container_id
+        and ".." not in path.split("/")
+    )
+
+
+def _checked_record(data: object, container_id: str, path: Path) -> ContainerRecord:
+    """``data`` as a record, if it is one and it is this directory's."""
+    if not isinstance(data, dict):
+        raise _damaged(path, f"a JSON {type(data).__name__}, not an object")
+    if data.get("id") != container_id:
+        raise _damaged(path, f"its id {data.get('id')!r} is not its directory's name")
+    name = data.get("name")
+    if not isinstance(name, str) or len(name) > NAME_MAX or not _NAME.match(name):
+        raise _damaged(path, f"its name {name!r} is not a container name")
+    for key in _INT_FIELDS:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise _damaged(path, f"{key} {value!r} is not a number")
+    for key in _TIME_FIELDS:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise _damaged(path, f"{key} {value!r} is not a time")
+    cgroups = data.get("cgroup_paths", {})
+    if not isinstance(cgroups, dict) or not all(
+        _is_cgroup_of(p, container_id) for p in cgroups.values()
+    ):
+        raise _damaged(path, "its cgroup paths are not this container's")
+    try:
+        return ContainerRecord.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _damaged(path, f"missing or invalid fields ({type(exc).__name__}: {exc})") from None
 
 
 def _is_id_prefix(text: str) -> bool:
@@ -288,12 +351,25 @@ class StateStore:
         write_json_atomic(self.directory(container_id) / "config.json", config)
 
     def load(self, container_id: str) -> ContainerRecord:
-        """Read state.json."""
+        """Read state.json; a record that cannot be trusted is a ``DamagedRecordError``.
+
+        Nothing of the file is used before it is checked: the engine builds paths
+        from the id and the name, removes the cgroup paths and signals the pids.
+        """
+        path = self.directory(container_id) / "state.json"
+        if not is_container_id(container_id):
+            if "/" in container_id or container_id in ("", ".", "..") or not path.exists():
+                raise ContainerNotFoundError(f"no such container: {container_id}")
+            raise _damaged(path, "its directory's name is not a container id")
         try:
-            data = json.loads((self.directory(container_id) / "state.json").read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ContainerNotFoundError(f"no such container: {container_id}") from None
-        return ContainerRecord.from_dict(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _damaged(path, f"not valid JSON ({exc})") from None
+        except OSError as exc:
+            raise _damaged(path, f"unreadable ({exc.strerror})") from None
+        return _checked_record(data, container_id, path)
 
     def load_config(self, container_id: str) -> dict[str, Any]:
         """Read config.json."""

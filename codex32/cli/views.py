@@ -26,6 +26,9 @@ def list_containers(
 ) -> None:
     """List containers."""
     found = guard(partial(engine().containers.list, all=all_))
+    if all_:  # one damaged record is named, and the others still list
+        for damaged in guard(engine().containers.damaged):
+            typer.echo(f"codex32: warning: {damaged}", err=True)
     if quiet:
         for c in found:
             typer.echo(c.short_id)
