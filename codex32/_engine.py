@@ -550,14 +550,15 @@ class ContainerEngine:
 
         Returns the config to create and the warnings (kept in the record, logged).
         """
-        missing = self._cgroups.missing_controllers(config.resources)
+        missing = self._cgroups.unenforceable(config.resources)
         if not missing:
             return config, []
         warnings: list[str] = []
         best_effort = config.resources.best_effort
         memory_only = set(missing) == {"memory_bytes"}
         has_as = any(u.name == "as" for u in config.ulimits)
-        if "memory_bytes" in missing and (memory_only or best_effort) and not has_as:
+        no_memcg = "memory_bytes" in missing and "controller" in missing["memory_bytes"]
+        if no_memcg and (memory_only or best_effort) and not has_as:
             from .config import Ulimit
 
             size = config.resources.memory_bytes or 0
@@ -572,21 +573,19 @@ class ContainerEngine:
                 }
             )
             del missing["memory_bytes"]
-        reason = self._cgroups.unavailable or "the controller is not available"
         if missing and best_effort:
             dropped: dict[str, object] = {}
-            for name, controller in sorted(missing.items()):
+            for name, reason in sorted(missing.items()):
                 dropped[name] = [] if isinstance(getattr(config.resources, name), list) else None
-                warnings.append(f"{name} is not enforced (best effort): no {controller} "
-                                f"controller: {reason}")  # fmt: skip
+                warnings.append(f"{name} is not enforced (best effort): {reason}")
             config = config.model_copy(
                 update={"resources": config.resources.model_copy(update=dropped)}
             )
         elif missing:
-            fields = ", ".join(f"{f} (needs {c})" for f, c in sorted(missing.items()))
+            fields = "; ".join(f"{f}: {why}" for f, why in sorted(missing.items()))
             raise CgroupError(
-                f"this host cannot enforce {fields}: {reason}",
-                hint="drop the limit, enable the controller for the engine's cgroup, "
+                f"this host cannot enforce {fields}",
+                hint="drop the limit, fix the host as said, "
                 "or ask for best effort (--limits best-effort)",
             )
         for warning in warnings:

@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
 import time
 from dataclasses import dataclass
 
 from ._cgroups.detect import detect_driver
-from ._cgroups.driver import LIMIT_CONTROLLERS, Cgroup, CgroupDriver, CgroupStats, requested
+from ._cgroups.driver import (
+    LIMIT_CONTROLLERS,
+    Cgroup,
+    CgroupDriver,
+    CgroupStats,
+    parse_cpu_list,
+    requested,
+)
 from .config import ResourceLimits
 from .errors import CgroupError
 
 log = logging.getLogger("codex32")
-
-_V2_NAMES = {"blkio": "io"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,33 @@ class ContainerStats:
         return 100.0 * (self.cpu_usage_ns - earlier.cpu_usage_ns) / (elapsed * 1e9)
 
 
+@dataclass(frozen=True)
+class LimitProbe:
+    """Which limits this host can enforce (``codex32 doctor``, checked at create)."""
+
+    unsupported: dict[str, str]  # limit field -> why it cannot be enforced
+    cpus: frozenset[int]  # the CPUs a --cpuset-cpus may name
+
+    def rows(self) -> list[tuple[str, bool, str]]:
+        """``(limit, enforceable, why)`` for every limit, for doctor."""
+        return [
+            (field, field not in self.unsupported, self.unsupported.get(field, "ok"))
+            for field in LIMIT_CONTROLLERS
+        ]
+
+
+def _dead_probe(name: str) -> bool:
+    """A probe cgroup (``probe-PID-HEX``) left by an engine process that died in it."""
+    parts = name.split("-")
+    if len(parts) != 3 or parts[0] != "probe" or not parts[1].isdigit():
+        return False
+    return not os.path.exists(f"/proc/{parts[1]}")
+
+
+def _cpu_text(cpus: frozenset[int]) -> str:
+    return ",".join(map(str, sorted(cpus))) or "none"
+
+
 def set_limits(limits: ResourceLimits) -> list[str]:
     """The ResourceLimits fields that are set (and so must be enforced)."""
     return requested(limits)
@@ -58,6 +92,7 @@ class ContainerCgroups:
         self._parent = parent
         self._driver = driver
         self._error: CgroupError | None = None
+        self._probe: LimitProbe | None = None
 
     def driver(self) -> CgroupDriver | None:
         """The host's driver, or ``None`` (with the reason in ``unavailable``)."""
@@ -74,16 +109,47 @@ class ContainerCgroups:
         self.driver()
         return str(self._error) if self._error else None
 
-    def missing_controllers(self, limits: ResourceLimits) -> dict[str, str]:
-        """Each set limit whose controller the host lacks -> that controller."""
+    def probe(self) -> LimitProbe:
+        """What each limit needs, checked on a throw-away cgroup (made and removed here).
+
+        Per file, not per controller: a host may have the blkio controller without a
+        weight file (no BFQ), the memory controller without swap accounting. Done
+        once per engine object, before a container's directory, process or cgroup
+        exists, so an unenforceable limit is refused (or dropped) at create.
+        """
+        if self._probe is not None:
+            return self._probe
         driver = self.driver()
-        have = driver.controllers() if driver else frozenset()
-        missing = {}
-        for field in set_limits(limits):
-            controller = LIMIT_CONTROLLERS[field]
-            if controller not in have and _V2_NAMES.get(controller) not in have:
-                missing[field] = controller
-        return missing
+        if driver is None:
+            reason = f"no cgroup driver: {self.unavailable}"
+            return LimitProbe(dict.fromkeys(LIMIT_CONTROLLERS, reason), frozenset())
+        name = f"probe-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            cgroup = driver.create(name)
+        except CgroupError as exc:
+            self._probe = LimitProbe(dict.fromkeys(LIMIT_CONTROLLERS, str(exc)), frozenset())
+            return self._probe
+        try:
+            self._probe = LimitProbe(cgroup.unsupported(), cgroup.usable_cpus())
+        finally:
+            cgroup.destroy(kill=True)
+        return self._probe
+
+    def unenforceable(self, limits: ResourceLimits) -> dict[str, str]:
+        """Each set limit this host cannot enforce -> why (one line)."""
+        fields = set_limits(limits)
+        if not fields:
+            return {}
+        probe = self.probe()
+        found = {f: probe.unsupported[f] for f in fields if f in probe.unsupported}
+        if limits.cpuset_cpus is not None and "cpuset_cpus" not in found:
+            outside = parse_cpu_list(limits.cpuset_cpus) - probe.cpus
+            if outside:
+                found["cpuset_cpus"] = (
+                    f"CPU(s) {', '.join(map(str, sorted(outside)))} are not available to the "
+                    f"engine's cgroup (it may use {_cpu_text(probe.cpus)})"
+                )
+        return found
 
     def prepare(self, container_id: str, limits: ResourceLimits) -> Cgroup | None:
         """Make the container's cgroup afresh with its limits, still empty.
@@ -150,7 +216,7 @@ class ContainerCgroups:
             return []
         removed = []
         for name in driver.names():
-            if len(name) == 64 and name not in known:
+            if (len(name) == 64 and name not in known) or _dead_probe(name):
                 with contextlib.suppress(CgroupError):
                     self.destroy(name)
                     removed.append(name)

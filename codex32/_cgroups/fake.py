@@ -8,6 +8,7 @@ process: ``kill_all`` only records the signal and forgets the pids.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,17 @@ class FakeCgroup:
         update = {k: v for k, v in limits.model_dump(exclude_none=True).items() if v != []}
         merged = self.limits.model_dump(exclude_none=True) | update
         self.limits = ResourceLimits.model_validate(merged, context={"stored": True})
+
+    def unsupported(self) -> dict[str, str]:
+        return {
+            field: f"the {controller} controller is not available"
+            for field, controller in LIMIT_CONTROLLERS.items()
+            if controller not in self.driver.available
+            and not (controller == "blkio" and "io" in self.driver.available)
+        }
+
+    def usable_cpus(self) -> frozenset[int]:
+        return frozenset(range(os.cpu_count() or 1))
 
     def freeze(self) -> None:
         self._alive("freeze")
