@@ -20,6 +20,7 @@ from helpers import (
     output_of,
     sh,
     snapshot,
+    status_fields,
 )
 from lifecycle_support import eventually
 
@@ -159,6 +160,44 @@ def test_ulimits(engine: ContainerEngine, level: IsolationType) -> None:
 def test_ulimit_is_what_the_shell_sees(engine: ContainerEngine) -> None:
     out = output_of(engine, sh("ulimit -n; ulimit -Hn", ulimits=[Ulimit.parse("nofile=64:128")]))
     assert out.split() == ["64", "128"]
+
+
+# -- signals: the command starts as runc starts it -----------------------------------
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=lambda lv: lv.value)
+def test_pid_1_starts_with_no_signal_ignored_or_blocked(
+    engine: ContainerEngine, level: IsolationType
+) -> None:
+    """Not Python's SIG_IGN for SIGPIPE/SIGXFSZ (and the launcher's SIGINT) inherited."""
+    config = _config(["cat", "/proc/self/status"], isolation=level)
+    fields = status_fields(output_of(engine, config))
+    assert (fields["SigIgn"], fields["SigBlk"]) == ("0000000000000000", "0000000000000000")
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=lambda lv: lv.value)
+def test_a_pipeline_whose_reader_stops_ends(engine: ContainerEngine, level: IsolationType) -> None:
+    """SIGPIPE at its default kills ``tr`` once ``head`` is gone; ignored, tr would spin.
+
+    busybox's ``timeout`` turns a hang into a failure (exit 143) instead of a stuck
+    test; it runs below PID 1, which the kernel shields from its SIGTERM.
+    """
+    script = 'timeout 30 sh -c \'yes BBBB | tr -d "\\n" | head -c 100000 | wc -c\'; echo "exit=$?"'
+    out = output_of(engine, sh(script, isolation=level))
+    assert out.split() == ["100000", "exit=0"], out
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=lambda lv: lv.value)
+def test_a_write_past_ulimit_fsize_is_killed_by_sigxfsz(
+    engine: ContainerEngine, level: IsolationType
+) -> None:
+    """128 + SIGXFSZ (25) = 153. dd runs as a child: the kernel never kills PID 1 of a
+    pid namespace with a signal at its default action (Docker's containers alike)."""
+    script = "dd if=/dev/zero of=/tmp/big bs=1k count=16 2>/dev/null; exit $?"
+    result = engine.containers.run(
+        sh(script, isolation=level, ulimits=[Ulimit.parse("fsize=4096")])
+    )
+    assert result.exit_code == 153, result.error_output
 
 
 # -- exit codes ------------------------------------------------------------------
