@@ -40,7 +40,7 @@ from ._netconfig import HOST, resolve_network
 from ._networking import NetworkCollection, Networking
 from ._plan import ContainerPaths, Plan, Step, build_plan
 from ._profiles import Profile, resolve_profile
-from ._resources import ContainerCgroups, ContainerStats
+from ._resources import ContainerCgroups, ContainerStats, exited_stats
 from ._state import ContainerRecord, ContainerState, StateStore, is_same_process
 from ._templates import Template, TemplateStore
 from .config import ContainerConfig, ContainerImage, signal_name
@@ -914,6 +914,11 @@ class ContainerEngine:
         config = container.config
         # A host-network container has no traffic of its own to count (Docker shows none).
         own_network = resolve_network(config.network, config.isolation.value) != HOST
+        if not live and self._cgroups.handle(container.id) is None:
+            # The monitor removed the cgroup at the exit, having kept its last figures.
+            return exited_stats(
+                config.resources, record.cpu_usage_ns, record.memory_peak_bytes, record.oom_kills
+            )
         return self._cgroups.stats(container.id, record.pid if live else None, network=own_network)
 
     def _top(self, container: Container) -> list[dict[str, object]]:

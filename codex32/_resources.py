@@ -250,6 +250,27 @@ class ContainerCgroups:
 _EMPTY = CgroupStats(0, 0, None, None, None, 0, None, 0, 0, 0)
 
 
+def exited_stats(
+    limits: ResourceLimits, cpu_usage_ns: int | None, memory_peak_bytes: int | None, oom_kills: int
+) -> ContainerStats:
+    """An exited container's stats, from its record: nothing in use, the last run's
+    totals and the limits it ran under (its cgroup is gone)."""
+    return ContainerStats(
+        time=time.time(),
+        cpu_usage_ns=cpu_usage_ns or 0,
+        memory_usage_bytes=0,
+        memory_limit_bytes=limits.memory_bytes,
+        memory_peak_bytes=memory_peak_bytes,
+        pids=0,
+        pids_limit=limits.pids_limit,
+        block_read_bytes=0,
+        block_write_bytes=0,
+        net_rx_bytes=0,
+        net_tx_bytes=0,
+        oom_kills=oom_kills,
+    )
+
+
 def _net_bytes(pid: int) -> tuple[int, int]:
     """Received and sent bytes of every interface but lo in PID's network namespace."""
     rx = tx = 0

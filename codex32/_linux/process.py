@@ -5,6 +5,7 @@ Run after pivot_root, so /etc/passwd and $PATH are the container's.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -94,10 +95,8 @@ def reset_signals() -> None:
     for number in signal.valid_signals():
         if number in (signal.SIGKILL, signal.SIGSTOP):
             continue
-        try:
+        with contextlib.suppress(OSError, ValueError):  # glibc's reserved real-time ones
             signal.signal(number, signal.SIG_DFL)
-        except (OSError, ValueError):  # glibc's reserved real-time signals
-            pass
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
