@@ -557,7 +557,7 @@ class ContainerEngine:
         best_effort = config.resources.best_effort
         memory_only = set(missing) == {"memory_bytes"}
         has_as = any(u.name == "as" for u in config.ulimits)
-        no_memcg = "memory_bytes" in missing and "controller" in missing["memory_bytes"]
+        no_memcg = "memory_bytes" in missing and self._cgroups.lacks_controller("memory")
         if no_memcg and (memory_only or best_effort) and not has_as:
             from .config import Ulimit
 

@@ -135,6 +135,12 @@ class ContainerCgroups:
             cgroup.destroy(kill=True)
         return self._probe
 
+    def lacks_controller(self, controller: str) -> bool:
+        """Whether the host has no driver, or the driver no *controller* (v1 name)."""
+        driver = self.driver()
+        have = driver.controllers() if driver is not None else frozenset()
+        return controller not in have and not (controller == "blkio" and "io" in have)
+
     def unenforceable(self, limits: ResourceLimits) -> dict[str, str]:
         """Each set limit this host cannot enforce -> why (one line)."""
         fields = set_limits(limits)

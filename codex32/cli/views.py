@@ -198,7 +198,7 @@ def images(json_output: Json = False) -> None:
 
 
 def build(name: Annotated[str, typer.Argument(help="Template to (re)build.")]) -> None:
-    """Build a rootfs template from its recipe (codex32/rootfs-templates/, or $CODEX32_TEMPLATES_DIR)."""
+    """Build a rootfs template from its recipe (shipped, or in $CODEX32_TEMPLATES_DIR)."""
     guard(partial(engine().images.build, name))
 
 
