@@ -162,8 +162,8 @@ class ContainerCgroups:
 
         Called as a start begins, so that the directories and limit files are written
         while the container's processes are being forked; :meth:`place` then only
-        moves PID 1 in. The cgroup of an earlier run (kept after the exit, for
-        ``stats`` and OOM checks) is removed first, with anything left in it: limits
+        moves PID 1 in. A cgroup of an earlier run (the monitor removes it at the exit;
+        one survives a monitor that died) is removed first, with anything in it: limits
         are only ever written, never cleared, so a reused cgroup could keep a rule the
         config no longer has (a throttle on a device number that now names another disk).
         ``None`` when the host has no cgroup driver.

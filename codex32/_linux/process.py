@@ -5,7 +5,6 @@ Run after pivot_root, so /etc/passwd and $PATH are the container's.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -14,6 +13,8 @@ import signal
 import socket
 import struct
 from dataclasses import dataclass
+
+from . import syscalls
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -92,11 +93,13 @@ def reset_signals() -> None:
     launcher's ignored SIGINT), so ``yes | head`` spins and a write past
     ``--ulimit fsize`` gets EFBIG instead of a kill.
     """
-    for number in signal.valid_signals():
+    for number in range(1, signal.NSIG):  # valid_signals() leaves out glibc's own
         if number in (signal.SIGKILL, signal.SIGSTOP):
             continue
-        with contextlib.suppress(OSError, ValueError):  # glibc's reserved real-time ones
+        try:
             signal.signal(number, signal.SIG_DFL)
+        except (OSError, ValueError):  # glibc's own real-time signals (32, 33)
+            syscalls.default_signal_action(number)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
