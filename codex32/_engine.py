@@ -42,7 +42,7 @@ from ._netconfig import HOST, resolve_network
 from ._networking import NetworkCollection, Networking
 from ._plan import ContainerPaths, Plan, Step, build_plan
 from ._profiles import Profile, resolve_profile
-from ._resources import ContainerCgroups, ContainerStats
+from ._resources import ContainerCgroups, ContainerStats, exited_stats
 from ._state import (
     ContainerRecord,
     ContainerState,
@@ -595,14 +595,15 @@ class ContainerEngine:
 
         Returns the config to create and the warnings (kept in the record, logged).
         """
-        missing = self._cgroups.missing_controllers(config.resources)
+        missing = self._cgroups.unenforceable(config.resources)
         if not missing:
             return config, []
         warnings: list[str] = []
         best_effort = config.resources.best_effort
         memory_only = set(missing) == {"memory_bytes"}
         has_as = any(u.name == "as" for u in config.ulimits)
-        if "memory_bytes" in missing and (memory_only or best_effort) and not has_as:
+        no_memcg = "memory_bytes" in missing and self._cgroups.lacks_controller("memory")
+        if no_memcg and (memory_only or best_effort) and not has_as:
             from .config import Ulimit
 
             size = config.resources.memory_bytes or 0
@@ -617,21 +618,19 @@ class ContainerEngine:
                 }
             )
             del missing["memory_bytes"]
-        reason = self._cgroups.unavailable or "the controller is not available"
         if missing and best_effort:
             dropped: dict[str, object] = {}
-            for name, controller in sorted(missing.items()):
+            for name, reason in sorted(missing.items()):
                 dropped[name] = [] if isinstance(getattr(config.resources, name), list) else None
-                warnings.append(f"{name} is not enforced (best effort): no {controller} "
-                                f"controller: {reason}")  # fmt: skip
+                warnings.append(f"{name} is not enforced (best effort): {reason}")
             config = config.model_copy(
                 update={"resources": config.resources.model_copy(update=dropped)}
             )
         elif missing:
-            fields = ", ".join(f"{f} (needs {c})" for f, c in sorted(missing.items()))
+            fields = "; ".join(f"{f}: {why}" for f, why in sorted(missing.items()))
             raise CgroupError(
-                f"this host cannot enforce {fields}: {reason}",
-                hint="drop the limit, enable the controller for the engine's cgroup, "
+                f"this host cannot enforce {fields}",
+                hint="drop the limit, fix the host as said, "
                 "or ask for best effort (--limits best-effort)",
             )
         for warning in warnings:
@@ -967,6 +966,11 @@ class ContainerEngine:
         config = container.config
         # A host-network container has no traffic of its own to count (Docker shows none).
         own_network = resolve_network(config.network, config.isolation.value) != HOST
+        if not live and self._cgroups.handle(container.id) is None:
+            # The monitor removed the cgroup at the exit, having kept its last figures.
+            return exited_stats(
+                config.resources, record.cpu_usage_ns, record.memory_peak_bytes, record.oom_kills
+            )
         return self._cgroups.stats(container.id, record.pid if live else None, network=own_network)
 
     def _top(self, container: Container) -> list[dict[str, object]]:

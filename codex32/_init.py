@@ -180,6 +180,7 @@ class Setup:
             raise StepError("exec", 0, "no command given and the template has none", 125)
         try:
             executable = process.find_executable(args[0], env.get("PATH", ""))
+            process.reset_signals()
             if step["init"]:
                 os.execve(step["init"], [step["init"], "--", *args], env)
             os.execve(executable, args, env)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _sync
+from ._cgroups.final import final_figures, remove_cgroup
 from ._cgroups.oom import OomWatch, oom_kill_count
 from ._events import Event, append_event
 from ._init import stage2
@@ -272,6 +273,8 @@ class Monitor:
             record.signal = 0
             record.error = None
             record.oom_killed = False
+            record.memory_peak_bytes = record.cpu_usage_ns = None
+            record.oom_kills = 0
             record.died_unseen = False
             record.keep_after_exit = False
 
@@ -406,6 +409,7 @@ class Monitor:
         finished = time.time()
         count = max(oom_kill_count(self.cgroup_paths), self.oom_reported)
         oom = count > self.oom_baseline  # any kill since the start, as Docker's OOMKilled
+        figures = final_figures(self.cgroup_paths)
 
         def change(record: ContainerRecord) -> None:
             record.status = ContainerState.EXITED
@@ -413,6 +417,9 @@ class Monitor:
             record.signal = sig
             record.finished_at = finished
             record.oom_killed = oom
+            record.oom_kills = count - self.oom_baseline
+            record.memory_peak_bytes = figures.memory_peak_bytes
+            record.cpu_usage_ns = figures.cpu_usage_ns
 
         try:
             record = self.store.update(self.config.container_id, change)
@@ -421,14 +428,12 @@ class Monitor:
         self._report_oom(count)  # kills not reported live (PID 1's own, often): once each
         self._event("die", exitCode=str(code))
         self._tell({"type": "exited", "exit_code": code, "signal": sig})
+        remove_cgroup(self.cgroup_paths)  # its figures are in the record (Docker's, runc's)
         if self._should_restart(record, code, finished):
             self._restart(record, finished)
             return
         if self.config.auto_remove and not record.keep_after_exit:
             self._wait_for_engine_to_let_go()
-            for path in set(self.cgroup_paths.values()):
-                with contextlib.suppress(OSError):
-                    os.rmdir(path)
             try:
                 if (self.directory / "network.json").exists():  # lease, hosts, links
                     self._release_network(record.id)

@@ -64,6 +64,11 @@ class ContainerRecord:
     restart_count: int = 0
     stopped_by_user: bool = False
     cgroup_paths: dict[str, str] = field(default_factory=dict)
+    #: The last run's figures, read from its cgroup at exit, before the monitor removes
+    #: the cgroup (None: still running, or the host has no such counter).
+    memory_peak_bytes: int | None = None
+    cpu_usage_ns: int | None = None
+    oom_kills: int = 0
     #: What the engine could not do as asked (best-effort limits it dropped).
     warnings: list[str] = field(default_factory=list)
     #: Found dead with no exit written (a reboot, a crash): ``recover`` acts on it once.

@@ -8,6 +8,7 @@ process: ``kill_all`` only records the signal and forgets the pids.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,17 @@ class FakeCgroup:
     def set_devices(self, rules: Sequence[DeviceRule]) -> None:
         self._alive("devices")
         self.devices = tuple(rules)
+
+    def unsupported(self) -> dict[str, str]:
+        return {
+            field: f"the {controller} controller is not available"
+            for field, controller in LIMIT_CONTROLLERS.items()
+            if controller not in self.driver.available
+            and not (controller == "blkio" and "io" in self.driver.available)
+        }
+
+    def usable_cpus(self) -> frozenset[int]:
+        return frozenset(range(os.cpu_count() or 1))
 
     def freeze(self) -> None:
         self._alive("freeze")

@@ -52,9 +52,13 @@ from ._fs import (
 )
 from .driver import (
     CPU_PERIOD_US,
+    LIMIT_CONTROLLERS,
     THROTTLES,
+    V1_FILES,
     CgroupStats,
     cpu_quota_us,
+    missing_file_reason,
+    parse_cpu_list,
     pids_max,
     signal_pids,
     throttle_rules,
@@ -197,6 +201,30 @@ class V1Cgroup:
             errno=errno_module.ENOENT,
             hint="drop the limit, or use a kernel that has the file",
         )
+
+    def unsupported(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for field, files in V1_FILES.items():
+            controller = LIMIT_CONTROLLERS[field]
+            directory = self._dirs.get(controller)
+            if directory is None:
+                found[field] = (
+                    f"the v1 {controller} controller is not mounted where the engine's "
+                    "cgroup can reach it"
+                )
+            elif not any(self._has(controller, name) for name in files):
+                found[field] = missing_file_reason(field, files, os.path.dirname(directory))
+        if "cpuset_cpus" not in found and not self.usable_cpus():
+            found["cpuset_cpus"] = (
+                f"the parent cpuset of {self._dirs['cpuset']} has no CPUs, so no cpuset "
+                "can be given to a container"
+            )
+        return found
+
+    def usable_cpus(self) -> frozenset[int]:
+        if not self._has("cpuset", "cpuset.cpus"):
+            return frozenset()
+        return parse_cpu_list(self._read("cpuset", "cpuset.cpus", "probe"))
 
     def freeze(self) -> None:
         """Write FROZEN until the state reads FROZEN (FREEZING means not yet).

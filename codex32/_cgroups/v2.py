@@ -52,8 +52,11 @@ from ._fs import (
 from .driver import (
     CPU_PERIOD_US,
     THROTTLES,
+    V2_FILES,
     CgroupStats,
     cpu_quota_us,
+    missing_file_reason,
+    parse_cpu_list,
     pids_max,
     signal_pids,
     throttle_rules,
@@ -176,6 +179,29 @@ class V2Cgroup:
         for number, settings in keys.items():
             writes.append(("io.max", f"{number} {' '.join(settings)}"))
         return [(filename, str(value)) for filename, value in writes]
+
+    def unsupported(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        enabled = set(self._read("cgroup.controllers", "probe").split())
+        for field, files in V2_FILES.items():
+            controller = files[0].split(".")[0]
+            if controller not in enabled:
+                found[field] = (
+                    f"the {controller} controller is not enabled for {os.path.dirname(self._path)}"
+                    "'s children (its parent does not offer it, or it holds processes)"
+                )
+            elif not any(self._has(name) for name in files):
+                found[field] = missing_file_reason(field, files, os.path.dirname(self._path))
+        if "cpuset_cpus" not in found and not self.usable_cpus():
+            found["cpuset_cpus"] = (
+                f"{self._path} has no effective CPUs, so no cpuset can be given to a container"
+            )
+        return found
+
+    def usable_cpus(self) -> frozenset[int]:
+        if not self._has("cpuset.cpus.effective"):
+            return frozenset()
+        return parse_cpu_list(self._read("cpuset.cpus.effective", "probe"))
 
     def _events(self) -> dict[str, int]:
         return flat_keyed(self._read("cgroup.events", "freeze"))

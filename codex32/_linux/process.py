@@ -9,9 +9,12 @@ import errno
 import fcntl
 import os
 import resource
+import signal
 import socket
 import struct
 from dataclasses import dataclass
+
+from . import syscalls
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -84,6 +87,24 @@ def set_rlimits(limits: list[list[int]]) -> None:
     for res, soft, hard in limits:
         inf = resource.RLIM_INFINITY
         resource.setrlimit(res, (inf if soft == -1 else soft, inf if hard == -1 else hard))
+
+
+def reset_signals() -> None:
+    """Every signal to its default action and an empty mask, right before exec (runc's).
+
+    execve keeps ignored signals ignored and the mask as is: without this the
+    container would inherit Python's SIG_IGN for SIGPIPE and SIGXFSZ (and the
+    launcher's ignored SIGINT), so ``yes | head`` spins and a write past
+    ``--ulimit fsize`` gets EFBIG instead of a kill.
+    """
+    for number in range(1, signal.NSIG):  # valid_signals() leaves out glibc's own
+        if number in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(number, signal.SIG_DFL)
+        except (OSError, ValueError):  # glibc's own real-time signals (32, 33)
+            syscalls.default_signal_action(number)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def loopback_up() -> None:
