@@ -95,6 +95,11 @@ class StateError(ContainerError):
     """A verb that the container's current state does not allow."""
 
 
+class DamagedRecordError(ContainerError):
+    """A container's ``state.json`` that cannot be trusted (not JSON, wrong shape, an
+    id that is not its directory's): listed as damaged, removable with ``rm -f``."""
+
+
 class CgroupError(Codex32Error):
     """A cgroup could not be created, configured or removed."""
 

@@ -25,12 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Generic, Literal, TypeVar, cast
 
-from codex32._cgroups.containers import ContainerCgroups, ContainerStats
-from codex32._images.templates import Template, TemplateStore
-from codex32._network.manager import NetworkCollection, Networking
-from codex32._plan.plan import ContainerPaths, Plan, Step, build_plan
-from codex32._plan.profiles import Profile, resolve_profile
-from codex32._runtime.launch import (
+from ._devices import DeviceRule, device_rules
+from ._events import Event, EventHooks, EventWatcher, follow_events, read_events
+from ._launch import (
     MONITOR_ENV,
     ExitStatus,
     FileArg,
@@ -39,18 +36,35 @@ from codex32._runtime.launch import (
     run_exec,
     take_prestarted_fork_server,
 )
-from codex32._store.events import Event, EventHooks, EventWatcher, follow_events, read_events
-from codex32._store.logs import LogEntry
-from codex32._store.state import ContainerRecord, ContainerState, StateStore, is_same_process
-from codex32.config.container import ContainerConfig, signal_name
-from codex32.config.images import ContainerImage
-from codex32.config.network import HOST, resolve_network
-from codex32.errors import (
+from ._linux.process import in_cgroup_named, is_namespace_init
+from ._logs import LogEntry
+from ._netconfig import HOST, resolve_network
+from ._networking import NetworkCollection, Networking
+from ._plan import ContainerPaths, Plan, Step, build_plan
+from ._profiles import Profile, resolve_profile
+from ._resources import ContainerCgroups, ContainerStats, exited_stats
+from ._state import (
+    ContainerRecord,
+    ContainerState,
+    StateStore,
+    is_container_id,
+    is_same_process,
+)
+from ._templates import Template, TemplateStore
+from .config import (
+    ContainerConfig,
+    ContainerImage,
+    check_no_newline,
+    check_user_spec,
+    signal_name,
+)
+from .errors import (
     CgroupError,
     Codex32Error,
     ConfigError,
     ContainerError,
     ContainerNotFoundError,
+    DamagedRecordError,
     ImageError,
     LaunchError,
     NetworkError,
@@ -325,7 +339,11 @@ class ContainerCollection:
         return Container(self._engine, self._engine._refresh(store.resolve(name_or_id)))
 
     def list(self, *, all: bool = False) -> list[Container]:
-        """Running containers, or every container with ``all=True``."""
+        """Running containers, or every container with ``all=True``.
+
+        A damaged record is left out (``damaged()`` names it): one bad file does not
+        hide the others.
+        """
         store = self._engine._store
         containers = []
         for container_id in store.ids():
@@ -336,6 +354,27 @@ class ContainerCollection:
             if all or record.status in _LIVE:
                 containers.append(Container(self._engine, record))
         return sorted(containers, key=lambda c: c.record.created_at)
+
+    def damaged(self) -> tuple[DamagedRecordError, ...]:
+        """Each container record that cannot be trusted, with its path and why."""
+        found: list[DamagedRecordError] = []
+        for container_id in self._engine._store.ids():
+            try:
+                self._engine._store.load(container_id)
+            except DamagedRecordError as exc:
+                found.append(exc)
+            except ContainerNotFoundError:
+                continue  # removed meanwhile
+        return tuple(found)
+
+    def remove_damaged(self, name_or_id: str) -> str:
+        """Remove a container whose record is damaged; return its directory's name.
+
+        Nothing of the record is used: whatever runs in the cgroup named by the
+        directory is killed, that cgroup and the directory are removed, and names
+        pointing at it dropped (``rm -f`` of a damaged record).
+        """
+        return self._engine._remove_damaged(name_or_id)
 
 
 class ImageCollection:
@@ -381,7 +420,7 @@ class ContainerEngine:
         does); off, each monitor is a fresh interpreter."""
         self.settings = settings or Settings.from_env(storage_dir)
         self._fork_server = (take_prestarted_fork_server() or ForkServer()) if fork_server else None
-        self._store = StateStore(self.settings.storage_dir)
+        self._store = StateStore(self.settings.storage_dir, group=self.settings.userns_uid_base)
         self._templates = TemplateStore(self.settings.templates_dir, self.settings.storage_dir)
         self._cgroups = ContainerCgroups(self.settings.cgroup_parent)
         self._networking = Networking(self.settings.storage_dir, self._store)
@@ -520,22 +559,27 @@ class ContainerEngine:
         # The directory first, then the name: a name never points at nothing. The
         # operation lock marks the creation as under way until state.json exists, so a
         # concurrent init_engine()'s reconcile leaves the half-made directory alone.
-        directory.mkdir(mode=0o711)
+        directory.mkdir(mode=0o700)
         try:
             with self._store.operation(container_id):
                 self._store.reserve_name(name, container_id)
-                os.chmod(directory, 0o711)
                 for sub in ("upper", "work", "rootfs"):
                     (directory / sub).mkdir(mode=0o755)
                 if profile.userns:
+                    # Its root (host uid/gid base) mounts its overlay from inside its
+                    # user namespace: it may traverse (group x), no other user may.
                     base = self.settings.userns_uid_base
+                    os.chown(directory, 0, base)
+                    os.chmod(directory, 0o710)
                     for sub in ("upper", "work"):
                         os.chown(directory / sub, base, base)
+                else:
+                    os.chmod(directory, 0o700)  # Docker's overlay2 layer directories
                 self._store.save_config(container_id, config.model_dump(mode="json"))
                 hostname = config.hostname or container_id[:12]
                 self._networking.prepare(container_id, name, hostname, config, profile.network)
                 plan = self._plan(container_id, config, profile, template, lower)
-                (directory / "plan.json").write_text(plan.describe())
+                _write_private(directory / "plan.json", plan.describe())  # -e secrets
                 self._store.save(record)
         except BaseException:
             self._networking.release(container_id)
@@ -551,15 +595,16 @@ class ContainerEngine:
 
         Returns the config to create and the warnings (kept in the record, logged).
         """
-        missing = self._cgroups.missing_controllers(config.resources)
+        missing = self._cgroups.unenforceable(config.resources)
         if not missing:
             return config, []
         warnings: list[str] = []
         best_effort = config.resources.best_effort
         memory_only = set(missing) == {"memory_bytes"}
         has_as = any(u.name == "as" for u in config.ulimits)
-        if "memory_bytes" in missing and (memory_only or best_effort) and not has_as:
-            from codex32.config.container import Ulimit
+        no_memcg = "memory_bytes" in missing and self._cgroups.lacks_controller("memory")
+        if no_memcg and (memory_only or best_effort) and not has_as:
+            from .config import Ulimit
 
             size = config.resources.memory_bytes or 0
             warnings.append(
@@ -573,21 +618,19 @@ class ContainerEngine:
                 }
             )
             del missing["memory_bytes"]
-        reason = self._cgroups.unavailable or "the controller is not available"
         if missing and best_effort:
             dropped: dict[str, object] = {}
-            for name, controller in sorted(missing.items()):
+            for name, reason in sorted(missing.items()):
                 dropped[name] = [] if isinstance(getattr(config.resources, name), list) else None
-                warnings.append(f"{name} is not enforced (best effort): no {controller} "
-                                f"controller: {reason}")  # fmt: skip
+                warnings.append(f"{name} is not enforced (best effort): {reason}")
             config = config.model_copy(
                 update={"resources": config.resources.model_copy(update=dropped)}
             )
         elif missing:
-            fields = ", ".join(f"{f} (needs {c})" for f, c in sorted(missing.items()))
+            fields = "; ".join(f"{f}: {why}" for f, why in sorted(missing.items()))
             raise CgroupError(
-                f"this host cannot enforce {fields}: {reason}",
-                hint="drop the limit, enable the controller for the engine's cgroup, "
+                f"this host cannot enforce {fields}",
+                hint="drop the limit, fix the host as said, "
                 "or ask for best effort (--limits best-effort)",
             )
         for warning in warnings:
@@ -666,13 +709,16 @@ class ContainerEngine:
         directory = self._store.directory(container.id)
         config = container.config
         plan = Plan.from_json((directory / "plan.json").read_text())
+        devices = _device_rules(container, config)  # before anything is started
         monitor = self._monitor_config(container, config, attach, config.tty)
         launch = Launch(plan, container.name, monitor, self._fork_server)
         # The cgroup is made, with its limits, while the monitor and PID 1 are forked;
         # at ``created`` only the move of PID 1 is left. That move waits out an RCU
         # grace period (5-20 ms of kernel time, see docs/performance.md): a bridged
         # container's veth is wired meanwhile. Both finish before PID 1's go-ahead.
-        preparing = _Background(lambda: self._cgroups.prepare(container.id, config.resources))
+        preparing = _Background(
+            lambda: self._cgroups.prepare(container.id, config.resources, devices)
+        )
         pending: list[_Background[Any]] = [preparing]
 
         def place(pid: int) -> None:
@@ -818,6 +864,10 @@ class ContainerEngine:
         if not is_same_process(record.pid, record.pid_start_time):
             return False
         assert record.pid is not None
+        if not is_namespace_init(record.pid):  # a record pointing at a host process
+            return False
+        if record.cgroup_paths and not in_cgroup_named(record.pid, record.id):
+            return False
         try:
             os.kill(record.pid, sig)
         except ProcessLookupError:
@@ -916,6 +966,11 @@ class ContainerEngine:
         config = container.config
         # A host-network container has no traffic of its own to count (Docker shows none).
         own_network = resolve_network(config.network, config.isolation.value) != HOST
+        if not live and self._cgroups.handle(container.id) is None:
+            # The monitor removed the cgroup at the exit, having kept its last figures.
+            return exited_stats(
+                config.resources, record.cpu_usage_ns, record.memory_peak_bytes, record.oom_kills
+            )
         return self._cgroups.stats(container.id, record.pid if live else None, network=own_network)
 
     def _top(self, container: Container) -> list[dict[str, object]]:
@@ -1072,6 +1127,34 @@ class ContainerEngine:
         self._event(container, "destroy")
         container._record.status = ContainerState.REMOVED
 
+    def _remove_damaged(self, name_or_id: str) -> str:
+        store = self._store
+        try:
+            container_id = store.resolve(name_or_id)
+        except ContainerNotFoundError:
+            # A directory whose name is no id (damaged that way) is named as it is.
+            if "/" in name_or_id or name_or_id in ("", ".", ".."):
+                raise
+            container_id = name_or_id
+        try:
+            store.load(container_id)
+        except DamagedRecordError:
+            pass
+        else:
+            raise StateError(
+                f"the record of {name_or_id} is not damaged", hint="remove it with `rm`"
+            )
+        directory = store.directory(container_id)
+        if directory.parent != store.containers or not directory.is_dir():
+            raise ContainerNotFoundError(f"no such container: {name_or_id}")
+        with store.operation(container_id):
+            if is_container_id(container_id):  # its cgroup, its network: named by the id
+                self._cgroups.destroy(container_id)
+                self._networking.release(container_id)
+            shutil.rmtree(directory, ignore_errors=True)
+            store.drop_dangling_names()
+        return container_id
+
     def _exec(
         self,
         container: Container,
@@ -1086,6 +1169,7 @@ class ContainerEngine:
     ) -> ExecResult:
         if not command:
             raise ConfigError("exec needs a command")
+        _check_exec_input(user, env)
         record = self._refresh(container.id)
         if record.status is not ContainerState.RUNNING:
             raise StateError(
@@ -1212,6 +1296,9 @@ class ContainerEngine:
                 after = self._refresh(path.name)
             except ContainerNotFoundError:
                 continue  # removed meanwhile by another process
+            except DamagedRecordError as exc:  # left for `rm -f`; the others go on
+                log.warning("%s", exc)
+                continue
             if after.status is not before:
                 fixed.append(path.name)
             if after.died_unseen:  # found so now, or by any verb since the reboot
@@ -1223,6 +1310,34 @@ class ContainerEngine:
 
 
 _EXEC_OPS = ("rlimits", "bounding_set", "user", "capabilities", "no_new_privs", "seccomp", "exec")
+
+
+def _device_rules(container: Container, config: ContainerConfig) -> tuple[DeviceRule, ...] | None:
+    """The container's device allow list, its ``--device`` nodes read now."""
+    try:
+        return device_rules(config)
+    except OSError as exc:
+        raise LaunchError(
+            f"device {exc.filename}: {exc.strerror}", container=container.name, step="devices",
+            errno=exc.errno, path=exc.filename,
+            hint="the device went away since the container was created: attach it again, "
+            "or recreate the container without it",
+        ) from None  # fmt: skip
+
+
+def _check_exec_input(user: str | None, env: dict[str, str]) -> None:
+    """The checks ``ContainerConfig`` makes on ``user`` and ``env``, for ``exec``."""
+    try:
+        if user is not None:
+            check_user_spec(user)
+        for key, value in env.items():
+            if not key or "=" in key:
+                raise ValueError(f"environment variable name {key!r} is empty or has '='")
+            check_no_newline(key, "environment variable name")
+            if "\x00" in value:
+                raise ValueError(f"environment variable {key} has a NUL byte in its value")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _exec_steps(
@@ -1384,11 +1499,21 @@ def _require_root() -> None:
         )
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only root may read (0600 from its creation on)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # an older file of another mode keeps its mode
+        f.write(text)
+
+
 def _check_traversable(storage: Path, uid: int) -> None:
-    """A user-namespaced root (host uid ``uid``) must be able to reach its layers."""
+    """A user-namespaced root (host uid and gid ``uid``) must be able to reach its
+    layers: by the storage tree's group (``ensure_layout``), or as "other" above it."""
     for path in [storage, *storage.parents]:
         st = path.stat()
-        if st.st_uid != uid and not st.st_mode & 0o001:
+        by_group = st.st_gid == uid and st.st_mode & 0o010
+        if st.st_uid != uid and not by_group and not st.st_mode & 0o001:
             raise ConfigError(
                 f"{path} is not searchable by other users, so a STRICT container's root "
                 f"(host uid {uid}) cannot reach its layers under {storage}",

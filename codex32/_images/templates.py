@@ -1,4 +1,4 @@
-"""Rootfs templates: the recipes in rootfs-templates/ and the trees built from them.
+"""Rootfs templates: the recipes (package data, codex32/rootfs-templates/) and their trees.
 
 A template is a folder with ``template.toml`` (description, build script, default
 command, env, workdir, read-only host binds, paths kept writable) and a build script

@@ -21,10 +21,12 @@ from       to              message
 engine     stage1          ``{"type": "plan", "plan": {...}, "monitor": {...}}``
 stage2     stage1          ``{"type": "map_request"}``  (after unshare(CLONE_NEWUSER))
 stage1     stage2          ``{"type": "map_done"}``, or it hangs up if the maps fail
-stage2     stage1          ``{"type": "pid", "pid": N}``  (PID 1's pid on the host)
+stage2     stage1          ``{"type": "pid"}`` with PID 1's pidfd attached (SCM_RIGHTS):
+                           the monitor reads the pid from the kernel (fdinfo)
 stage1     engine          ``{"type": "created", "pid": N}``: namespaces exist, nothing
-                           of the container runs yet; the engine may now put N in its
-                           cgroup and wire its network
+                           of the container runs yet; the engine checks that N is
+                           PID 1 of a pid namespace (NSpid), then puts it in its
+                           cgroup and wires its network
 engine     stage1          ``{"type": "proceed"}`` or ``{"type": "abort"}``
 stage1     pid1            ``{"type": "proceed"}`` (relayed)
 pid1       stage1          ``{"type": "console"}`` with the master of PID 1's terminal
@@ -40,7 +42,11 @@ stage1     engine          ``{"type": "exited", "exit_code": C, "signal": S}`` o
 =========  ==============  ==============================================================
 
 Any failure before ``started`` reaches the engine as an ``error`` message naming the
-step; stage1 then makes sure PID 1 is dead and reaped before it exits itself.
+step; stage1 then makes sure PID 1 is dead and reaped before it exits itself. Every
+end of these sockets is close-on-exec (the monitor closes the engine's in stage2), so
+the container's command holds none of them, and the engine prints an error's text
+only through ``printable`` (one line, control characters escaped). ``exec`` has a
+table of its own in ``_exec``.
 """
 
 from __future__ import annotations
@@ -91,6 +97,26 @@ def receive_with_fds(sock: socket.socket) -> tuple[Message | None, list[int]]:
             os.close(fd)
         return None, []
     return _decode(data), list(fds)
+
+
+def printable(text: object, limit: int = 1000) -> str:
+    """``text`` made safe to print as the engine's own words: one line, no control or
+    format characters (terminal escapes, a forged second line, bidi overrides), each
+    shown escaped instead, and at most ``limit`` characters.
+
+    An error message may carry what a container wrote (a name from its /etc/passwd,
+    a path in its root); the engine must never print that as if it said it.
+    """
+    out = []
+    for char in str(text):
+        if char.isprintable():
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(f"\\u{ord(char):04x}")
+    cleaned = "".join(out)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 
 def error_message(step: str, errno: int, message: str, exit_code: int = 125) -> Message:

@@ -25,6 +25,9 @@ def list_containers(
 ) -> None:
     """List containers."""
     found = guard(partial(engine().containers.list, all=all_))
+    if all_:  # one damaged record is named, and the others still list
+        for damaged in guard(engine().containers.damaged):
+            typer.echo(f"codex32: warning: {damaged}", err=True)
     if quiet:
         for c in found:
             typer.echo(c.short_id)
@@ -186,7 +189,7 @@ def images(json_output: Json = False) -> None:
 
 
 def build(name: Annotated[str, typer.Argument(help="Template to (re)build.")]) -> None:
-    """Build a rootfs template from its recipe in rootfs-templates/."""
+    """Build a rootfs template from its recipe (shipped, or in $CODEX32_TEMPLATES_DIR)."""
     guard(partial(engine().images.build, name))
 
 
@@ -273,10 +276,14 @@ def doctor(json_output: Json = False) -> None:
     info = host_info()
     driver = eng._cgroups.driver()
     usable = sorted(driver.controllers()) if driver is not None else None
+    limits = eng._cgroups.probe().rows()
     if json_output:
         cgroup = {
             **dataclasses.asdict(info),
             "usable_controllers": usable,
+            "limits": [
+                {"limit": name, "enforceable": ok, "reason": why} for name, ok, why in limits
+            ],
             "unavailable": eng._cgroups.unavailable,
             "parent": eng.settings.cgroup_parent,
         }
@@ -293,6 +300,9 @@ def doctor(json_output: Json = False) -> None:
         typer.echo(f"controllers usable for containers: {', '.join(usable)}")
     else:
         typer.echo(f"no cgroup driver: {eng._cgroups.unavailable}")
+    typer.echo("limits (enforceable on this host; --limits best-effort drops the others):")
+    table([["LIMIT", "ENFORCEABLE", "WHY"]]
+          + [[name, "yes" if ok else "no", why] for name, ok, why in limits])  # fmt: skip
     typer.echo(f"cgroup parent: {eng.settings.cgroup_parent}")
     typer.echo(f"storage: {eng.settings.storage_dir}")
     typer.echo(f"templates: {eng.settings.templates_dir}")
