@@ -14,8 +14,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._cgroups.detect import detect_driver
-from ._cgroups.driver import (
+from codex32._cgroups.detect import CgroupHostInfo, detect_driver, host_info
+from codex32._cgroups.devices import DeviceRule
+from codex32._cgroups.driver import (
     LIMIT_CONTROLLERS,
     Cgroup,
     CgroupDriver,
@@ -23,9 +24,8 @@ from ._cgroups.driver import (
     parse_cpu_list,
     requested,
 )
-from ._devices import DeviceRule
-from .config import DEFAULT_PIDS_LIMIT, ResourceLimits
-from .errors import CgroupError
+from codex32.config.container import DEFAULT_PIDS_LIMIT, ResourceLimits
+from codex32.errors import CgroupError
 
 log = logging.getLogger("codex32")
 
@@ -53,6 +53,17 @@ class ContainerStats:
         if elapsed <= 0:
             return 0.0
         return 100.0 * (self.cpu_usage_ns - earlier.cpu_usage_ns) / (elapsed * 1e9)
+
+
+@dataclass(frozen=True)
+class CgroupReport:
+    """What this host's cgroups offer containers, as ``codex32 doctor`` shows it."""
+
+    host: CgroupHostInfo
+    usable_controllers: list[str] | None  # None: no driver (see ``unavailable``)
+    unavailable: str | None
+    parent: str
+    limits: list[tuple[str, bool, str]]  # (limit, enforceable, why)
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,17 @@ class ContainerCgroups:
         """Why there is no driver, if there is none."""
         self.driver()
         return str(self._error) if self._error else None
+
+    def report(self) -> CgroupReport:
+        """The host's cgroup facts, the usable controllers and each limit's verdict."""
+        driver = self.driver()
+        return CgroupReport(
+            host=host_info(),
+            usable_controllers=sorted(driver.controllers()) if driver is not None else None,
+            unavailable=self.unavailable,
+            parent=self._parent,
+            limits=self.probe().rows(),
+        )
 
     def probe(self) -> LimitProbe:
         """What each limit needs, checked on a throw-away cgroup (made and removed here).

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from .._devices import ANY, DeviceRule
+from codex32._cgroups.devices import ANY, DeviceRule
 
 # Opcodes (linux/bpf.h, linux/bpf_common.h).
 _LDX_MEM_W = 0x61  # BPF_LDX | BPF_MEM | BPF_W

@@ -25,9 +25,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .._devices import DeviceRule
-from ..config import ResourceLimits
-from ..errors import CgroupError
+from codex32._cgroups.devices import DeviceRule
+from codex32.config.container import ResourceLimits
+from codex32.errors import CgroupError
 
 #: CFS period used for ``--cpus`` (as Docker and runc).
 CPU_PERIOD_US = 100_000

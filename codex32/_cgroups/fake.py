@@ -13,11 +13,11 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .._devices import DeviceRule
-from ..config import ResourceLimits
-from ..errors import CgroupError
-from ._fs import check_name
-from .driver import LIMIT_CONTROLLERS, CgroupStats, requested
+from codex32._cgroups._fs import check_name
+from codex32._cgroups.devices import DeviceRule
+from codex32._cgroups.driver import LIMIT_CONTROLLERS, CgroupStats, requested
+from codex32.config.container import ResourceLimits
+from codex32.errors import CgroupError
 
 ALL_CONTROLLERS = frozenset({"cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio"})
 

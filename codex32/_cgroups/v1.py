@@ -30,10 +30,7 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 
-from .._devices import DeviceRule
-from ..config import ResourceLimits
-from ..errors import CgroupError
-from ._fs import (
+from codex32._cgroups._fs import (
     MOUNTINFO,
     PROC_CGROUP,
     V1_CONTROLLER_NAMES,
@@ -50,6 +47,7 @@ from ._fs import (
     prune_dirs,
     remove_tree,
 )
+from codex32._cgroups.devices import DeviceRule
 from codex32._cgroups.driver import (
     CPU_PERIOD_US,
     LIMIT_CONTROLLERS,

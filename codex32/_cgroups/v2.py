@@ -30,10 +30,7 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 
-from .._devices import DeviceRule
-from ..config import ResourceLimits
-from ..errors import CgroupError
-from ._fs import (
+from codex32._cgroups._fs import (
     MOUNTINFO,
     PROC_CGROUP,
     CgroupFS,
@@ -49,6 +46,7 @@ from ._fs import (
     prune_dirs,
     remove_tree,
 )
+from codex32._cgroups.devices import DeviceRule
 from codex32._cgroups.driver import (
     CPU_PERIOD_US,
     THROTTLES,
@@ -112,8 +110,8 @@ class V2Cgroup:
 
     def set_devices(self, rules: Sequence[DeviceRule]) -> None:
         """Attach a BPF device program built from ``rules`` (v2 has no devices files)."""
-        from .._linux import bpf
-        from .devicefilter import device_program
+        from codex32._cgroups.devicefilter import device_program
+        from codex32._linux import bpf
 
         try:
             program = bpf.load_device_program(device_program(rules))

@@ -25,9 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Generic, Literal, TypeVar, cast
 
-from ._devices import DeviceRule, device_rules
-from ._events import Event, EventHooks, EventWatcher, follow_events, read_events
-from ._launch import (
+from codex32._cgroups.containers import (
+    CgroupReport,
+    ContainerCgroups,
+    ContainerStats,
+    exited_stats,
+)
+from codex32._cgroups.devices import DeviceRule, device_rules
+from codex32._images.templates import Template, TemplateStore
+from codex32._linux.process import in_cgroup_named, is_namespace_init
+from codex32._network.manager import NetworkCollection, Networking
+from codex32._plan.plan import ContainerPaths, Plan, Step, build_plan
+from codex32._plan.profiles import Profile, resolve_profile
+from codex32._runtime.launch import (
     MONITOR_ENV,
     ExitStatus,
     FileArg,
@@ -36,29 +46,24 @@ from ._launch import (
     run_exec,
     take_prestarted_fork_server,
 )
-from ._linux.process import in_cgroup_named, is_namespace_init
-from ._logs import LogEntry
-from ._netconfig import HOST, resolve_network
-from ._networking import NetworkCollection, Networking
-from ._plan import ContainerPaths, Plan, Step, build_plan
-from ._profiles import Profile, resolve_profile
-from ._resources import ContainerCgroups, ContainerStats, exited_stats
-from ._state import (
+from codex32._store.events import Event, EventHooks, EventWatcher, follow_events, read_events
+from codex32._store.logs import LogEntry
+from codex32._store.state import (
     ContainerRecord,
     ContainerState,
     StateStore,
     is_container_id,
     is_same_process,
 )
-from ._templates import Template, TemplateStore
-from .config import (
+from codex32.config.container import (
     ContainerConfig,
-    ContainerImage,
     check_no_newline,
     check_user_spec,
     signal_name,
 )
-from .errors import (
+from codex32.config.images import ContainerImage
+from codex32.config.network import HOST, resolve_network
+from codex32.errors import (
     CgroupError,
     Codex32Error,
     ConfigError,
@@ -489,6 +494,10 @@ class ContainerEngine:
 
     # -- compile -------------------------------------------------------------
 
+    def cgroup_report(self) -> CgroupReport:
+        """What this host's cgroups offer containers: layout, controllers, each limit."""
+        return self._cgroups.report()
+
     def profile(self, config: ContainerConfig) -> Profile:
         """The isolation profile a config resolves to."""
         return resolve_profile(
@@ -604,7 +613,7 @@ class ContainerEngine:
         has_as = any(u.name == "as" for u in config.ulimits)
         no_memcg = "memory_bytes" in missing and self._cgroups.lacks_controller("memory")
         if no_memcg and (memory_only or best_effort) and not has_as:
-            from .config import Ulimit
+            from codex32.config.container import Ulimit
 
             size = config.resources.memory_bytes or 0
             warnings.append(

@@ -14,7 +14,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from . import syscalls
+from codex32._linux import syscalls
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914

@@ -38,9 +38,9 @@ import termios
 import time
 from typing import Any, NoReturn
 
-from . import _sync
-from ._init import Setup, StepError
-from ._linux import caps, syscalls
+from codex32._linux import caps, syscalls
+from codex32._runtime import protocol as _sync
+from codex32._runtime.init import Setup, StepError
 
 # setns order: user first (it owns the others), pid last (it applies to children).
 _JOIN_ORDER = ("user", "mnt", "uts", "ipc", "net", "cgroup", "time", "pid")

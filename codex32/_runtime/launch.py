@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import IO
 
-from . import _sync
-from ._linux import process as process_info
-from ._plan import Plan
-from .errors import LaunchError
+from codex32._linux import process as process_info
+from codex32._plan.plan import Plan
+from codex32._runtime import protocol as _sync
+from codex32.errors import LaunchError, printable
 
 FileArg = int | IO[bytes] | None
 
@@ -293,7 +293,7 @@ class Launch:
             raise _launch_error(message, self.container, kind)
         if message.get("type") != kind:
             raise LaunchError(
-                f"unexpected message {_sync.printable(message.get('type'), 40)!r}"
+                f"unexpected message {printable(message.get('type'), 40)!r}"
                 " from the set-up process",
                 container=self.container,
                 step=kind,
@@ -425,7 +425,7 @@ def _exec_child(fds: list[int], setup_pid: int, pid1: int, container: str) -> in
             raise ValueError(f"pid {new_pid} is not in the container's pid namespace")
     except (OSError, ValueError, IndexError) as exc:
         raise LaunchError(
-            f"exec set-up: {_sync.printable(exc)}", container=container, step="created"
+            f"exec set-up: {printable(exc)}", container=container, step="created"
         ) from exc
     return new_pid
 
@@ -438,9 +438,9 @@ def _launch_error(message: _sync.Message, container: str, step: str) -> LaunchEr
     except (TypeError, ValueError):
         code, errno = 125, None
     return LaunchError(
-        _sync.printable(message.get("message", "unknown error")),
+        printable(message.get("message", "unknown error")),
         exit_code=code,
         container=container,
-        step=_sync.printable(message.get("step", step), 40),
+        step=printable(message.get("step", step), 40),
         errno=errno,
     )

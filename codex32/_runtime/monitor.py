@@ -25,16 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _sync
-from ._cgroups.final import final_figures, remove_cgroup
-from ._cgroups.oom import OomWatch, oom_kill_count
-from ._events import Event, append_event
-from ._init import stage2
-from ._linux.caps import set_child_subreaper, set_process_name
-from ._linux.process import pid_of_pidfd
-from ._linux.pty import copy_window_size, write_all
-from ._logs import LogWriter
-from ._state import (
+from codex32._cgroups.final import final_figures, remove_cgroup
+from codex32._cgroups.oom import OomWatch, oom_kill_count
+from codex32._linux.caps import set_child_subreaper, set_process_name
+from codex32._linux.process import pid_of_pidfd
+from codex32._linux.pty import copy_window_size, write_all
+from codex32._runtime import protocol as _sync
+from codex32._runtime.init import stage2
+from codex32._store.events import Event, append_event
+from codex32._store.logs import LogWriter
+from codex32._store.state import (
     ContainerRecord,
     ContainerState,
     StateStore,

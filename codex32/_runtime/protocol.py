@@ -45,7 +45,7 @@ Any failure before ``started`` reaches the engine as an ``error`` message naming
 step; stage1 then makes sure PID 1 is dead and reaped before it exits itself. Every
 end of these sockets is close-on-exec (the monitor closes the engine's in stage2), so
 the container's command holds none of them, and the engine prints an error's text
-only through ``printable`` (one line, control characters escaped). ``exec`` has a
+only through ``errors.printable`` (one line, control characters escaped). ``exec`` has a
 table of its own in ``_exec``.
 """
 
@@ -97,26 +97,6 @@ def receive_with_fds(sock: socket.socket) -> tuple[Message | None, list[int]]:
             os.close(fd)
         return None, []
     return _decode(data), list(fds)
-
-
-def printable(text: object, limit: int = 1000) -> str:
-    """``text`` made safe to print as the engine's own words: one line, no control or
-    format characters (terminal escapes, a forged second line, bidi overrides), each
-    shown escaped instead, and at most ``limit`` characters.
-
-    An error message may carry what a container wrote (a name from its /etc/passwd,
-    a path in its root); the engine must never print that as if it said it.
-    """
-    out = []
-    for char in str(text):
-        if char.isprintable():
-            out.append(char)
-        elif ord(char) < 0x100:
-            out.append(f"\\x{ord(char):02x}")
-        else:
-            out.append(f"\\u{ord(char):04x}")
-    cleaned = "".join(out)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 
 def error_message(step: str, errno: int, message: str, exit_code: int = 125) -> Message:

@@ -27,8 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ._sync import printable
-from .errors import ConfigError, ContainerNotFoundError, DamagedRecordError
+from codex32.errors import ConfigError, ContainerNotFoundError, DamagedRecordError, printable
 
 
 class ContainerState(StrEnum):

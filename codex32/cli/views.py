@@ -270,13 +270,9 @@ def doctor(json_output: Json = False) -> None:
     """
     import dataclasses
 
-    from codex32._cgroups.detect import host_info
-
     eng = engine()
-    info = host_info()
-    driver = eng._cgroups.driver()
-    usable = sorted(driver.controllers()) if driver is not None else None
-    limits = eng._cgroups.probe().rows()
+    report = eng.cgroup_report()
+    info, usable, limits = report.host, report.usable_controllers, report.limits
     if json_output:
         cgroup = {
             **dataclasses.asdict(info),
@@ -284,22 +280,22 @@ def doctor(json_output: Json = False) -> None:
             "limits": [
                 {"limit": name, "enforceable": ok, "reason": why} for name, ok, why in limits
             ],
-            "unavailable": eng._cgroups.unavailable,
-            "parent": eng.settings.cgroup_parent,
+            "unavailable": report.unavailable,
+            "parent": report.parent,
         }
-        report = {
+        facts = {
             "cgroup": cgroup,
             "storage_dir": str(eng.settings.storage_dir),
             "templates_dir": str(eng.settings.templates_dir),
             "default_isolation": eng.settings.default_isolation.value,
         }
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(json.dumps(facts, indent=2))
         return
     typer.echo(info.describe())
     if usable is not None:
         typer.echo(f"controllers usable for containers: {', '.join(usable)}")
     else:
-        typer.echo(f"no cgroup driver: {eng._cgroups.unavailable}")
+        typer.echo(f"no cgroup driver: {report.unavailable}")
     typer.echo("limits (enforceable on this host; --limits best-effort drops the others):")
     table([["LIMIT", "ENFORCEABLE", "WHY"]]
           + [[name, "yes" if ok else "no", why] for name, ok, why in limits])  # fmt: skip

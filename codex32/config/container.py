@@ -735,7 +735,6 @@ class ContainerConfig(BaseModel):
 __all__ = [
     "ALL_CAPABILITIES",
     "ContainerConfig",
-    "ContainerImage",
     "DeviceMapping",
     "DeviceRate",
     "IsolationType",

@@ -268,7 +268,7 @@ for spec in sys.argv[1:]:
 def check_devices(group: Cgroup) -> dict[str, str]:
     """Docker's default rules deny /dev/kmsg (c 1:11) and allow /dev/null (the probe
     runs as root: only the policy refuses)."""
-    from codex32._devices import DEFAULT_RULES
+    from codex32._cgroups.devices import DEFAULT_RULES
 
     group.set_devices(DEFAULT_RULES)
     probes = ("/dev/null,w", "/dev/kmsg,r", "/dev/kmsg,w")
@@ -283,7 +283,7 @@ def check_devices(group: Cgroup) -> dict[str, str]:
 
 def check_device_granted(group: Cgroup) -> dict[str, str]:
     """``--device /dev/kmsg:/dev/kmsg:r``'s rule: read allowed, write still refused."""
-    from codex32._devices import DEFAULT_RULES, rule_for
+    from codex32._cgroups.devices import DEFAULT_RULES, rule_for
 
     group.set_devices((*DEFAULT_RULES, rule_for("/dev/kmsg", "r")))
     with workload(group, DEVICE_PROBE, "/dev/kmsg,r", "/dev/kmsg,w") as proc:

@@ -187,7 +187,7 @@ def test_exec_tty_never_hands_in_the_callers_terminal(
 
 
 # Watches /proc in a tight loop for exec's set-up processes (their command line is
-# still the host's ``codex32._exec``) and, again and again until each has exec'd,
+# still the host's ``codex32._runtime.exec``) and, again and again until each has exec'd,
 # tries to PTRACE_SEIZE and PTRACE_ATTACH it and to read where its descriptors
 # lead, until argv[1] seconds pass, argv[2] of them were seen and are gone, or one
 # was ptraced (exiting then lets it go).
@@ -203,7 +203,7 @@ seen, done, active, seized, fds = 0, set(), set(), set(), set()
 def setup(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"\0codex32._exec\0" in f.read()  # "-m codex32._exec FD"
+            return b"\0codex32._exec\0" in f.read()  # "-m codex32._runtime.exec FD"
     except OSError:
         return False
 

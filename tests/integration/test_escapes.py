@@ -34,7 +34,7 @@ from codex32 import (
     TmpfsMount,
     Volume,
 )
-from codex32.config import DEFAULT_PIDS_LIMIT
+from codex32.config.container import DEFAULT_PIDS_LIMIT
 from codex32.errors import ConfigError, LaunchError
 
 pytestmark = pytest.mark.root

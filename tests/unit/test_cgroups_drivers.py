@@ -795,7 +795,7 @@ def test_v1_prepares_a_parent_level_another_engine_made_but_not_yet_prepared(
 
 
 def _probe(driver: CgroupDriver) -> dict[str, str]:
-    from codex32._resources import ContainerCgroups
+    from codex32._cgroups.containers import ContainerCgroups
 
     return ContainerCgroups("codex32", driver=driver).probe().unsupported
 

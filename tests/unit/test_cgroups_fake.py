@@ -7,10 +7,10 @@ import signal
 
 import pytest
 
+from codex32._cgroups.containers import ContainerCgroups
 from codex32._cgroups.driver import CgroupDriver, parse_cpu_list, requested
 from codex32._cgroups.fake import ALL_CONTROLLERS, FakeCgroup, FakeDriver
-from codex32._resources import ContainerCgroups
-from codex32.config import ResourceLimits
+from codex32.config.container import ResourceLimits
 from codex32.errors import CgroupError
 
 
@@ -80,8 +80,8 @@ def test_fake_records_device_limits_and_needs_blkio() -> None:
 
 
 def test_prepare_sets_the_device_rules_and_the_default_pids_limit() -> None:
-    from codex32._devices import DEFAULT_RULES
-    from codex32.config import DEFAULT_PIDS_LIMIT
+    from codex32._cgroups.devices import DEFAULT_RULES
+    from codex32.config.container import DEFAULT_PIDS_LIMIT
 
     driver = FakeDriver()
     cgroups = ContainerCgroups("codex32", driver=driver)

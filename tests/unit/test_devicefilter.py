@@ -13,7 +13,7 @@ import struct
 import pytest
 
 from codex32._cgroups.devicefilter import allows, device_program
-from codex32._devices import ANY, DEFAULT_RULES, DeviceRule
+from codex32._cgroups.devices import ANY, DEFAULT_RULES, DeviceRule
 
 _MASK32 = 0xFFFFFFFF
 

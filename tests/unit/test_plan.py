@@ -171,7 +171,7 @@ def test_a_device_is_bound_after_dev_with_its_permissions() -> None:
 
 
 def test_a_read_only_root_gets_a_sized_tmp() -> None:
-    from codex32._plan import TMP_SIZE
+    from codex32._plan.plan import TMP_SIZE
 
     plan = plan_for(isolation="strict")
     tmp = next(s for s in plan.steps if s["op"] == "tmpfs" and s["target"] == "/tmp")
@@ -180,7 +180,7 @@ def test_a_read_only_root_gets_a_sized_tmp() -> None:
 
 def test_device_rules_per_level() -> None:
     from codex32 import DeviceMapping
-    from codex32._devices import DEFAULT_RULES, DeviceRule, device_rules
+    from codex32._cgroups.devices import DEFAULT_RULES, DeviceRule, device_rules
 
     assert device_rules(ContainerConfig(image="t", isolation="minimal")) is None
     assert device_rules(ContainerConfig(image="t", isolation="strict")) == DEFAULT_RULES

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codex32._sync import printable
+from codex32.errors import printable
 
 
 def test_terminal_escapes_and_new_lines_are_shown_escaped() -> None:

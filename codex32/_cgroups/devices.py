@@ -13,7 +13,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from .config import ContainerConfig, IsolationType
+from codex32.config.container import ContainerConfig, IsolationType
 
 #: A major or minor number of ``*`` (any).
 ANY = -1
