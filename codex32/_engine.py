@@ -366,9 +366,12 @@ class ImageCollection:
             command=list(template.command),
         )
 
-    def build(self, name: str, *, quiet: bool = False) -> ContainerImage:
-        """(Re)build a template from its recipe."""
-        self._templates.build(self._templates.get(name), quiet=quiet)
+    def build(
+        self, name: str, *, quiet: bool = False, progress: IO[str] | None = None
+    ) -> ContainerImage:
+        """(Re)build a template from its recipe; its progress goes to ``progress``
+        (a text file with a descriptor), else to stderr."""
+        self._templates.build(self._templates.get(name), quiet=quiet, progress=progress)
         return self.get(name)
 
 

@@ -22,6 +22,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from .errors import ImageError
 
@@ -155,8 +156,13 @@ class TemplateStore:
             self.build(template, quiet=quiet)
         return self.rootfs(template)
 
-    def build(self, template: Template, *, quiet: bool = False) -> Path:
-        """Run the recipe into a fresh directory, then swap it in (never half-built)."""
+    def build(
+        self, template: Template, *, quiet: bool = False, progress: IO[str] | None = None
+    ) -> Path:
+        """Run the recipe into a fresh directory, then swap it in (never half-built).
+
+        The recipe's output (its progress) goes to ``progress``, else to stderr."""
+        out = progress if progress is not None else sys.stderr
         base = self.root / template.name
         base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
@@ -166,11 +172,11 @@ class TemplateStore:
         staging.mkdir(mode=0o755)
         script = template.recipe_dir / template.build_script
         if not quiet:
-            print(f"building template {template.name} from {script}", file=sys.stderr)
+            print(f"building template {template.name} from {script}", file=out, flush=True)
         try:
             result = subprocess.run(
                 ["/bin/sh", str(script), str(staging)],
-                stdout=subprocess.DEVNULL if quiet else sys.stderr,
+                stdout=subprocess.DEVNULL if quiet else out,
                 stderr=subprocess.PIPE,
                 text=True,
                 check=False,
@@ -190,7 +196,7 @@ class TemplateStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if not quiet:
-            print(f"template {template.name} built at {final}", file=sys.stderr)
+            print(f"template {template.name} built at {final}", file=out, flush=True)
         return final
 
     def shifted_rootfs(self, template: Template, host_base: int) -> Path:

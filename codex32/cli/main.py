@@ -17,6 +17,7 @@ from ._common import state
 from ._usage import UsageError, UsageGroup
 from ._usage import report as report_usage_error
 from .run import Action, container_command
+from .serve import serve
 
 app = typer.Typer(
     name="codex32",
@@ -94,6 +95,7 @@ app.command("top")(views.top)
 app.command("doctor")(views.doctor)
 app.command("info", hidden=True)(views.doctor)
 app.add_typer(network.app, name="network")
+app.command("serve")(serve)
 
 
 def main() -> None:
