@@ -67,8 +67,8 @@ def status_of(error: Codex32Error) -> int:
         return 404
     if isinstance(error, StateError):
         return 409
-    if type(error).__name__ == "CgroupError":  # a limit this host cannot enforce
-        return 422
+    if type(error).__name__ == "CgroupError" or "cannot enforce" in text:
+        return 422  # a limit this host cannot enforce (refused at create, or at start)
     if isinstance(error, LaunchError):
         return 400 if error.exit_code in (126, 127) else 500
     if isinstance(error, ConfigError):

@@ -122,10 +122,15 @@ async def create(
     gives the CLI's messages (400)."""
     config = await _admitted(request, config)
     engine = _context(request).engine
+    container = await engine.containers.create(config)
     if start:
-        container = await engine.containers.run_detached(config)
-    else:
-        container = await engine.containers.create(config)
+        try:
+            await container.start()
+        except BaseException:
+            # One call that failed leaves nothing (the start's error is the answer).
+            with contextlib.suppress(Exception):
+                await container.remove(force=True)
+            raise
     return {
         "id": container.id,
         "name": container.name,
