@@ -206,9 +206,13 @@ class AsyncContainer:
     ) -> bytes:
         """The output so far (docker-py's ``logs()``)."""
         return await self._threads.call(
-            self.sync.logs, stdout=stdout, stderr=stderr, tail=tail, since=since,
+            self.sync.logs,
+            stdout=stdout,
+            stderr=stderr,
+            tail=tail,
+            since=since,
             timestamps=timestamps,
-        )  # fmt: skip
+        )
 
     def stream_logs(
         self,
@@ -266,9 +270,17 @@ class AsyncContainer:
     ) -> ExecResult:
         """As ``Container.exec_run``; on the wait pool, since it lasts as the command does."""
         return await self._threads.wait_call(
-            self.sync.exec_run, command, env=env, user=user, workdir=workdir, stdin=stdin,
-            stdout=stdout, stderr=stderr, tty=tty, on_terminal=on_terminal,
-        )  # fmt: skip
+            self.sync.exec_run,
+            command,
+            env=env,
+            user=user,
+            workdir=workdir,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            tty=tty,
+            on_terminal=on_terminal,
+        )
 
     async def export(self, path: str | os.PathLike[str]) -> None:
         await self._threads.wait_call(self.sync.export, path)

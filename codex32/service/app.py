@@ -112,8 +112,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def request_invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         message = validation_message(exc.errors())
-        return _answer(request, ApiError(400, message, "ConfigError",
-                                         "see the schemas at /openapi.json"))  # fmt: skip
+        return _answer(
+            request, ApiError(400, message, "ConfigError", "see the schemas at /openapi.json")
+        )
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -171,10 +172,13 @@ def _system_routes(app: FastAPI) -> None:
             found = await asyncio.wait_for(engine.containers.list(all=True), timeout=5)
         except Exception as exc:
             return JSONResponse(
-                {"status": "unhealthy", "container_engine": "custom",
-                 "message": f"the engine does not answer: {type(exc).__name__}: {exc}"},
+                {
+                    "status": "unhealthy",
+                    "container_engine": "custom",
+                    "message": f"the engine does not answer: {type(exc).__name__}: {exc}",
+                },
                 status_code=503,
-            )  # fmt: skip
+            )
         counts = Counter(c.status for c in found)
         return JSONResponse(
             {

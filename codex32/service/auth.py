@@ -124,18 +124,28 @@ class AuthMiddleware:
             self._record(scope, peer, state.get(TOKEN_KEY), status[0], state.get(ERROR_KEY))
 
     def _record(
-        self, scope: dict[str, Any], peer: Peer | None, token: str | None, status: int,
+        self,
+        scope: dict[str, Any],
+        peer: Peer | None,
+        token: str | None,
+        status: int,
         error: str | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if self.audit is None:
             return
         path = scope.get("path", "")
         action, target = _what(scope.get("method", "WS"), path)
         try:
             self.audit.record(
-                peer=peer, token=token, method=scope.get("method", "WEBSOCKET"), path=path,
-                status=status, action=action, target=target, error=error,
-            )  # fmt: skip
+                peer=peer,
+                token=token,
+                method=scope.get("method", "WEBSOCKET"),
+                path=path,
+                status=status,
+                action=action,
+                target=target,
+                error=error,
+            )
         except OSError:
             log.exception("cannot write the audit log %s", self.audit.path)
         who = peer.describe() if peer else "unknown peer"
@@ -159,13 +169,18 @@ def _what(method: str, path: str) -> tuple[str, str | None]:
 
 
 async def _deny(scope: dict[str, Any], send: Any) -> None:
-    body = json.dumps({
-        "message": "authentication required: missing or wrong bearer token",
-        "kind": "Unauthorized",
-        "hint": "send Authorization: Bearer TOKEN (the token codex32 serve --init-token made)",
-    }).encode()  # fmt: skip
-    headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
-               (b"content-length", str(len(body)).encode())]  # fmt: skip
+    body = json.dumps(
+        {
+            "message": "authentication required: missing or wrong bearer token",
+            "kind": "Unauthorized",
+            "hint": "send Authorization: Bearer TOKEN (the token codex32 serve --init-token made)",
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"www-authenticate", b"Bearer"),
+        (b"content-length", str(len(body)).encode()),
+    ]
     if scope["type"] == "http":
         await send({"type": "http.response.start", "status": 401, "headers": headers})
         await send({"type": "http.response.body", "body": body})

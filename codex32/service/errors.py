@@ -28,8 +28,14 @@ from .policy import PolicyDenied
 
 log = logging.getLogger("codex32.service")
 
-_CONFLICT_WORDS = ("already in use", "already exists", "is in use", "already published",
-                   "overlaps", "already used")  # fmt: skip
+_CONFLICT_WORDS = (
+    "already in use",
+    "already exists",
+    "is in use",
+    "already published",
+    "overlaps",
+    "already used",
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,9 @@ class ApiError:
 class ApiProblemError(Exception):
     """Raised by the routes for errors of the API itself (a bad query value, 401)."""
 
-    def __init__(self, status: int, message: str, *, kind: str = "RequestError",
-                 hint: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, status: int, message: str, *, kind: str = "RequestError", hint: str | None = None
+    ) -> None:
         self.error = ApiError(status, message, kind, hint)
         super().__init__(message)
 
@@ -100,8 +107,12 @@ def from_exception(error: BaseException) -> ApiError:
         rule = error.rule if isinstance(error, PolicyDenied) else None
         return ApiError(status_of(error), message, type(error).__name__, hint, rule)
     if isinstance(error, ValidationError):
-        return ApiError(400, validation_message(error.errors()), "ConfigError",
-                        "see the ContainerConfig schema at /openapi.json")  # fmt: skip
+        return ApiError(
+            400,
+            validation_message(error.errors()),
+            "ConfigError",
+            "see the ContainerConfig schema at /openapi.json",
+        )
     if isinstance(error, TimeoutError):
         return ApiError(
             408, str(error) or "timed out", "Timeout", "wait longer, or without a timeout"
@@ -109,8 +120,12 @@ def from_exception(error: BaseException) -> ApiError:
     if isinstance(error, ValueError):
         return ApiError(400, str(error), "ValueError")
     log.error("internal error", exc_info=error)
-    return ApiError(500, f"internal error: {type(error).__name__}: {error}", "InternalError",
-                    "see the service's log (journalctl -u codex32)")  # fmt: skip
+    return ApiError(
+        500,
+        f"internal error: {type(error).__name__}: {error}",
+        "InternalError",
+        "see the service's log (journalctl -u codex32)",
+    )
 
 
 def validation_message(errors: Any) -> str:

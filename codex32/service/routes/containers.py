@@ -81,8 +81,9 @@ async def list_containers(
     unknown = states - {s.value for s in ContainerState}
     if unknown:
         known = ", ".join(s.value for s in ContainerState)
-        raise ApiProblemError(400, f"unknown state {sorted(unknown)}", kind="ValueError",
-                          hint=f"use one of {known}")  # fmt: skip
+        raise ApiProblemError(
+            400, f"unknown state {sorted(unknown)}", kind="ValueError", hint=f"use one of {known}"
+        )
     try:
         pattern = re.compile(name) if name else None
     except re.error as exc:
@@ -300,8 +301,9 @@ async def export(request: Request, ref: str, state: bool = False) -> Any:
     container = await _get(request, ref)
     if state:
         config = await container.config()
-        return JSONResponse({"State": container.record.to_dict(),
-                             "Config": config.model_dump(mode="json")})  # fmt: skip
+        return JSONResponse(
+            {"State": container.record.to_dict(), "Config": config.model_dump(mode="json")}
+        )
     chunks = await container.export_stream()
     headers = {"Content-Disposition": f'attachment; filename="{container.name}.tar"'}
     return StreamingResponse(chunks, media_type="application/x-tar", headers=headers)
@@ -377,8 +379,9 @@ async def exec_interactive(
         error = from_exception(exc)
         websocket.state.__setattr__("codex32_error", error.message)
         with contextlib.suppress(Exception):
-            await websocket.send_text(json.dumps({"type": "error", "status": error.status,
-                                                  **error.body()}))  # fmt: skip
+            await websocket.send_text(
+                json.dumps({"type": "error", "status": error.status, **error.body()})
+            )
             await websocket.close(code=1011 if error.status >= 500 else 1008)
 
 

@@ -56,8 +56,17 @@ class Service:
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        args = [sys.executable, "-m", "codex32.service", "--host", f"unix://{self.socket}",
-                "--storage-dir", str(self.storage_dir), "--log-level", "info"]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            "codex32.service",
+            "--host",
+            f"unix://{self.socket}",
+            "--storage-dir",
+            str(self.storage_dir),
+            "--log-level",
+            "info",
+        ]
         if self.policy is not None:
             args += ["--policy", str(self.policy)]
         if self.listen is not None:
@@ -68,9 +77,12 @@ class Service:
         env = dict(os.environ, CODEX32_DOCKER_SOCKET="")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

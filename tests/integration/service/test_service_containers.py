@@ -31,8 +31,10 @@ def test_root_health_and_openapi(service: Service) -> None:
 
 
 def test_lifecycle_verbs(service: Service) -> None:
-    config = busybox("echo started; trap 'echo got-term; exit 3' TERM; "
-                     "while true; do sleep 0.1; done", labels={"team": "bots"})  # fmt: skip
+    config = busybox(
+        "echo started; trap 'echo got-term; exit 3' TERM; while true; do sleep 0.1; done",
+        labels={"team": "bots"},
+    )
     with service.client() as client, container(client, config, start=False) as cid:
         state = client.get(f"{API}/containers/{cid}").json()["State"]
         assert state["status"] == "created"
@@ -99,8 +101,10 @@ def test_logs_tail_since_timestamps_json(service: Service) -> None:
             json.loads(x) for x in client.get(base, params={"format": "json"}).text.splitlines()
         ]
         assert [(x["stream"], x["log"]) for x in lines] == [
-            ("stdout", "one\n"), ("stderr", "two\n"), ("stdout", "three\n")
-        ]  # fmt: skip
+            ("stdout", "one\n"),
+            ("stderr", "two\n"),
+            ("stdout", "three\n"),
+        ]
         last = lines[-1]["time"]
         assert client.get(base, params={"since": last}).text == "three\n"
         bad = client.get(base, params={"tail": "x"})
@@ -135,8 +139,11 @@ def test_stats_stream(service: Service) -> None:
 
 def test_exec_captured(service: Service) -> None:
     with service.client() as client, container(client, busybox("sleep 30")) as cid:
-        body = {"command": ["sh", "-c", "read x; echo got $x $FOO; echo oops >&2; exit 5"],
-                "env": {"FOO": "bar"}, "stdin": "hello\n"}  # fmt: skip
+        body = {
+            "command": ["sh", "-c", "read x; echo got $x $FOO; echo oops >&2; exit 5"],
+            "env": {"FOO": "bar"},
+            "stdin": "hello\n",
+        }
         result = client.post(f"{API}/containers/{cid}/exec", json=body).json()
         assert result == {"exit_code": 5, "stdout": "got hello bar\n", "stderr": "oops\n"}
         missing = client.post(f"{API}/containers/{cid}/exec", json={"command": ["nope-cmd"]})

@@ -45,16 +45,17 @@ def test_policy_allows_what_it_lists(service: Service, scratch: Path) -> None:
     source = scratch / "allowed" / "data"
     source.mkdir(exist_ok=True)
     (source / "file").write_text("shared\n")
-    config = busybox("cat /data/file", cap_add=["NET_ADMIN"],
-                     volumes=[{"source": str(source), "target": "/data", "read_only": True}])  # fmt: skip
+    volume = {"source": str(source), "target": "/data", "read_only": True}
+    config = busybox("cat /data/file", cap_add=["NET_ADMIN"], volumes=[volume])
     with service.client() as client, container(client, config) as cid:
         assert client.post(f"{API}/containers/{cid}/wait").json()["exit_code"] == 0
         assert client.get(f"{API}/containers/{cid}/logs").text == "shared\n"
 
 
 def test_volume_outside_the_roots_is_refused(service: Service, scratch: Path) -> None:
-    response = _create(service, busybox("true", volumes=[
-        {"source": str(scratch / "secret"), "target": "/s"}]))  # fmt: skip
+    response = _create(
+        service, busybox("true", volumes=[{"source": str(scratch / "secret"), "target": "/s"}])
+    )
     assert response.status_code == 403
     assert error_of(response)["rule"] == "volume_roots"
 
@@ -63,8 +64,9 @@ def test_symlink_out_of_the_roots_is_resolved_then_refused(service: Service, scr
     link = scratch / "allowed" / "sneaky"
     link.symlink_to(scratch / "secret")
     try:
-        response = _create(service, busybox("true", volumes=[
-            {"source": str(link), "target": "/s"}]))  # fmt: skip
+        response = _create(
+            service, busybox("true", volumes=[{"source": str(link), "target": "/s"}])
+        )
         assert response.status_code == 403
         body = error_of(response)
         assert body["rule"] == "volume_roots" and str(scratch / "secret") in body["message"]
@@ -150,8 +152,9 @@ def test_bad_requests(service: Service) -> None:
             body = error_of(response)
             assert body["message"].startswith("invalid configuration: ")
             assert "\n" not in body["message"]
-        not_json = client.post(f"{API}/containers", content=b"{", headers={
-            "content-type": "application/json"})  # fmt: skip
+        not_json = client.post(
+            f"{API}/containers", content=b"{", headers={"content-type": "application/json"}
+        )
         assert not_json.status_code == 400
         assert client.get(f"{API}/containers", params={"state": "bogus"}).status_code == 400
         with container(client, busybox("sleep 30")) as cid:
@@ -169,8 +172,11 @@ def test_unenforceable_limit_is_422(service: Service) -> None:
     ):
         pytest.skip("this host can enforce blkio weights (no limit left to refuse)")
     with service.client() as client:
-        response = client.post(f"{API}/containers", params={"start": True},
-                               json=busybox("true", resources={"blkio_weight": 300}))  # fmt: skip
+        response = client.post(
+            f"{API}/containers",
+            params={"start": True},
+            json=busybox("true", resources={"blkio_weight": 300}),
+        )
         if response.status_code == 201:
             client.delete(f"{API}/containers/{response.json()['id']}", params={"force": True})
         assert response.status_code == 422, response.text
