@@ -108,20 +108,26 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         status = [500]
+        recorded = [False]
+
+        def record() -> None:
+            if not recorded[0]:
+                recorded[0] = True
+                self._record(scope, peer, state.get(TOKEN_KEY), status[0], state.get(ERROR_KEY))
 
         async def send_and_watch(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.http.response.start"):
                 status[0] = int(message["status"])
-            elif message["type"] == "websocket.accept":
+                record()  # before the answer leaves: a caller that saw it finds the entry
+            elif kind == "websocket.accept":
                 status[0] = 101
-            elif message["type"] == "websocket.http.response.start":
-                status[0] = int(message["status"])
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_watch)
         finally:
-            self._record(scope, peer, state.get(TOKEN_KEY), status[0], state.get(ERROR_KEY))
+            record()
 
     def _record(
         self,
