@@ -21,10 +21,18 @@ pytestmark = pytest.mark.root
 
 def _init_token(storage_dir: Path) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "codex32.service", "--storage-dir", str(storage_dir),
-         "--init-token"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "codex32.service",
+            "--storage-dir",
+            str(storage_dir),
+            "--init-token",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.strip()
 
 
@@ -33,8 +41,9 @@ def tcp_service(storage_dir: Path, scratch: Path, policy_file: Path) -> Iterator
     token = _init_token(storage_dir)
     workdir = scratch / "tcp"
     workdir.mkdir()
-    running = Service(storage_dir, workdir, policy=policy_file,
-                      listen=f"127.0.0.1:{free_port()}").start()  # fmt: skip
+    running = Service(
+        storage_dir, workdir, policy=policy_file, listen=f"127.0.0.1:{free_port()}"
+    ).start()
     running.token = token  # type: ignore[attr-defined]
     yield running
     running.stop()
@@ -53,8 +62,11 @@ def test_the_token_file_is_0600(storage_dir: Path, tcp_service: Service) -> None
 def test_requests_without_a_good_token_are_401_and_do_nothing(tcp_service: Service) -> None:
     token: str = tcp_service.token  # type: ignore[attr-defined]
     name = "tcp-must-not-exist"
-    for client in (_tcp(tcp_service, None), _tcp(tcp_service, token[:-1] + "x"),
-                   _tcp(tcp_service, token + "x")):  # fmt: skip
+    for client in (
+        _tcp(tcp_service, None),
+        _tcp(tcp_service, token[:-1] + "x"),
+        _tcp(tcp_service, token + "x"),
+    ):
         with client:
             for response in (
                 client.get("/health"),
@@ -83,8 +95,9 @@ def test_the_right_token_works_and_is_audited(tcp_service: Service) -> None:
     assert [e["action"] for e in entries] == ["container.remove"]
     assert entries[0]["who"]["token"].startswith("sha256:")
     assert token not in (tcp_service.storage_dir / "audit.jsonl").read_text()
-    creates = [e for e in tcp_service.audit()
-               if e["action"] == "container.create" and e["status"] == 201]  # fmt: skip
+    creates = [
+        e for e in tcp_service.audit() if e["action"] == "container.create" and e["status"] == 201
+    ]
     assert any(e["who"].get("token") for e in creates)
 
 
@@ -112,10 +125,22 @@ def test_unix_peers_are_identified_by_their_credentials(service: Service) -> Non
 def test_tcp_without_a_token_is_refused_at_start(scratch: Path) -> None:
     storage = scratch / "no-token-storage"
     result = subprocess.run(
-        [sys.executable, "-m", "codex32.service", "--storage-dir", str(storage),
-         "--host", f"unix://{scratch}/no-token.sock", "--listen", f"127.0.0.1:{free_port()}"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "codex32.service",
+            "--storage-dir",
+            str(storage),
+            "--host",
+            f"unix://{scratch}/no-token.sock",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 125
     assert result.stderr.count("\n") == 1 and "--init-token" in result.stderr
     assert not Path(f"{scratch}/no-token.sock").exists()
@@ -124,16 +149,37 @@ def test_tcp_without_a_token_is_refused_at_start(scratch: Path) -> None:
 def test_tls(storage_dir: Path, scratch: Path, policy_file: Path) -> None:
     cert, key = scratch / "cert.pem", scratch / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     token = _init_token(storage_dir)
     workdir = scratch / "tls"
     workdir.mkdir()
-    running = Service(storage_dir, workdir, policy=policy_file, listen=f"127.0.0.1:{free_port()}",
-                      extra_args=["--tls-cert", str(cert), "--tls-key", str(key)]).start()  # fmt: skip
+    running = Service(
+        storage_dir,
+        workdir,
+        policy=policy_file,
+        listen=f"127.0.0.1:{free_port()}",
+        extra_args=["--tls-cert", str(cert), "--tls-key", str(key)],
+    ).start()
     try:
         context = ssl.create_default_context(cafile=str(cert))
         headers = {"Authorization": f"Bearer {token}"}
