@@ -48,18 +48,27 @@ def test_events_ndjson_since_until_and_follow(service: Service) -> None:
         with container(client, busybox("exit 2", name="ev-past")) as cid:
             client.post(f"{API}/containers/{cid}/wait")
         after = time.time()
-        params = {"since": before, "until": after, "filter": "container=ev-past"}
+        params: dict[str, str | float] = {
+            "since": before,
+            "until": after,
+            "filter": "container=ev-past",
+        }
         past = [json.loads(x) for x in client.get(f"{API}/events", params=params).text.split()]
         assert [e["action"] for e in past][:2] == ["create", "start"]
         assert {"die", "destroy"} <= {e["action"] for e in past}
 
         got = []
-        follow = {"filter": ["container=ev-live", "event=die"], "since": time.time()}
-        with client.stream("GET", f"{API}/events", params=follow) as stream:
-            with container(client, busybox("exit 6", name="ev-live")):
-                for line in stream.iter_lines():
-                    got.append(json.loads(line))
-                    break
+        follow: dict[str, list[str] | float] = {
+            "filter": ["container=ev-live", "event=die"],
+            "since": time.time(),
+        }
+        with (
+            client.stream("GET", f"{API}/events", params=follow) as stream,
+            container(client, busybox("exit 6", name="ev-live")),
+        ):
+            for line in stream.iter_lines():
+                got.append(json.loads(line))
+                break
         assert got[0]["action"] == "die" and got[0]["attributes"]["exitCode"] == "6"
         bad = client.get(f"{API}/events", params={"filter": "nonsense"})
         assert bad.status_code == 400
