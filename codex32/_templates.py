@@ -19,6 +19,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,10 @@ class TemplateStore:
     def __init__(self, recipes_dir: Path, storage_dir: Path) -> None:
         self.recipes_dir = recipes_dir
         self.root = storage_dir / "templates"
+        # One build (or uid-shifted copy) at a time in this process: the service
+        # creates from many threads, and two builds of one template share a staging
+        # directory (named after the process) and would each replace the other's tree.
+        self._lock = threading.RLock()
 
     def names(self) -> list[str]:
         """Every recipe's name, sorted."""
@@ -152,8 +157,11 @@ class TemplateStore:
 
     def ensure_built(self, template: Template, *, quiet: bool = False) -> Path:
         """Build the template unless the current recipe is already built."""
-        if not self.is_built(template):
-            self.build(template, quiet=quiet)
+        if self.is_built(template):
+            return self.rootfs(template)
+        with self._lock:
+            if not self.is_built(template):
+                self.build(template, quiet=quiet)
         return self.rootfs(template)
 
     def build(
@@ -162,6 +170,10 @@ class TemplateStore:
         """Run the recipe into a fresh directory, then swap it in (never half-built).
 
         The recipe's output (its progress) goes to ``progress``, else to stderr."""
+        with self._lock:
+            return self._build(template, quiet=quiet, progress=progress)
+
+    def _build(self, template: Template, *, quiet: bool, progress: IO[str] | None) -> Path:
         out = progress if progress is not None else sys.stderr
         base = self.root / template.name
         base.mkdir(parents=True, exist_ok=True)
@@ -205,6 +217,12 @@ class TemplateStore:
         target = self.root / template.name / f"rootfs-uid{host_base}"
         if target.is_dir():
             return target
+        with self._lock:
+            if target.is_dir():
+                return target
+            return self._shift(template, source, target, host_base)
+
+    def _shift(self, template: Template, source: Path, target: Path, host_base: int) -> Path:
         staging = target.with_name(target.name + f".tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         try:
