@@ -45,6 +45,7 @@ class Service:
         policy: Path | None = None,
         listen: str | None = None,
         extra_args: list[str] | None = None,
+        prefix: list[str] | None = None,
     ) -> None:
         self.storage_dir = storage_dir
         self.workdir = workdir
@@ -52,11 +53,13 @@ class Service:
         self.policy = policy
         self.listen = listen
         self.extra_args = extra_args or []
+        self.prefix = prefix or []  # a wrapper: systemd-socket-activate, say
         self.log_path = workdir / "service.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         args = [
+            *self.prefix,
             sys.executable,
             "-m",
             "codex32.service",

@@ -29,8 +29,20 @@ def test_events_websocket_sees_containers_the_cli_made(service: Service) -> None
     name = "made-by-cli"
     with service.websocket(f"{API}/events?filter=container={name}") as ws:
         ws.ping().wait(10)  # subscribed: the stream follows from here
-        result = _cli(service, "run", "--rm", "--name", name, "--network", "none", "busybox",
-                      "--", "sh", "-c", "exit 4")  # fmt: skip
+        result = _cli(
+            service,
+            "run",
+            "--rm",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "exit 4",
+        )
         assert result.returncode == 4, result.stderr
         actions = []
         while "destroy" not in actions:

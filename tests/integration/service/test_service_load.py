@@ -19,10 +19,13 @@ def test_fifty_parallel_creations_no_failure_no_leak(service: Service, storage_d
     async def scenario() -> None:
         async with service.async_client() as client:
             creations = [
-                client.post(f"{API}/containers", params={"start": True},
-                            json=busybox("sleep 60", name=f"par-{i}"))
+                client.post(
+                    f"{API}/containers",
+                    params={"start": True},
+                    json=busybox("sleep 60", name=f"par-{i}"),
+                )
                 for i in range(PARALLEL)
-            ]  # fmt: skip
+            ]
             created = await asyncio.gather(*creations)
             failures = [r.text for r in created if r.status_code != 201]
             ids = [r.json()["id"] for r in created if r.status_code == 201]
@@ -50,9 +53,10 @@ def test_long_waits_and_follows_do_not_delay_other_requests(service: Service) ->
     async def scenario() -> float:
         async with service.async_client() as client:
             created = await client.post(
-                f"{API}/containers", params={"start": True},
+                f"{API}/containers",
+                params={"start": True},
                 json=busybox("echo up; sleep 30", name="long-one"),
-            )  # fmt: skip
+            )
             assert created.status_code == 201, created.text
             cid = created.json()["id"]
             try:

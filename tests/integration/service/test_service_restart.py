@@ -4,6 +4,7 @@ restarted service sees them all, their logs and their exit codes."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -66,3 +67,29 @@ def test_sigkill_then_restart_sees_every_container(
         with service.client() as client:
             for name in [*names, "not-started"]:
                 client.delete(f"{API}/containers/{name}", params={"force": True})
+
+
+def test_socket_activation_serves_the_socket_it_is_given(
+    storage_dir: Path, scratch: Path, policy_file: Path
+) -> None:
+    """As codex32.socket starts it: the listening socket arrives as fd 3 (LISTEN_FDS)."""
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        pytest.skip("needs systemd-socket-activate (package systemd)")
+    workdir = scratch / "activated"
+    workdir.mkdir()
+    socket_path = workdir / "api.sock"
+    activated = Service(
+        storage_dir,
+        workdir,
+        policy=policy_file,
+        prefix=[activate, "-l", str(socket_path)],
+        extra_args=["--host", f"unix://{workdir}/unused.sock"],
+    )
+    activated.start()
+    try:
+        assert not (workdir / "unused.sock").exists()
+        assert "the socket systemd passed" in activated.log()
+    finally:
+        activated.stop()
+    assert socket_path.exists()  # systemd's to remove, not the service's
