@@ -460,6 +460,27 @@ class ContainerEngine:
         if self._fork_server is not None:
             self._fork_server.close()
 
+    def info(self) -> dict[str, Any]:
+        """What this host offers and how the engine is set up (``codex32 doctor``,
+        ``docker info``): cgroup layout, driver and controllers, storage, defaults."""
+        import dataclasses
+
+        from ._cgroups.detect import host_info
+
+        driver = self._cgroups.driver()
+        usable = sorted(driver.controllers()) if driver is not None else None
+        return {
+            "cgroup": {
+                **dataclasses.asdict(host_info()),
+                "usable_controllers": usable,
+                "unavailable": self._cgroups.unavailable,
+                "parent": self.settings.cgroup_parent,
+            },
+            "storage_dir": str(self.settings.storage_dir),
+            "templates_dir": str(self.settings.templates_dir),
+            "default_isolation": self.settings.default_isolation.value,
+        }
+
     # -- compile -------------------------------------------------------------
 
     def profile(self, config: ContainerConfig) -> Profile:

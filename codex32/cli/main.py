@@ -53,6 +53,17 @@ def _global(
             "else codex32).",
         ),
     ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            "-H",
+            envvar="CODEX32_HOST",
+            metavar="URL",
+            help="Run the verb through the host service: unix:///run/codex32/codex32.sock, "
+            "or tcp://HOST:PORT with CODEX32_TOKEN (default: in-process).",
+        ),
+    ] = None,
     show_version: Annotated[
         bool,
         typer.Option(
@@ -65,6 +76,7 @@ def _global(
 ) -> None:
     state.debug = debug
     state.cgroup_parent = cgroup_parent
+    state.host = host
 
 
 _PASS_THROUGH = {"allow_interspersed_args": False}

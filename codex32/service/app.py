@@ -164,6 +164,13 @@ def _system_routes(app: FastAPI) -> None:
             "docs": "/docs",
         }
 
+    @app.get(API + "/info", tags=["system"])
+    async def info(request: Request) -> dict[str, Any]:
+        """The host and the engine's set-up, as ``codex32 doctor --json`` prints it."""
+        engine = context_of(request).engine
+        report: dict[str, Any] = await engine.call(engine.sync.info)
+        return report
+
     @app.get("/health", tags=["system"])
     async def health(request: Request) -> JSONResponse:
         """200 when the engine answers (a full listing within 5 s), with counts by state."""

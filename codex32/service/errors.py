@@ -47,11 +47,14 @@ class ApiError:
     kind: str
     hint: str | None = None
     rule: str | None = None
+    exit_code: int | None = None  # a LaunchError's (Docker's 125/126/127)
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"message": self.message, "kind": self.kind, "hint": self.hint}
         if self.rule is not None:
             body["rule"] = self.rule
+        if self.exit_code is not None:
+            body["exit_code"] = self.exit_code
         return body
 
 
@@ -105,7 +108,8 @@ def from_exception(error: BaseException) -> ApiError:
         if hint and message.endswith(f". {hint}"):
             message = message[: -len(hint) - 2]  # the hint has its own field
         rule = error.rule if isinstance(error, PolicyDenied) else None
-        return ApiError(status_of(error), message, type(error).__name__, hint, rule)
+        code = error.exit_code if isinstance(error, LaunchError) else None
+        return ApiError(status_of(error), message, type(error).__name__, hint, rule, code)
     if isinstance(error, ValidationError):
         return ApiError(
             400,

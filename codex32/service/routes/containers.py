@@ -153,6 +153,16 @@ async def run(request: Request, config: ContainerConfig) -> dict[str, Any]:
     }
 
 
+@router.post("/plan")
+async def plan(request: Request, config: ContainerConfig) -> dict[str, Any]:
+    """The set-up plan the config would run (``codex32 plan``): nothing is created."""
+    config = await _admitted(request, config)
+    engine = _context(request).engine
+    described = await engine.call(lambda: engine.sync.plan(config).describe())
+    result: dict[str, Any] = json.loads(described)
+    return result
+
+
 @router.post("/prune")
 async def prune(request: Request) -> dict[str, Any]:
     """Remove every container that is not running."""

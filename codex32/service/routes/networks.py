@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -32,7 +31,7 @@ class NetworkCreate(BaseModel):
 @router.get("")
 async def list_networks(request: Request) -> list[dict[str, Any]]:
     """Every network, the default one first."""
-    return [dataclasses.asdict(n) for n in await _context(request).engine.networks.list()]
+    return [n.to_json() for n in await _context(request).engine.networks.list()]
 
 
 @router.post("", status_code=201)
@@ -41,7 +40,7 @@ async def create_network(request: Request, body: NetworkCreate) -> dict[str, Any
     created = await _context(request).engine.networks.create(
         body.name, body.subnet, gateway=body.gateway, masquerade=body.masquerade
     )
-    return dataclasses.asdict(created)
+    return created.to_json()
 
 
 @router.get("/{name}")
