@@ -3,7 +3,7 @@
 * Unix socket: the socket's mode (0660 root:codex32) is the permission; the caller
   is identified by ``SO_PEERCRED`` (uid, gid, pid) and logged.
 * TCP: every request, WebSocket handshakes included, needs ``Authorization: Bearer
-  TOKEN``; the token is compared in constant time (HMAC of both sides); a missing or
+  TOKEN``; the token is compared in constant time (SHA-256 of both sides); a missing or
   wrong one is a 401 and nothing is done. The token lives 0600 in the storage
   directory (``codex32 serve --init-token`` makes it).
 * Every mutating request (POST, PUT, PATCH, DELETE, and interactive exec) is

@@ -89,4 +89,5 @@ def test_long_waits_and_follows_do_not_delay_other_requests(service: Service) ->
                 await client.delete(f"{API}/containers/{cid}", params={"force": True})
 
     slowest = asyncio.run(scenario())
-    assert slowest < 1.0, f"a plain request took {slowest:.2f} s while others waited"
+    # Blocked, a request would wait for the kill (30 s); 3 s leaves room for a busy host.
+    assert slowest < 3.0, f"a plain request took {slowest:.2f} s while others waited"
