@@ -91,10 +91,11 @@ def create_app(
     _system_routes(app)
     from .routes.containers import router as containers
     from .routes.events import router as events
+    from .routes.exec import router as exec_routes
     from .routes.images import router as images
     from .routes.networks import router as networks
 
-    for router in (containers, images, networks, events):
+    for router in (containers, exec_routes, images, networks, events):
         app.include_router(router, prefix=API)
     return AuthMiddleware(app, token=token, audit=audit)
 
