@@ -135,7 +135,36 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     for expected in (Codex32Error, ApiProblemError, ValidationError, TimeoutError, ValueError):
         app.add_exception_handler(expected, engine_error)
-    app.add_exception_handler(Exception, engine_error)
+    # The rest: answered here rather than by Starlette's last-resort handler, which
+    # re-raises after answering (uvicorn then drops the connection and logs twice).
+    app.add_middleware(_CrashGuard)
+
+
+class _CrashGuard:
+    """Any other exception: a 500 with one message (its traceback goes to the log)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:
+                raise  # mid-stream: nothing else can be said on this answer
+            error = from_exception(exc)  # logs the traceback
+            scope.setdefault("state", {})[ERROR_KEY] = error.message
+            await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
 
 
 def context_of(request: Any) -> ServiceContext:

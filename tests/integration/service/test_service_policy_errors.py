@@ -183,3 +183,24 @@ def test_unenforceable_limit_is_422(service: Service) -> None:
         assert "blkio.weight" in error_of(response)["message"]
         left = client.get(f"{API}/containers", params={"all": True}).json()
         assert not [c for c in left if c["status"] == "created"]  # the failed create is gone
+
+
+def test_an_internal_failure_is_a_500_without_a_traceback(
+    storage_dir: Path, scratch: Path, policy_file: Path
+) -> None:
+    """A container whose plan went missing on disk (not an engine error): the answer is
+    one JSON line; the traceback goes to the service's log only."""
+    workdir = scratch / "internal"
+    workdir.mkdir()
+    own = Service(storage_dir, workdir, policy=policy_file).start()
+    try:
+        with own.client() as client, container(client, busybox("true"), start=False) as cid:
+            (storage_dir / "containers" / cid / "plan.json").unlink()
+            response = client.get(f"{API}/containers/{cid}/export")
+            assert response.status_code == 500
+            body = error_of(response)
+            assert body["kind"] == "InternalError" and "FileNotFoundError" in body["message"]
+            assert "\n" not in body["message"] and 'File "' not in response.text
+        assert "Traceback" in own.log()  # for the operator
+    finally:
+        own.stop()
