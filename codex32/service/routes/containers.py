@@ -32,6 +32,14 @@ async def get_container(request: Request | WebSocket, ref: str) -> AsyncContaine
     return await _context(request).engine.containers.get(ref)
 
 
+async def allowed_container(request: Request | WebSocket, ref: str) -> AsyncContainer:
+    """A container the caller may run something in: one made outside the service (by
+    root's CLI, say) is held to the policy too before a start, restart or exec."""
+    container = await get_container(request, ref)
+    _context(request).policy.check(await container.config())
+    return container
+
+
 def _since(value: str | None) -> float | None:
     if value is None or value == "":
         return None
@@ -182,7 +190,7 @@ async def inspect(request: Request, ref: str) -> dict[str, Any]:
 
 @router.post("/{ref}/start", status_code=204)
 async def start(request: Request, ref: str) -> Response:
-    await (await get_container(request, ref)).start()
+    await (await allowed_container(request, ref)).start()
     return Response(status_code=204)
 
 
@@ -201,7 +209,7 @@ async def kill(request: Request, ref: str, signal: str = "SIGKILL") -> Response:
 
 @router.post("/{ref}/restart", status_code=204)
 async def restart(request: Request, ref: str, timeout: float | None = None) -> Response:
-    await (await get_container(request, ref)).restart(timeout)
+    await (await allowed_container(request, ref)).restart(timeout)
     return Response(status_code=204)
 
 

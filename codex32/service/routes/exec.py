@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from codex32 import AsyncContainer, ConfigError
 
 from ..errors import from_exception
-from .containers import get_container
+from .containers import allowed_container
 
 router = APIRouter(prefix="/containers", tags=["exec"])
 
@@ -37,7 +37,7 @@ class ExecRequest(BaseModel):
 @router.post("/{ref}/exec")
 async def exec_captured(request: Request, ref: str, body: ExecRequest) -> dict[str, Any]:
     """Run a command, wait for it; its exit code and output (``docker exec``)."""
-    container = await get_container(request, ref)
+    container = await allowed_container(request, ref)
     stdin_fd = None
     if body.stdin is not None:
         stdin_fd = os.memfd_create("codex32-exec-stdin", os.MFD_CLOEXEC)
@@ -78,7 +78,7 @@ async def exec_interactive(
     the last frame out: ``{"type": "exit", "exit_code": N}`` (or ``{"type": "error", ...}``)."""
     await websocket.accept()
     try:
-        container = await get_container(websocket, ref)
+        container = await allowed_container(websocket, ref)
         if not cmd:
             raise ConfigError("exec needs a command", hint="pass ?cmd=sh&cmd=-c&cmd=...")
         environment = dict(_env_pair(e) for e in env or [])
