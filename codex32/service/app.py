@@ -177,10 +177,8 @@ def _system_routes(app: FastAPI) -> None:
     @app.get("/", tags=["system"])
     async def root(request: Request) -> dict[str, Any]:
         """Name, version, deployment types, isolation levels, the host's cgroup driver."""
-        from codex32._cgroups.detect import host_info
-
-        info = await asyncio.to_thread(host_info)
         engine = context_of(request).engine
+        cgroup = (await engine.call(engine.sync.info))["cgroup"]
         return {
             "name": "Codex-32",
             "version": _version(),
@@ -189,8 +187,8 @@ def _system_routes(app: FastAPI) -> None:
             "deployment_types": list(DEPLOYMENT_TYPES),
             "isolation_levels": [level.value for level in IsolationType],
             "default_isolation": engine.settings.default_isolation.value,
-            "cgroup_driver": info.driver,
-            "cgroup_layout": info.layout,
+            "cgroup_driver": cgroup["driver"],
+            "cgroup_layout": cgroup["layout"],
             "docs": "/docs",
         }
 
