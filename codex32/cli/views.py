@@ -104,7 +104,7 @@ def logs(
     if follow:
         follow_output(c, timestamps=timestamps, tail=lines, since=start, json_lines=json_output)
         return
-    for entry in c.stream_logs(tail=lines, since=start, follow=False):
+    for entry in guard(partial(c.stream_logs, tail=lines, since=start, follow=False)):
         _write_entry(entry, timestamps=timestamps, json_lines=json_output)
     sys.stdout.flush()
 
@@ -156,14 +156,16 @@ def events(
     json_output: Json = False,
 ) -> None:
     """Print engine events (create, start, die, stop, kill, destroy, ...)."""
-    from codex32 import parse_event_filters, parse_since
+    from codex32._events import parse_filters
+    from codex32._logs import parse_since
 
     eng = engine()
     filters = guard(partial(parse_event_filters, filter_ or []))
     now = time.time()
     start = guard(partial(parse_since, since, now)) if since else None
     end = guard(partial(parse_since, until, now)) if until else None
-    stream = eng.events(since=start, until=end, filters=filters, follow=follow)
+    stream = guard(partial(eng.events, since=start, until=None if follow else end,
+                           filters=filters, follow=follow))  # fmt: skip
     for event in stream:
         if json_output:
             typer.echo(event.to_json())
@@ -268,38 +270,25 @@ def doctor(json_output: Json = False) -> None:
 
     ``--json``: the same facts as one object, for scripts and monitoring.
     """
-    import dataclasses
+    from codex32._cgroups.detect import CgroupHostInfo
 
-    eng = engine()
-    report = eng.cgroup_report()
-    info, usable, limits = report.host, report.usable_controllers, report.limits
+    report = guard(engine().info)
     if json_output:
-        cgroup = {
-            **dataclasses.asdict(info),
-            "usable_controllers": usable,
-            "limits": [
-                {"limit": name, "enforceable": ok, "reason": why} for name, ok, why in limits
-            ],
-            "unavailable": report.unavailable,
-            "parent": report.parent,
-        }
-        facts = {
-            "cgroup": cgroup,
-            "storage_dir": str(eng.settings.storage_dir),
-            "templates_dir": str(eng.settings.templates_dir),
-            "default_isolation": eng.settings.default_isolation.value,
-        }
-        typer.echo(json.dumps(facts, indent=2))
+        typer.echo(json.dumps(report, indent=2))
         return
+    cgroup = report["cgroup"]
+    fields = ("layout", "driver", "v1_controllers", "v2_controllers", "unified_mountpoint")
+    info = CgroupHostInfo(**{k: cgroup[k] for k in fields})
     typer.echo(info.describe())
-    if usable is not None:
-        typer.echo(f"controllers usable for containers: {', '.join(usable)}")
+    if cgroup["usable_controllers"] is not None:
+        typer.echo(f"controllers usable for containers: {', '.join(cgroup['usable_controllers'])}")
     else:
-        typer.echo(f"no cgroup driver: {report.unavailable}")
+        typer.echo(f"no cgroup driver: {cgroup['unavailable']}")
     typer.echo("limits (enforceable on this host; --limits best-effort drops the others):")
     table([["LIMIT", "ENFORCEABLE", "WHY"]]
-          + [[name, "yes" if ok else "no", why] for name, ok, why in limits])  # fmt: skip
-    typer.echo(f"cgroup parent: {eng.settings.cgroup_parent}")
-    typer.echo(f"storage: {eng.settings.storage_dir}")
-    typer.echo(f"templates: {eng.settings.templates_dir}")
-    typer.echo(f"default isolation: {eng.settings.default_isolation.value}")
+          + [[row["limit"], "yes" if row["enforceable"] else "no", row["reason"]]
+             for row in cgroup["limits"]])  # fmt: skip
+    typer.echo(f"cgroup parent: {cgroup['parent']}")
+    typer.echo(f"storage: {report['storage_dir']}")
+    typer.echo(f"templates: {report['templates_dir']}")
+    typer.echo(f"default isolation: {report['default_isolation']}")
