@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import IO, Any, Generic, Literal, TypeVar, cast
 
 from codex32._cgroups.containers import (
-    CgroupReport,
     ContainerCgroups,
     ContainerStats,
     exited_stats,
@@ -214,7 +213,7 @@ class Container:
     ) -> Iterator[LogEntry]:
         """Log entries as they come (survives rotation); ends when the container stops,
         or when ``stop()`` (asked once per poll) answers true: a caller gone."""
-        from ._logs import follow_logs, read_logs
+        from codex32._store.logs import follow_logs, read_logs
 
         streams = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
         path = self._engine._log_path(self.id)
@@ -510,20 +509,18 @@ class ContainerEngine:
         ``docker info``): cgroup layout, driver and controllers, storage, defaults."""
         import dataclasses
 
-        from ._cgroups.detect import host_info
-
-        driver = self._cgroups.driver()
-        usable = sorted(driver.controllers()) if driver is not None else None
+        report = self._cgroups.report()
         return {
             "cgroup": {
-                **dataclasses.asdict(host_info()),
-                "usable_controllers": usable,
+                **dataclasses.asdict(report.host),
+                "description": report.host.describe(),
+                "usable_controllers": report.usable_controllers,
                 "limits": [
                     {"limit": name, "enforceable": ok, "reason": why}
-                    for name, ok, why in self._cgroups.probe().rows()
+                    for name, ok, why in report.limits
                 ],
-                "unavailable": self._cgroups.unavailable,
-                "parent": self.settings.cgroup_parent,
+                "unavailable": report.unavailable,
+                "parent": report.parent,
             },
             "storage_dir": str(self.settings.storage_dir),
             "templates_dir": str(self.settings.templates_dir),
@@ -531,10 +528,6 @@ class ContainerEngine:
         }
 
     # -- compile -------------------------------------------------------------
-
-    def cgroup_report(self) -> CgroupReport:
-        """What this host's cgroups offer containers: layout, controllers, each limit."""
-        return self._cgroups.report()
 
     def profile(self, config: ContainerConfig) -> Profile:
         """The isolation profile a config resolves to."""

@@ -156,8 +156,7 @@ def events(
     json_output: Json = False,
 ) -> None:
     """Print engine events (create, start, die, stop, kill, destroy, ...)."""
-    from codex32._events import parse_filters
-    from codex32._logs import parse_since
+    from codex32 import parse_event_filters, parse_since
 
     eng = engine()
     filters = guard(partial(parse_event_filters, filter_ or []))
@@ -270,16 +269,12 @@ def doctor(json_output: Json = False) -> None:
 
     ``--json``: the same facts as one object, for scripts and monitoring.
     """
-    from codex32._cgroups.detect import CgroupHostInfo
-
     report = guard(engine().info)
     if json_output:
         typer.echo(json.dumps(report, indent=2))
         return
     cgroup = report["cgroup"]
-    fields = ("layout", "driver", "v1_controllers", "v2_controllers", "unified_mountpoint")
-    info = CgroupHostInfo(**{k: cgroup[k] for k in fields})
-    typer.echo(info.describe())
+    typer.echo(cgroup["description"])
     if cgroup["usable_controllers"] is not None:
         typer.echo(f"controllers usable for containers: {', '.join(cgroup['usable_controllers'])}")
     else:

@@ -30,13 +30,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from ._engine import Container, ContainerEngine, ExecResult, RunResult
-from ._events import Event
-from ._logs import LogEntry
-from ._network.ipam import NetworkDefinition
-from ._resources import ContainerStats
-from ._state import ContainerRecord, ContainerState
-from .config import ContainerConfig, ContainerImage
+from codex32._cgroups.containers import ContainerStats
+from codex32._engine.engine import Container, ContainerEngine, ExecResult, RunResult
+from codex32._network.ipam import NetworkDefinition
+from codex32._store.events import Event
+from codex32._store.logs import LogEntry
+from codex32._store.state import ContainerRecord, ContainerState
+from codex32.config.container import ContainerConfig
+from codex32.config.images import ContainerImage
 
 T = TypeVar("T")
 
@@ -437,7 +438,7 @@ class AsyncContainerEngine:
         max_waiters: int = 256,
     ) -> None:
         if engine is None:
-            from ._engine import get_engine
+            from codex32._engine.engine import get_engine
 
             engine = get_engine()
         self.sync = engine
@@ -451,7 +452,7 @@ class AsyncContainerEngine:
         cls, storage_dir: str | os.PathLike[str] | None = None, **kwargs: Any
     ) -> AsyncContainerEngine:
         """``await init_engine(storage_dir)`` (reconcile and recovery), then wrap it."""
-        from ._engine import init_engine
+        from codex32._engine.engine import init_engine
 
         return cls(await init_engine(storage_dir), **kwargs)
 
