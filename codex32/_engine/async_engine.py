@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from codex32._cgroups.containers import ContainerStats
-from codex32._engine.engine import Container, ContainerEngine, ExecResult, RunResult
+from codex32._engine.container import Container
+from codex32._engine.engine import ContainerEngine
+from codex32._engine.results import ExecResult, RunResult
 from codex32._network.ipam import NetworkDefinition
 from codex32._store.events import Event
 from codex32._store.logs import LogEntry
@@ -45,7 +47,7 @@ T = TypeVar("T")
 _WAIT_SLICE = 1.0
 #: Items a stream's thread may get ahead of its reader.
 _STREAM_QUEUE = 256
-_LIVE = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
+LIVE = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
 _END = object()
 
 
@@ -247,7 +249,7 @@ class AsyncContainer:
             yield await self._threads.call(self.sync.stats)
             await asyncio.sleep(interval)
             await self.reload()
-            if self.state not in _LIVE:
+            if self.state not in LIVE:
                 return
 
     async def top(self) -> list[dict[str, object]]:
