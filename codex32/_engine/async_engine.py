@@ -40,6 +40,7 @@ from codex32._store.logs import LogEntry
 from codex32._store.state import ContainerRecord, ContainerState
 from codex32.config.container import ContainerConfig
 from codex32.config.images import ContainerImage
+from codex32.errors import DamagedRecordError
 
 T = TypeVar("T")
 
@@ -337,6 +338,10 @@ class AsyncContainerCollection:
 
     async def create(self, config: ContainerConfig) -> AsyncContainer:
         return self._wrap(await self._threads.call(self._engine.containers.create, config))
+
+    async def damaged(self) -> tuple[DamagedRecordError, ...]:
+        """Each container record that cannot be trusted, with its path and why."""
+        return await self._threads.call(self._engine.containers.damaged)
 
     async def run_detached(self, config: ContainerConfig) -> AsyncContainer:
         return self._wrap(await self._threads.call(self._engine.containers.run_detached, config))
