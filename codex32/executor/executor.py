@@ -101,6 +101,7 @@ class AdaptiveExecutor:
         self._hooks: dict[str, list[Callback]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._health: dict[int, HealthTracker] = {}  # run id -> tracker
+        self._next_trigger: dict[str, str] = {}  # bot id -> why the engine starts it next
         self._tasks: list[asyncio.Task[None]] = []
         self._lock_fd: int | None = None
         self._events: asyncio.Queue[EngineEvent] | None = None
@@ -494,12 +495,12 @@ class AdaptiveExecutor:
                     bot_id=bot.id, number=1, deployment_type=latest.deployment_type,
                     state=RunState.RUNNING, started_at=event.time,
                     container_id=event.id or latest.container_id,
-                    trigger="policy",
+                    trigger=(trigger := self._next_trigger.pop(bot.id, "policy")),
                     health=HealthState.STARTING if self._probed(bot) else HealthState.NONE,
                 ))  # fmt: skip
                 if self._probed(bot) and run.id is not None:
                     self._health[run.id] = HealthTracker(bot.deployment_config.health_check)  # type: ignore[arg-type]
-                await self._emit("bot_started", bot, run, trigger="policy")
+                await self._emit("bot_started", bot, run, trigger=trigger)
         elif event.action == "oom":
             await self._emit("bot_oom", bot, latest)
 
@@ -612,8 +613,9 @@ class AdaptiveExecutor:
         self._health.pop(run.id, None)
         backend = self.backend(run.deployment_type)
         if isinstance(backend, ContainerBackend):
-            await backend.restart(bot, bot.deployment_config.stop_timeout)
+            self._next_trigger[bot.id] = "unhealthy"
             await self.store.update_run(run.id, reason="unhealthy")
+            await backend.restart(bot, bot.deployment_config.stop_timeout)
             return
         await backend.stop(bot, run, bot.deployment_config.stop_timeout)
         seen = await backend.status(bot, run)

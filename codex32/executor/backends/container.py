@@ -119,10 +119,10 @@ class ContainerBackend:
 
     async def start(self, bot: Bot, run: BotRun) -> Started:
         bot.check_code()
+        await asyncio.to_thread(self._prepare_state, bot)
         config = self.container_config(bot)
 
         def launch() -> Started:
-            self._prepare_state(bot)
             old = self._get(bot)
             if old is not None:  # a container of an earlier deployment: its config is stale
                 old.remove(force=True)
