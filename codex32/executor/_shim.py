@@ -6,6 +6,7 @@ the executor starts this process (in a session of its own), which
 
 * starts the bot in a new session (so its own process group), with the rlimits asked,
   its stdout and stderr on one pipe;
+* forks away from its parent (which exits at once), so that it is nobody's child;
 * prints ``{"pid": N}`` on its stdout and closes it (the executor reads one line);
 * copies the pipe into the bot's log file, rotated at ``--max-bytes`` into
   ``--files`` files (``bot.log``, ``bot.log.1``, ...);
@@ -98,6 +99,11 @@ def main() -> int:
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    # Daemonize: whoever started us gets its child back at once (no zombie, no waiting),
+    # and we are init's, in a session of our own.
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     limits = _limits(args.rlimit)

@@ -46,6 +46,10 @@ HOOK_EVENTS = frozenset({"bot_deployed", "bot_started", "bot_exited", "bot_stopp
                          "bot_restarting", "bot_unhealthy", "bot_healthy", "health_status",
                          "bot_oom", "bot_removed", "bot_failed", "*"})  # fmt: skip
 
+#: How long a run may stay ``starting`` (its process or container being made) before a
+#: refresh judges it: one left so by an executor killed mid-start is then found lost.
+STARTING_GRACE = 60.0
+
 Callback = Callable[["BotEvent"], Awaitable[None] | None]
 
 
@@ -349,8 +353,11 @@ class AdaptiveExecutor:
         bot, desired = found
         runs = await self.store.runs(bot.id, limit=50)
         if runs and runs[0].live:
-            await self._refresh(bot, runs[0])
-            runs = await self.store.runs(bot.id, limit=50)
+            async with self._lock(bot.id):
+                runs = await self.store.runs(bot.id, limit=50)
+                if runs and runs[0].live:
+                    await self._refresh(bot, runs[0])
+                    runs = await self.store.runs(bot.id, limit=50)
         restarts = sum(1 for r in runs if r.trigger != "user")
         return BotStatus(bot=bot, desired="running" if desired == "running" else "stopped",
                          run=runs[0] if runs else None, restarts=restarts)  # fmt: skip
@@ -397,6 +404,8 @@ class AdaptiveExecutor:
     async def _refresh(self, bot: Bot, run: BotRun) -> Observed | None:
         """Settle a live run that has ended (exit code, or lost); return what was seen."""
         assert run.id is not None
+        if run.state is RunState.STARTING and time.time() - run.started_at < STARTING_GRACE:
+            return None  # a start under way (here or in another process): not judged yet
         try:
             seen = await self.backend(run.deployment_type).status(bot, run)
         except ContainerError as error:

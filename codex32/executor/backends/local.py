@@ -20,8 +20,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import psutil
-
 from ..health import probe_http, probe_tcp
 from ..models import Bot, BotRun, DeploymentType, ExecProbe, HealthCheck, HttpProbe
 from . import Observed, ProbeResult, Started, bot_dir, resolve_secrets
@@ -30,20 +28,30 @@ SHIM = Path(__file__).resolve().parent.parent / "_shim.py"
 _ULIMIT_NAMES = {"nofile", "nproc", "core", "cpu", "as", "data", "fsize", "stack", "memlock"}
 
 
-def process_start_time(pid: int) -> float | None:
-    """When ``pid`` started (psutil's create_time), None if there is no such process."""
+def _stat(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and start time in clock ticks since boot (/proc/PID/stat)."""
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
+    return fields[0], int(fields[19])
+
+
+def process_start_time(pid: int) -> float | None:
+    """When ``pid`` started, in clock ticks since boot: unlike a wall-clock time, it does
+    not move when the clock is set (the pid-reuse guard of the engine and of ps)."""
+    found = _stat(pid)
+    return None if found is None else float(found[1])
 
 
 def same_process(pid: int | None, start_time: float | None) -> bool:
-    """Whether ``pid`` is still the process that started at ``start_time`` (pid reuse)."""
+    """Whether ``pid`` is still the process that started at ``start_time``, and alive
+    (a zombie has ended: its keeper has not collected it yet)."""
     if not pid or start_time is None:
         return False
-    now = process_start_time(pid)
-    return now is not None and abs(now - start_time) < 0.05
+    found = _stat(pid)
+    return found is not None and found[0] != "Z" and found[1] == int(start_time)
 
 
 def group_alive(pgid: int) -> bool:
@@ -63,7 +71,6 @@ class LocalProcessBackend:
 
     def __init__(self, storage_dir: Path) -> None:
         self.storage_dir = storage_dir
-        self._shims: dict[int, subprocess.Popen[bytes]] = {}  # to reap what we started
 
     def paths(self, bot: Bot, run: BotRun) -> tuple[Path, Path]:
         """The bot's log file and this run's exit file."""
@@ -108,34 +115,25 @@ class LocalProcessBackend:
             shim += ["--user", config.user]
         env = self.environment(bot)
 
-        def launch() -> tuple[subprocess.Popen[bytes], dict[str, object]]:
-            process = subprocess.Popen(
+        def launch() -> dict[str, object]:
+            with subprocess.Popen(
                 [*shim, "--", *command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 env=env, start_new_session=True,
-            )  # fmt: skip
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            process.stdout.close()
+            ) as process:  # the keeper forks away: this one exits at once
+                assert process.stdout is not None
+                line = process.stdout.readline()
             try:
-                return process, dict(json.loads(line))
+                return dict(json.loads(line))
             except ValueError:
-                process.wait()
-                return process, {"error": "the process keeper failed to start"}
+                return {"error": "the process keeper failed to start"}
 
-        process, answer = await asyncio.to_thread(launch)
-        self._shims[process.pid] = process
+        answer = await asyncio.to_thread(launch)
         if "error" in answer:
             from codex32 import ContainerError
 
             raise ContainerError(f"bot {bot.name}: {answer['error']}")
         pid = int(str(answer["pid"]))
         return Started(started_at=time.time(), pid=pid, pid_start_time=process_start_time(pid))
-
-    def reap(self) -> None:
-        """Collect keepers this executor started that have ended (no zombies)."""
-        for pid, process in list(self._shims.items()):
-            if process.poll() is not None:
-                del self._shims[pid]
 
     def _exit(self, exit_file: Path) -> Observed | None:
         try:
@@ -147,7 +145,6 @@ class LocalProcessBackend:
                         reason=data.get("error"))  # fmt: skip
 
     async def status(self, bot: Bot, run: BotRun) -> Observed:
-        self.reap()
         _log, exit_file = self.paths(bot, run)
         ended = self._exit(exit_file)
         if ended is not None:
@@ -183,7 +180,6 @@ class LocalProcessBackend:
             if exit_file.exists() or (not group_alive(pgid) and self._exit(exit_file)):
                 break
             await asyncio.sleep(0.05)
-        self.reap()
 
     async def logs(
         self, bot: Bot, run: BotRun | None, *, follow: bool, tail: int | None,

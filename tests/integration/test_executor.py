@@ -1,0 +1,326 @@
+"""The bot executor against real processes, containers and databases (SQLite, PostgreSQL).
+
+Each test runs on both databases (``executor_db``), with the session's engine, and
+removes its bots; ``bot_storage`` checks that no keeper, process or directory is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from executor_support import (
+    BOTS,
+    bot_storage,  # noqa: F401 - a pytest fixture, used by name
+    cleanup,
+    eventually,
+    executor_db,  # noqa: F401
+    postgres,  # noqa: F401
+)
+
+from codex32 import ContainerEngine
+from codex32.executor import (
+    AdaptiveExecutor,
+    Bot,
+    BotEvent,
+    DeploymentConfig,
+    DeploymentType,
+    HealthState,
+    RunState,
+)
+from codex32.executor.backends.local import same_process
+
+pytestmark = pytest.mark.root
+
+
+def _bot(name: str, script: str, *args: str, **config: object) -> Bot:
+    return Bot(name=name, code=str(BOTS / script), args=list(args),
+               deployment_config=DeploymentConfig.model_validate(config))  # fmt: skip
+
+
+async def _runs_count(executor: AdaptiveExecutor, bot: str) -> int:
+    return len(await executor.runs(bot))
+
+
+def test_one_field_moves_a_bot_into_a_container_and_keeps_its_history(
+    bot_storage: Path, executor_db: str, engine: ContainerEngine
+) -> None:
+    async def scenario() -> None:
+        async with AdaptiveExecutor(bot_storage, database_url=executor_db,
+                                    engine=engine) as executor:  # fmt: skip
+            try:
+                bot = _bot("mover", "sample_bot.py", "--interval", "0.2", network="none")
+                first = await executor.run_bot(bot)
+                assert first.deployment_type is DeploymentType.LOCAL_PROCESS
+                assert first.pid and same_process(first.pid, first.pid_start_time)
+                lines: list[str] = []
+                await eventually(lambda: _has_heartbeat(executor, "mover", lines), what="a beat")
+
+                bot.deployment_config.deployment_type = DeploymentType.CUSTOM_CONTAINER
+                second = await executor.run_bot(bot)
+
+                assert second.deployment_type is DeploymentType.CUSTOM_CONTAINER
+                assert second.container_id and second.number == 2
+                assert not same_process(first.pid, first.pid_start_time)
+                runs = await executor.runs("mover")
+                assert [(r.number, r.deployment_type, r.state) for r in runs] == [
+                    (2, DeploymentType.CUSTOM_CONTAINER, RunState.RUNNING),
+                    (1, DeploymentType.LOCAL_PROCESS, RunState.STOPPED),
+                ]
+                assert runs[1].exit_code == 0  # the process ended cleanly on SIGTERM
+                container = engine.containers.get(second.container_id)
+                assert container.status == "running"
+                await eventually(lambda: _has_heartbeat(executor, "mover", lines),
+                                 what="a beat in the container")  # fmt: skip
+            finally:
+                await cleanup(executor)
+
+    asyncio.run(scenario())
+
+
+async def _has_heartbeat(executor: AdaptiveExecutor, bot: str, out: list[str]) -> bool:
+    out[:] = [line async for line in executor.logs(bot)]
+    return any("heartbeat" in line for line in out)
+
+
+def test_crashing_process_is_restarted_with_backoff_and_runs_are_listed(
+    bot_storage: Path, executor_db: str
+) -> None:
+    async def scenario() -> None:
+        events: list[BotEvent] = []
+        async with AdaptiveExecutor(bot_storage, database_url=executor_db) as executor:
+            executor.on("*", events.append)
+            try:
+                await executor.run_bot(_bot("crasher", "crashing_bot.py", "--after", "0.2",
+                                            restart_policy="on-failure:4"))  # fmt: skip
+                await eventually(lambda: _settled(executor, "crasher", 5), timeout=30,
+                                 what="five runs")  # fmt: skip
+                runs = list(reversed(await executor.runs("crasher")))
+                assert [r.number for r in runs] == [1, 2, 3, 4, 5]
+                assert all(r.exit_code == 3 and r.state is RunState.EXITED for r in runs)
+                assert [r.trigger for r in runs] == ["user"] + ["policy"] * 4
+                gaps = [b.started_at - a.finished_at for a, b in zip(runs, runs[1:])]  # type: ignore[operator]
+                for index, gap in enumerate(gaps):  # 0.1, 0.2, 0.4, 0.8 s
+                    assert gap >= 0.1 * 2**index - 0.02, gaps
+                assert gaps[-1] > gaps[0] + 0.5, gaps
+                status = await executor.status("crasher")
+                assert status.desired == "stopped" and status.restarts == 4
+                actions = [e.action for e in events if e.action != "bot_deployed"]
+                assert actions.count("bot_exited") == 5 and actions.count("bot_restarting") == 4
+                log = "".join([line async for line in executor.logs("crasher")])
+                assert log.count("exiting with 3") == 5
+            finally:
+                await cleanup(executor)
+
+    asyncio.run(scenario())
+
+
+async def _settled(executor: AdaptiveExecutor, bot: str, count: int) -> bool:
+    runs = await executor.runs(bot)
+    return len(runs) >= count and not runs[0].live
+
+
+def test_crashing_container_is_restarted_by_the_engine_and_each_run_recorded(
+    bot_storage: Path, executor_db: str, engine: ContainerEngine
+) -> None:
+    async def scenario() -> None:
+        async with AdaptiveExecutor(bot_storage, database_url=executor_db,
+                                    engine=engine) as executor:  # fmt: skip
+            try:
+                await executor.run_bot(_bot("crashbox", "crashing_bot.py", "--after", "0.2",
+                                            deployment_type="custom_container", network="none",
+                                            restart_policy="on-failure:2"))  # fmt: skip
+                await eventually(lambda: _settled(executor, "crashbox", 3), timeout=30,
+                                 what="three runs")  # fmt: skip
+                await asyncio.sleep(1)  # no fourth run comes
+                runs = list(reversed(await executor.runs("crashbox")))
+                assert [(r.number, r.exit_code, r.trigger) for r in runs] == [
+                    (1, 3, "user"), (2, 3, "policy"), (3, 3, "policy")]  # fmt: skip
+                assert len({r.container_id for r in runs}) == 1
+                assert (await executor.status("crashbox")).desired == "stopped"
+                state = bot_storage / "executor" / "bots" / runs[0].bot_id / "state" / "starts"
+                assert state.read_text() == "3"  # the state directory is kept across runs
+            finally:
+                await cleanup(executor)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["local_process", "custom_container"])
+def test_unhealthy_bot_is_restarted(
+    bot_storage: Path, executor_db: str, engine: ContainerEngine, kind: str
+) -> None:
+    port = 18000 + os.getpid() % 1000
+    probe = ({"type": "http", "port": port, "path": "/health"} if kind == "local_process"
+             else {"type": "tcp", "port": port})  # fmt: skip
+    if kind == "custom_container":  # turns unhealthy by closing its port: a TCP probe sees it
+        script, args = "crashing_bot.py", ("--after", "60")
+        probe = {"type": "exec", "command": ["python3", "-c", "import sys; sys.exit(1)"]}
+    else:
+        script, args = "http_bot.py", ("--port", str(port), "--fail-after", "1.5")
+
+    async def scenario() -> None:
+        events: list[BotEvent] = []
+        async with AdaptiveExecutor(bot_storage, database_url=executor_db,
+                                    engine=engine) as executor:  # fmt: skip
+            executor.on("health_status", events.append)
+            executor.on("bot_unhealthy", events.append)
+            try:
+                check = {"probe": probe, "interval": 0.3, "timeout": 2, "retries": 2}
+                await executor.run_bot(_bot("sick", script, *args, deployment_type=kind,
+                                            network="none", restart_policy="always",
+                                            health_check=check))  # fmt: skip
+                await eventually(lambda: _runs_count_at_least(executor, "sick", 2), timeout=30,
+                                 what="a restart after unhealthy")  # fmt: skip
+                runs = list(reversed(await executor.runs("sick")))
+                assert runs[0].health is HealthState.UNHEALTHY
+                assert runs[0].reason == "unhealthy" and runs[1].trigger == "unhealthy"
+                statuses = [e.attributes.get("status") for e in events
+                            if e.action == "health_status" and e.run_number == 1]  # fmt: skip
+                if kind == "local_process":
+                    assert statuses == ["healthy", "unhealthy"]
+                else:
+                    assert statuses == ["unhealthy"]
+                assert any(e.action == "bot_unhealthy" for e in events)
+            finally:
+                await cleanup(executor)
+
+    asyncio.run(scenario())
+
+
+async def _runs_count_at_least(executor: AdaptiveExecutor, bot: str, count: int) -> bool:
+    return await _runs_count(executor, bot) >= count
+
+
+def _supervisor(storage: Path, database_url: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "codex32.executor.supervisor", "--storage", str(storage)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_sigkill_of_the_executor_loses_no_bot_and_no_run(
+    bot_storage: Path, executor_db: str, engine: ContainerEngine
+) -> None:
+    """A supervising executor is killed with SIGKILL while bots run and crash; the next
+    one finds every bot and every run, settles what ended meanwhile (exit codes from the
+    keepers, a bot killed with its keeper as lost) and restarts what the policy says."""
+    supervisor = _supervisor(bot_storage, executor_db)
+
+    async def before_kill() -> list[tuple[int, int, str]]:
+        async with AdaptiveExecutor(bot_storage, database_url=executor_db,
+                                    supervise=False) as executor:  # fmt: skip
+            await eventually(lambda: (bot_storage / "executor" / "supervisor.lock").exists()
+                             and _locked(bot_storage), what="the supervisor")  # fmt: skip
+            await executor.run_bot(_bot("steady", "sample_bot.py", "--interval", "0.2",
+                                        restart_policy="always"))  # fmt: skip
+            await executor.run_bot(_bot("boxed", "sample_bot.py", "--interval", "0.2",
+                                        deployment_type="custom_container", network="none"))
+            await executor.run_bot(_bot("flaky", "crashing_bot.py", "--after", "0.3",
+                                        restart_policy="always"))  # fmt: skip
+            await eventually(lambda: _runs_count_at_least(executor, "flaky", 3), timeout=30,
+                             what="the supervisor restarting flaky")  # fmt: skip
+            return await _all_runs(executor)
+
+    recorded = asyncio.run(before_kill())
+    supervisor.send_signal(signal.SIGKILL)
+    supervisor.wait()
+
+    async def after_kill() -> None:
+        async with AdaptiveExecutor(bot_storage, database_url=executor_db,
+                                    supervise=False) as passive:  # fmt: skip
+            steady = (await passive.status("steady")).run
+            assert steady is not None and steady.live and steady.pid
+            # Kill steady with its keeper, as a reboot would: nobody can write its exit.
+            keeper = _keeper_of(steady.pid)
+            os.killpg(steady.pid, signal.SIGKILL)
+            os.kill(keeper, signal.SIGKILL)
+            await asyncio.sleep(1.0)  # flaky crashes meanwhile, unwatched
+        async with AdaptiveExecutor(bot_storage, database_url=executor_db,
+                                    engine=engine) as executor:  # fmt: skip
+            try:
+                assert executor.supervising
+                now = await _all_runs(executor)
+                for name, number, _state in recorded:
+                    assert any(b == name and n == number for b, n, _ in now), (name, number)
+                assert {s.bot.name for s in await executor.list()} == {"steady", "boxed",
+                                                                        "flaky"}  # fmt: skip
+                steady_runs = await executor.runs("steady")
+                lost = next(r for r in steady_runs if r.pid == steady.pid)
+                assert lost.state is RunState.LOST
+                flaky = await executor.runs("flaky")
+                ended = [r for r in flaky if not r.live]
+                assert all(r.state is RunState.EXITED and r.exit_code == 3 for r in ended)
+                boxed = (await executor.status("boxed")).run
+                assert boxed is not None and boxed.state is RunState.RUNNING
+                assert boxed.number == 1  # the container ran on, and is the same run
+                await eventually(lambda: _restarted(executor, "steady", lost.number),
+                                 what="steady restarted after being lost")  # fmt: skip
+                newest = (await executor.runs("steady"))[0]
+                assert newest.trigger == "recover" and newest.live
+                count = len(flaky)
+                await eventually(lambda: _runs_count_at_least(executor, "flaky", count + 1),
+                                 what="flaky restarted by the new executor")  # fmt: skip
+            finally:
+                await cleanup(executor)
+
+    try:
+        asyncio.run(after_kill())
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+
+
+def _locked(storage: Path) -> bool:
+    from codex32.executor.supervisor import is_supervised
+
+    return is_supervised(storage)
+
+
+def _keeper_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+async def _restarted(executor: AdaptiveExecutor, bot: str, after: int) -> bool:
+    runs = await executor.runs(bot)
+    return runs[0].number > after and runs[0].live
+
+
+async def _all_runs(executor: AdaptiveExecutor) -> list[tuple[str, int, str]]:
+    found = []
+    for status in await executor.list():
+        for run in await executor.runs(status.bot.id):
+            found.append((status.bot.name, run.number, run.state.value))
+    return found
+
+
+def test_a_bot_that_cannot_start_leaves_a_failed_run_and_nothing_running(
+    bot_storage: Path, executor_db: str, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with AdaptiveExecutor(bot_storage, database_url=executor_db) as executor:
+            try:
+                bot = _bot("ghost", "sample_bot.py").model_copy(
+                    update={"secrets": {"TOKEN": "env:CODEX32_NO_SUCH_VAR"}}
+                )
+                with pytest.raises(Exception, match="CODEX32_NO_SUCH_VAR"):
+                    await executor.run_bot(bot)
+                runs = await executor.runs("ghost")
+                assert [(r.state, r.exit_code) for r in runs] == [(RunState.FAILED, None)]
+                missing = Bot(name="nothing", code=str(tmp_path / "absent.py"))
+                with pytest.raises(Exception, match="does not exist"):
+                    await executor.run_bot(missing)
+                assert [s.bot.name for s in await executor.list()] == ["ghost"]
+            finally:
+                await cleanup(executor)
+
+    asyncio.run(scenario())
