@@ -116,9 +116,11 @@ class LocalProcessBackend:
         env = self.environment(bot)
 
         def launch() -> dict[str, object]:
-            with subprocess.Popen(
+            # The keeper's own errors go to the bot's log; it keeps no descriptor of ours
+            # (a caller reading our output to its end would wait for the bot's).
+            with open(log, "ab") as errors, subprocess.Popen(
                 [*shim, "--", *command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                env=env, start_new_session=True,
+                stderr=errors, env=env, start_new_session=True,
             ) as process:  # the keeper forks away: this one exits at once
                 assert process.stdout is not None
                 line = process.stdout.readline()
