@@ -7,6 +7,7 @@ the commands, so that ``codex32 ps`` and the other verbs do not pay for them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -19,14 +20,16 @@ import typer
 from ._common import ago, fail, guard, table
 
 if TYPE_CHECKING:
-    from codex32.executor import AdaptiveExecutor, Bot, BotStatus
+    from codex32.executor import AdaptiveExecutor, BotStatus
 
 T = TypeVar("T")
 
-app = typer.Typer(help="Deploy and manage bots (processes, containers, Kubernetes pods).",
-                  no_args_is_help=True)  # fmt: skip
-db_app = typer.Typer(help="The executor's database (SQLite by default, or $DATABASE_URL).",
-                     no_args_is_help=True)  # fmt: skip
+app = typer.Typer(
+    help="Deploy and manage bots (processes, containers, Kubernetes pods).", no_args_is_help=True
+)
+db_app = typer.Typer(
+    help="The executor's database (SQLite by default, or $DATABASE_URL).", no_args_is_help=True
+)
 
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 BotRef = Annotated[str, typer.Argument(metavar="BOT", help="The bot's name or id.")]
@@ -64,9 +67,14 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 
 
 def _health(
-    cmd: str | None, http: str | None, tcp: int | None, interval: float, timeout: float,
-    retries: int, start_period: float,
-) -> dict[str, Any] | None:  # fmt: skip
+    cmd: str | None,
+    http: str | None,
+    tcp: int | None,
+    interval: float,
+    timeout: float,
+    retries: int,
+    start_period: float,
+) -> dict[str, Any] | None:
     given = [p for p in (cmd, http, tcp) if p is not None]
     if len(given) > 1:
         fail("give one of --health-cmd, --health-http and --health-tcp")
@@ -84,36 +92,65 @@ def _health(
         probe = {"type": "http", "port": int(port), "path": "/" + path}
     else:
         probe = {"type": "tcp", "port": tcp}
-    return {"probe": probe, "interval": interval, "timeout": timeout, "retries": retries,
-            "start_period": start_period}  # fmt: skip
+    return {
+        "probe": probe,
+        "interval": interval,
+        "timeout": timeout,
+        "retries": retries,
+        "start_period": start_period,
+    }
 
 
 def deploy(
     code: Annotated[Path, typer.Argument(help="A .py script, or a directory with main.py.")],
-    args: Annotated[list[str] | None, typer.Argument(help="The bot's arguments (after --).")] = None,
+    args: Annotated[
+        list[str] | None, typer.Argument(help="The bot's arguments (after --).")
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Default: the script's name.")] = None,
-    kind: Annotated[str, typer.Option("--type", "-t", help="process, container or pod.")] = "process",
-    isolation: Annotated[str | None, typer.Option("--isolation", help="minimal, standard, strict.")] = None,
-    memory: Annotated[str | None, typer.Option("--memory", "-m", help="Memory limit (128m).")] = None,
+    kind: Annotated[
+        str, typer.Option("--type", "-t", help="process, container or pod.")
+    ] = "process",
+    isolation: Annotated[
+        str | None, typer.Option("--isolation", help="minimal, standard, strict.")
+    ] = None,
+    memory: Annotated[
+        str | None, typer.Option("--memory", "-m", help="Memory limit (128m).")
+    ] = None,
     cpus: Annotated[float | None, typer.Option("--cpus", help="CPU quota in cores.")] = None,
     pids_limit: Annotated[int | None, typer.Option("--pids-limit")] = None,
-    restart: Annotated[str | None, typer.Option("--restart", help="no, on-failure[:N], always, unless-stopped.")] = None,
+    restart: Annotated[
+        str | None, typer.Option("--restart", help="no, on-failure[:N], always, unless-stopped.")
+    ] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE.")] = None,
-    secret: Annotated[list[str] | None, typer.Option("--secret", help="NAME=env:VAR or NAME=file:/path.")] = None,
+    secret: Annotated[
+        list[str] | None, typer.Option("--secret", help="NAME=env:VAR or NAME=file:/path.")
+    ] = None,
     label: Annotated[list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE.")] = None,
-    image: Annotated[str | None, typer.Option("--image", help="Template (container) or image (pod).")] = None,
+    image: Annotated[
+        str | None, typer.Option("--image", help="Template (container) or image (pod).")
+    ] = None,
     network: Annotated[str | None, typer.Option("--network", help="Container network.")] = None,
-    replicas: Annotated[int | None, typer.Option("--replicas", help="Pods: > 1 makes a Deployment.")] = None,
-    namespace: Annotated[str | None, typer.Option("--namespace", help="Kubernetes namespace.")] = None,
-    health_cmd: Annotated[str | None, typer.Option("--health-cmd", help="Command; exit 0 is healthy.")] = None,
-    health_http: Annotated[str | None, typer.Option("--health-http", help="PORT[/PATH] to GET.")] = None,
-    health_tcp: Annotated[int | None, typer.Option("--health-tcp", help="PORT to connect to.")] = None,
+    replicas: Annotated[
+        int | None, typer.Option("--replicas", help="Pods: > 1 makes a Deployment.")
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", help="Kubernetes namespace.")
+    ] = None,
+    health_cmd: Annotated[
+        str | None, typer.Option("--health-cmd", help="Command; exit 0 is healthy.")
+    ] = None,
+    health_http: Annotated[
+        str | None, typer.Option("--health-http", help="PORT[/PATH] to GET.")
+    ] = None,
+    health_tcp: Annotated[
+        int | None, typer.Option("--health-tcp", help="PORT to connect to.")
+    ] = None,
     health_interval: Annotated[float, typer.Option("--health-interval")] = 30.0,
     health_timeout: Annotated[float, typer.Option("--health-timeout")] = 30.0,
     health_retries: Annotated[int, typer.Option("--health-retries")] = 3,
     health_start_period: Annotated[float, typer.Option("--health-start-period")] = 0.0,
     json_output: Json = False,
-) -> None:  # fmt: skip
+) -> None:
     """Deploy a bot, or redeploy it with what changed (``--type container`` moves it)."""
     from codex32 import IsolationType, RestartPolicy
     from codex32.executor import Bot, DeploymentType
@@ -124,28 +161,36 @@ def deploy(
             changes["isolation"] = IsolationType(isolation.lower())
         if restart is not None:
             changes["restart_policy"] = RestartPolicy.parse(restart)
-        for key, value in (("image" if kind.startswith("c") else "kubernetes_image", image),
-                           ("network", network), ("replicas", replicas),
-                           ("namespace", namespace)):  # fmt: skip
+        for key, value in (
+            ("image" if kind.startswith("c") else "kubernetes_image", image),
+            ("network", network),
+            ("replicas", replicas),
+            ("namespace", namespace),
+        ):
             if value is not None:
                 changes[key] = value
-        health = _health(health_cmd, health_http, health_tcp, health_interval, health_timeout,
-                         health_retries, health_start_period)  # fmt: skip
+        health = _health(
+            health_cmd,
+            health_http,
+            health_tcp,
+            health_interval,
+            health_timeout,
+            health_retries,
+            health_start_period,
+        )
         if health is not None:
             changes["health_check"] = health
         return changes
 
     async def run(executor: AdaptiveExecutor) -> dict[str, Any]:
-        from codex32.config import parse_size
-
         bot_name = name or code.stem.replace("_", "-").lower()
         found = await executor.store.get_bot(bot_name)
-        base = found[0].model_dump() if found else {"name": bot_name}
+        base: dict[str, Any] = found[0].model_dump() if found else {"name": bot_name}
         config = dict(base.get("deployment_config") or {})
         config.update(config_changes())
         resources = dict(config.get("resources") or {})
         if memory is not None:
-            resources["memory_bytes"] = parse_size(memory)
+            resources["memory_bytes"] = memory  # "128m": the engine's model reads sizes
         if cpus is not None:
             resources["cpus"] = cpus
         if pids_limit is not None:
@@ -159,8 +204,11 @@ def deploy(
                 spec[key] = {**spec.get(key, {}), **_pairs(values, key)}
         bot = Bot.model_validate(spec)
         run = await executor.run_bot(bot)
-        return {"bot": bot.model_dump(mode="json"), "run": run.model_dump(mode="json"),
-                "storage": str(executor.storage_dir)}  # fmt: skip
+        return {
+            "bot": bot.model_dump(mode="json"),
+            "run": run.model_dump(mode="json"),
+            "storage": str(executor.storage_dir),
+        }
 
     result = _with_executor(run)
     _ensure_supervisor(Path(result["storage"]))
@@ -177,9 +225,15 @@ def _row(status: BotStatus) -> list[str]:
         state += f" ({run.exit_code})"
     if run and run.health.value != "none" and run.live:
         state += f" ({run.health.value})"
-    return [status.bot.id[:12], status.bot.name, status.bot.deployment_config.deployment_type.value,
-            state, run.where if run else "-", str(run.number if run else 0),
-            ago(run.started_at if run else None)]  # fmt: skip
+    return [
+        status.bot.id[:12],
+        status.bot.name,
+        status.bot.deployment_config.deployment_type.value,
+        state,
+        run.where if run else "-",
+        str(run.number if run else 0),
+        ago(run.started_at if run else None),
+    ]
 
 
 def list_bots(
@@ -195,8 +249,9 @@ def list_bots(
     if json_output:
         typer.echo(json.dumps([s.model_dump(mode="json") for s in found], indent=2))
         return
-    table([["BOT ID", "NAME", "TYPE", "STATE", "WHERE", "RUNS", "STARTED"],
-           *(_row(s) for s in found)])  # fmt: skip
+    table(
+        [["BOT ID", "NAME", "TYPE", "STATE", "WHERE", "RUNS", "STARTED"], *(_row(s) for s in found)]
+    )
 
 
 def inspect(ref: BotRef, _json_output: Json = True) -> None:
@@ -212,8 +267,10 @@ def inspect(ref: BotRef, _json_output: Json = True) -> None:
 
             from codex32.executor.backends.kubernetes import manifests
 
-            out["manifests"] = [ApiClient().sanitize_for_serialization(o) for o in
-                                manifests(status.bot, secrets={}).objects()]  # fmt: skip
+            out["manifests"] = [
+                ApiClient().sanitize_for_serialization(o)  # type: ignore[no-untyped-call]
+                for o in manifests(status.bot, secrets={}).objects()
+            ]
         return out
 
     typer.echo(json.dumps(_with_executor(run), indent=2))
@@ -232,9 +289,19 @@ def runs(ref: BotRef, json_output: Json = False) -> None:
     rows = [["RUN", "TYPE", "STATE", "EXIT", "HEALTH", "TRIGGER", "WHERE", "STARTED", "RAN"]]
     for r in found:
         ran = f"{(r.finished_at or 0) - r.started_at:.1f}s" if r.finished_at else "-"
-        rows.append([str(r.number), r.deployment_type.value, r.state.value,
-                     "-" if r.exit_code is None else str(r.exit_code), r.health.value,
-                     r.trigger, r.where, ago(r.started_at), ran])  # fmt: skip
+        rows.append(
+            [
+                str(r.number),
+                r.deployment_type.value,
+                r.state.value,
+                "-" if r.exit_code is None else str(r.exit_code),
+                r.health.value,
+                r.trigger,
+                r.where,
+                ago(r.started_at),
+                ran,
+            ]
+        )
     table(rows)
 
 
@@ -250,16 +317,16 @@ def logs(
             sys.stdout.write(line)
             sys.stdout.flush()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         _with_executor(run)
-    except KeyboardInterrupt:
-        pass
 
 
 def stop(
     refs: Annotated[list[str], typer.Argument(metavar="BOT...", help="Names or ids.")],
-    timeout: Annotated[float | None, typer.Option("--time", "-t", help="Seconds before SIGKILL.")] = None,
-) -> None:  # fmt: skip
+    timeout: Annotated[
+        float | None, typer.Option("--time", "-t", help="Seconds before SIGKILL.")
+    ] = None,
+) -> None:
     """Stop bots (SIGTERM, then SIGKILL); they stay stopped."""
     for ref in refs:
         _with_executor(lambda e, r=ref: e.stop_bot(r, timeout))  # type: ignore[misc]
@@ -286,8 +353,10 @@ def remove(
 
 
 def supervise(
-    exit_when_idle: Annotated[float | None, typer.Option("--exit-when-idle", metavar="SECONDS")] = None,
-) -> None:  # fmt: skip
+    exit_when_idle: Annotated[
+        float | None, typer.Option("--exit-when-idle", metavar="SECONDS")
+    ] = None,
+) -> None:
     """Watch bots in the foreground: health, restarts (what the host service does)."""
     from codex32.executor.supervisor import supervise as run
 
@@ -314,24 +383,39 @@ def _storage() -> Path:
 
 @db_app.command("init")
 def db_init(
-    admin_url: Annotated[str | None, typer.Option("--admin-url", help="A PostgreSQL superuser's URL "
-                         "(postgresql://postgres@HOST:PORT/postgres). Without it: SQLite.")] = None,
-    database: Annotated[str, typer.Option("--database", help="The database to create.")] = "codex32",
-    user: Annotated[str, typer.Option("--user", help="The role to create (its owner).")] = "codex32",
-    password: Annotated[str | None, typer.Option("--password", help="Default: a random one.")] = None,
-) -> None:  # fmt: skip
+    admin_url: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-url",
+            help="A PostgreSQL superuser's URL "
+            "(postgresql://postgres@HOST:PORT/postgres). Without it: SQLite.",
+        ),
+    ] = None,
+    database: Annotated[
+        str, typer.Option("--database", help="The database to create.")
+    ] = "codex32",
+    user: Annotated[
+        str, typer.Option("--user", help="The role to create (its owner).")
+    ] = "codex32",
+    password: Annotated[
+        str | None, typer.Option("--password", help="Default: a random one.")
+    ] = None,
+) -> None:
     """Create the database, its user and tables; print its URL (setup_database.sh)."""
     from codex32.executor.admin import init_database
 
-    typer.echo(guard(lambda: asyncio.run(init_database(_storage(), admin_url, database, user,
-                                                      password))))  # fmt: skip
+    typer.echo(
+        guard(lambda: asyncio.run(init_database(_storage(), admin_url, database, user, password)))
+    )
 
 
 @db_app.command("upgrade")
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
-    url: Annotated[str | None, typer.Option("--url", help="Default: $DATABASE_URL, else SQLite.")] = None,
-) -> None:  # fmt: skip
+    url: Annotated[
+        str | None, typer.Option("--url", help="Default: $DATABASE_URL, else SQLite.")
+    ] = None,
+) -> None:
     """Migrate the database to ``revision`` (the newest by default)."""
     from codex32.executor.admin import upgrade_database
 

@@ -1,12 +1,21 @@
 """What the executor reads of the engine's events (``engine.on`` hands them over).
 
-A structural type: the engine's own event objects have these fields, and the
-executor makes one itself when it sees a container's start before its event.
+A structural type: the engine's event objects have these fields; ``Event`` is the one
+the executor makes itself when it sees a container's start before its event.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class EngineEvent(Protocol):
+    time: float
+    action: str
+    id: str
+    name: str
+    attributes: dict[str, str]
 
 
 @dataclass

@@ -108,10 +108,11 @@ def main() -> int:
         signal.signal(sig, signal.SIG_IGN)
     limits = _limits(args.rlimit)
 
-    user: dict[str, object] = {}
+    uid = gid = None
+    groups: list[int] | None = None
     if args.user:
         entry = pwd.getpwuid(int(args.user)) if args.user.isdigit() else pwd.getpwnam(args.user)
-        user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        uid, gid, groups = entry.pw_uid, entry.pw_gid, []
 
     def prepare() -> None:  # in the bot, before exec
         for kind, soft, hard in limits:
@@ -123,10 +124,17 @@ def main() -> int:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
         bot = subprocess.Popen(
-            command, cwd=args.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=prepare,
-            **user,  # type: ignore[arg-type]
-        )  # fmt: skip
+            command,
+            cwd=args.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=prepare,  # noqa: PLW1509 - the keeper has no threads
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+        )
     except OSError as error:
         log.write(f"[codex32 {stamp}] cannot start {command[0]!r}: {error}\n".encode())
         print(json.dumps({"error": f"cannot start {command[0]!r}: {error.strerror}"}), flush=True)
@@ -160,8 +168,10 @@ def main() -> int:
     code = bot.wait()
     finished = time.time()
     number = -code if code < 0 else 0
-    _write_atomically(args.exit_file, {"exit_code": 128 + number if number else code,
-                                       "signal": number, "finished_at": finished})  # fmt: skip
+    _write_atomically(
+        args.exit_file,
+        {"exit_code": 128 + number if number else code, "signal": number, "finished_at": finished},
+    )
     return 0
 
 

@@ -25,8 +25,9 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-async def init_database(storage_dir: Path, admin_url: str | None, database: str, user: str,
-                        password: str | None) -> str:  # fmt: skip
+async def init_database(
+    storage_dir: Path, admin_url: str | None, database: str, user: str, password: str | None
+) -> str:
     """Create what is missing; return the database's URL (with its password)."""
     if admin_url is None:
         url = database_url(storage_dir)
@@ -42,8 +43,10 @@ async def init_database(storage_dir: Path, admin_url: str | None, database: str,
             raise ConfigError(f"{what} name {name!r}: use lower-case letters, digits and _")
     admin = make_url(admin_url)
     if not admin.drivername.startswith("postgresql"):
-        raise ConfigError(f"--admin-url {admin_url!r} is no PostgreSQL URL",
-                          hint="postgresql://postgres@localhost:5432/postgres")  # fmt: skip
+        raise ConfigError(
+            f"--admin-url {admin_url!r} is no PostgreSQL URL",
+            hint="postgresql://postgres@localhost:5432/postgres",
+        )
     import asyncpg
 
     password = password or secrets.token_urlsafe(18)
@@ -69,14 +72,17 @@ async def init_database(storage_dir: Path, admin_url: str | None, database: str,
             await conn.execute(f'CREATE DATABASE "{database}" OWNER "{user}"')
     finally:
         await conn.close()
-    url = (f"postgresql+asyncpg://{quote(user)}:{quote(password, safe='')}@{admin.host}"
-           f"{f':{admin.port}' if admin.port else ''}/{database}")  # fmt: skip
+    url = (
+        f"postgresql+asyncpg://{quote(user)}:{quote(password, safe='')}@{admin.host}"
+        f"{f':{admin.port}' if admin.port else ''}/{database}"
+    )
     await upgrade_database(storage_dir, url)
     return url
 
 
-async def upgrade_database(storage_dir: Path, url: str | None = None,
-                           revision: str = "head") -> str:  # fmt: skip
+async def upgrade_database(
+    storage_dir: Path, url: str | None = None, revision: str = "head"
+) -> str:
     """Migrate; return ``URL: revision`` (the password hidden)."""
     target = database_url(storage_dir, url)
     engine = make_engine(target)

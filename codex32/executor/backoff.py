@@ -51,4 +51,4 @@ def restart_delay(runs: Sequence[BotRun]) -> float:
         if run.finished_at is None or run.finished_at - run.started_at >= RESET_AFTER:
             break
         short += 1
-    return min(BACKOFF_START * 2 ** max(short - 1, 0), BACKOFF_MAX)
+    return float(min(BACKOFF_START * 2.0 ** max(short - 1, 0), BACKOFF_MAX))

@@ -250,10 +250,12 @@ class BotStore:
         async with self._sessions.begin() as session:
             last = (
                 await session.execute(
-                    select(RunRow.number).where(RunRow.bot_id == run.bot_id)
-                    .order_by(RunRow.number.desc()).limit(1)
+                    select(RunRow.number)
+                    .where(RunRow.bot_id == run.bot_id)
+                    .order_by(RunRow.number.desc())
+                    .limit(1)
                 )
-            ).scalar_one_or_none()  # fmt: skip
+            ).scalar_one_or_none()
             data = run.model_dump(exclude={"id"})
             data["number"] = (last or 0) + 1
             data["deployment_type"] = run.deployment_type.value

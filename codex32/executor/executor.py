@@ -14,6 +14,7 @@ CLI) only act and read; their reads refresh live runs against what really runs.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import fcntl
 import inspect
@@ -38,13 +39,27 @@ from .models import Bot, BotRun, BotStatus, DeploymentType, HealthState, RunStat
 if TYPE_CHECKING:
     from codex32 import ContainerEngine
 
-    from ._events import Event as EngineEvent
+    from ._events import EngineEvent
 
 log = logging.getLogger("codex32.executor")
 
-HOOK_EVENTS = frozenset({"bot_deployed", "bot_started", "bot_exited", "bot_stopped", "bot_lost",
-                         "bot_restarting", "bot_unhealthy", "bot_healthy", "health_status",
-                         "bot_oom", "bot_removed", "bot_failed", "*"})  # fmt: skip
+HOOK_EVENTS = frozenset(
+    {
+        "bot_deployed",
+        "bot_started",
+        "bot_exited",
+        "bot_stopped",
+        "bot_lost",
+        "bot_restarting",
+        "bot_unhealthy",
+        "bot_healthy",
+        "health_status",
+        "bot_oom",
+        "bot_removed",
+        "bot_failed",
+        "*",
+    }
+)
 
 #: How long a run may stay ``starting`` (its process or container being made) before a
 #: refresh judges it: one left so by an executor killed mid-start is then found lost.
@@ -205,18 +220,21 @@ class AdaptiveExecutor:
         bots' events come from the engine's, so they are seen whoever started the bot.
         """
         if action not in HOOK_EVENTS:
-            raise ConfigError(f"unknown bot event {action!r}",
-                              hint=f"use one of {', '.join(sorted(HOOK_EVENTS))}")  # fmt: skip
+            raise ConfigError(
+                f"unknown bot event {action!r}", hint=f"use one of {', '.join(sorted(HOOK_EVENTS))}"
+            )
         self._hooks.setdefault(action, []).append(callback)
 
     def off(self, action: str, callback: Callback) -> None:
         with contextlib.suppress(ValueError):
             self._hooks.get(action, []).remove(callback)
 
-    async def _emit(self, action: str, bot: Bot, run: BotRun | None = None,
-                    **attributes: str) -> None:  # fmt: skip
-        event = BotEvent(action, bot.id, bot.name, run.number if run else None,
-                         attributes=attributes)  # fmt: skip
+    async def _emit(
+        self, action: str, bot: Bot, run: BotRun | None = None, **attributes: str
+    ) -> None:
+        event = BotEvent(
+            action, bot.id, bot.name, run.number if run else None, attributes=attributes
+        )
         for callback in [*self._hooks.get(action, []), *self._hooks.get("*", [])]:
             try:
                 result = callback(event)
@@ -247,8 +265,10 @@ class AdaptiveExecutor:
         bot.check_code()
         known = await self.store.get_bot(bot.name)
         if known is not None and known[0].id != bot.id:
-            raise ConfigError(f"a bot named {bot.name!r} exists already (id {known[0].id})",
-                              hint="remove it first, or deploy it by its id")  # fmt: skip
+            raise ConfigError(
+                f"a bot named {bot.name!r} exists already (id {known[0].id})",
+                hint="remove it first, or deploy it by its id",
+            )
         async with self._lock(bot.id):
             latest = await self.store.latest_run(bot.id)
             if latest and latest.live:
@@ -267,30 +287,38 @@ class AdaptiveExecutor:
     async def _start_run(self, bot: Bot, trigger: str) -> BotRun:
         """Record a run, then start it; a start that fails leaves a ``failed`` run."""
         kind = bot.deployment_config.deployment_type
-        run = await self.store.add_run(BotRun(bot_id=bot.id, number=1, deployment_type=kind,
-                                              trigger=trigger))  # fmt: skip
+        run = await self.store.add_run(
+            BotRun(bot_id=bot.id, number=1, deployment_type=kind, trigger=trigger)
+        )
         assert run.id is not None
         try:
             started = await self.backend(kind).start(bot, run)
         except BaseException as error:
-            await self.store.update_run(run.id, state=RunState.FAILED, finished_at=time.time(),
-                                        reason=str(error) or type(error).__name__)  # fmt: skip
+            await self.store.update_run(
+                run.id,
+                state=RunState.FAILED,
+                finished_at=time.time(),
+                reason=str(error) or type(error).__name__,
+            )
             await self._emit("bot_failed", bot, run, error=str(error))
             raise
         values = {k: v for k, v in vars(started).items() if v is not None}
         health = HealthState.STARTING if self._probed(bot) else HealthState.NONE
         await self.store.update_run(run.id, state=RunState.RUNNING, health=health, **values)
         run = run.model_copy(update={**values, "state": RunState.RUNNING, "health": health})
-        if self._probed(bot):
-            self._health[run.id] = HealthTracker(bot.deployment_config.health_check)  # type: ignore[arg-type]
+        check = bot.deployment_config.health_check
+        if self._probed(bot) and check is not None and run.id is not None:
+            self._health[run.id] = HealthTracker(check)
         await self._emit("bot_started", bot, run, trigger=trigger)
         return run
 
     @staticmethod
     def _probed(bot: Bot) -> bool:
         config = bot.deployment_config
-        return (config.health_check is not None
-                and config.deployment_type is not DeploymentType.KUBERNETES_POD)  # fmt: skip
+        return (
+            config.health_check is not None
+            and config.deployment_type is not DeploymentType.KUBERNETES_POD
+        )
 
     async def stop_bot(self, bot_id: str, timeout: float | None = None) -> BotRun | None:
         """Stop the bot (SIGTERM, then SIGKILL after ``timeout``); it stays stopped."""
@@ -310,9 +338,13 @@ class AdaptiveExecutor:
         seen = await backend.status(bot, run)
         self._health.pop(run.id, None)
         changed = await self.store.update_run(
-            run.id, only_live=True, state=RunState.STOPPED, exit_code=seen.exit_code,
-            finished_at=seen.finished_at or time.time(), reason="stopped by the user",
-        )  # fmt: skip
+            run.id,
+            only_live=True,
+            state=RunState.STOPPED,
+            exit_code=seen.exit_code,
+            finished_at=seen.finished_at or time.time(),
+            reason="stopped by the user",
+        )
         if changed:
             await self._emit("bot_stopped", bot, run, exitCode=str(seen.exit_code))
         return (await self.store.runs(bot.id, limit=1))[0]
@@ -336,8 +368,9 @@ class AdaptiveExecutor:
             latest = await self.store.latest_run(bot.id)
         if latest and latest.live:
             if not force:
-                raise ContainerError(f"bot {bot.name} is running",
-                                     hint="stop it first, or remove it with --force")  # fmt: skip
+                raise ContainerError(
+                    f"bot {bot.name} is running", hint="stop it first, or remove it with --force"
+                )
             await self.stop_bot(bot.id, timeout=0 if force else None)
         for kind in {r.deployment_type for r in await self.store.runs(bot.id)}:
             with contextlib.suppress(ContainerNotFoundError):
@@ -359,14 +392,18 @@ class AdaptiveExecutor:
                     await self._refresh(bot, runs[0])
                     runs = await self.store.runs(bot.id, limit=50)
         restarts = sum(1 for r in runs if r.trigger != "user")
-        return BotStatus(bot=bot, desired="running" if desired == "running" else "stopped",
-                         run=runs[0] if runs else None, restarts=restarts)  # fmt: skip
+        return BotStatus(
+            bot=bot,
+            desired="running" if desired == "running" else "stopped",
+            run=runs[0] if runs else None,
+            restarts=restarts,
+        )
 
-    async def list(self) -> list[BotStatus]:
+    async def list(self) -> builtins.list[BotStatus]:
         """Every bot's status."""
         return [await self.status(bot.id) for bot, _desired in await self.store.list_bots()]
 
-    async def runs(self, bot_id: str) -> list[BotRun]:
+    async def runs(self, bot_id: str) -> builtins.list[BotRun]:
         """The bot's runs, newest first."""
         return await self.store.runs((await self.get_bot(bot_id)).id)
 
@@ -417,16 +454,20 @@ class AdaptiveExecutor:
             return seen
         state = RunState.LOST if seen.lost else RunState.EXITED
         changed = await self.store.update_run(
-            run.id, only_live=True, state=state, exit_code=seen.exit_code,
-            finished_at=seen.finished_at or time.time(), reason=seen.reason,
-        )  # fmt: skip
+            run.id,
+            only_live=True,
+            state=state,
+            exit_code=seen.exit_code,
+            finished_at=seen.finished_at or time.time(),
+            reason=seen.reason,
+        )
         self._health.pop(run.id, None)
         if changed:
             action = "bot_lost" if seen.lost else "bot_exited"
             await self._emit(action, bot, run, exitCode=str(seen.exit_code))
         return seen
 
-    async def reconcile(self) -> list[str]:
+    async def reconcile(self) -> builtins.list[str]:
         """Compare the database with what really runs: settle ended runs, record runs the
         engine made while nobody watched. Restarts are the supervisor's next round."""
         notes = []
@@ -441,8 +482,9 @@ class AdaptiveExecutor:
                 if latest.live:
                     seen = await self._refresh(bot, latest)
                     if seen is not None and not seen.running:
-                        notes.append(f"{bot.name}: run {latest.number} "
-                                     f"{'lost' if seen.lost else 'ended'}")  # fmt: skip
+                        notes.append(
+                            f"{bot.name}: run {latest.number} {'lost' if seen.lost else 'ended'}"
+                        )
                     elif seen is not None and self._probed(bot) and latest.id is not None:
                         self._health[latest.id] = HealthTracker(bot.deployment_config.health_check)  # type: ignore[arg-type]
         return notes
@@ -452,9 +494,10 @@ class AdaptiveExecutor:
         since = (latest.finished_at or latest.started_at) - 1
         try:
             events = await asyncio.to_thread(
-                lambda: list(engine.events(since=since,
-                                           filters={"container": [container_name(bot)]}))
-            )  # fmt: skip
+                lambda: list(
+                    engine.events(since=since, filters={"container": [container_name(bot)]})
+                )
+            )
         except ContainerError:
             return
         for event in events:
@@ -473,8 +516,10 @@ class AdaptiveExecutor:
             if not event.name.startswith("bot-"):
                 continue
             found = await self.store.get_bot(event.name.removeprefix("bot-"))
-            if found is None or found[0].deployment_config.deployment_type \
-                    is not DeploymentType.CUSTOM_CONTAINER:  # fmt: skip
+            if (
+                found is None
+                or found[0].deployment_config.deployment_type is not DeploymentType.CUSTOM_CONTAINER
+            ):
                 continue
             async with self._lock(found[0].id):
                 await self._apply_container_event(found[0], event)
@@ -490,23 +535,37 @@ class AdaptiveExecutor:
         if event.action == "die":
             if latest.live and latest.started_at <= event.time + 1:
                 code = int(event.attributes.get("exitCode", "255"))
-                if await self.store.update_run(latest.id, only_live=True, state=RunState.EXITED,
-                                               exit_code=code, finished_at=event.time):  # fmt: skip
+                if await self.store.update_run(
+                    latest.id,
+                    only_live=True,
+                    state=RunState.EXITED,
+                    exit_code=code,
+                    finished_at=event.time,
+                ):
                     self._health.pop(latest.id, None)
                     await self._emit("bot_exited", bot, latest, exitCode=str(code))
         elif event.action == "start":
-            if latest.live and (latest.state is RunState.STARTING
-                                or event.time - latest.started_at < 2):  # fmt: skip
+            if latest.live and (
+                latest.state is RunState.STARTING or event.time - latest.started_at < 2
+            ):
                 return  # the start of the run already recorded
-            if not latest.live and latest.finished_at is not None \
-                    and event.time >= latest.finished_at - 0.01:  # fmt: skip
-                run = await self.store.add_run(BotRun(
-                    bot_id=bot.id, number=1, deployment_type=latest.deployment_type,
-                    state=RunState.RUNNING, started_at=event.time,
-                    container_id=event.id or latest.container_id,
-                    trigger=(trigger := self._next_trigger.pop(bot.id, "policy")),
-                    health=HealthState.STARTING if self._probed(bot) else HealthState.NONE,
-                ))  # fmt: skip
+            if (
+                not latest.live
+                and latest.finished_at is not None
+                and event.time >= latest.finished_at - 0.01
+            ):
+                run = await self.store.add_run(
+                    BotRun(
+                        bot_id=bot.id,
+                        number=1,
+                        deployment_type=latest.deployment_type,
+                        state=RunState.RUNNING,
+                        started_at=event.time,
+                        container_id=event.id or latest.container_id,
+                        trigger=(trigger := self._next_trigger.pop(bot.id, "policy")),
+                        health=HealthState.STARTING if self._probed(bot) else HealthState.NONE,
+                    )
+                )
                 if self._probed(bot) and run.id is not None:
                     self._health[run.id] = HealthTracker(bot.deployment_config.health_check)  # type: ignore[arg-type]
                 await self._emit("bot_started", bot, run, trigger=trigger)
@@ -563,8 +622,10 @@ class AdaptiveExecutor:
             latest = runs[0]
         if latest.state is RunState.STOPPED:
             return
-        if latest.deployment_type is DeploymentType.CUSTOM_CONTAINER \
-                and latest.state is not RunState.LOST:  # fmt: skip
+        if (
+            latest.deployment_type is DeploymentType.CUSTOM_CONTAINER
+            and latest.state is not RunState.LOST
+        ):
             # The engine's monitor owns a container's restarts (even with no executor).
             seen = await self.backend(latest.deployment_type).status(bot, latest)
             if seen.running and not latest.live:  # started again, its event not seen yet
@@ -609,8 +670,9 @@ class AdaptiveExecutor:
         if changed is None:
             return
         await self.store.update_run(run.id, health=changed)
-        await self._emit("health_status", bot, run, status=changed.value,
-                         output=result.output[-512:])  # fmt: skip
+        await self._emit(
+            "health_status", bot, run, status=changed.value, output=result.output[-512:]
+        )
         if changed is HealthState.HEALTHY:
             await self._emit("bot_healthy", bot, run)
             return
@@ -628,9 +690,14 @@ class AdaptiveExecutor:
             return
         await backend.stop(bot, run, bot.deployment_config.stop_timeout)
         seen = await backend.status(bot, run)
-        await self.store.update_run(run.id, only_live=True, state=RunState.EXITED,
-                                    exit_code=seen.exit_code, reason="unhealthy",
-                                    finished_at=seen.finished_at or time.time())  # fmt: skip
+        await self.store.update_run(
+            run.id,
+            only_live=True,
+            state=RunState.EXITED,
+            exit_code=seen.exit_code,
+            reason="unhealthy",
+            finished_at=seen.finished_at or time.time(),
+        )
         await self._emit("bot_exited", bot, run, exitCode=str(seen.exit_code), reason="unhealthy")
         await self._start_run(bot, trigger="unhealthy")
 
@@ -638,5 +705,6 @@ class AdaptiveExecutor:
 def _start_event(bot: Bot, seen: Observed) -> EngineEvent:
     from ._events import Event
 
-    return Event(time=time.time(), type="container", action="start", id="",
-                 name=container_name(bot))  # fmt: skip
+    return Event(
+        time=time.time(), type="container", action="start", id="", name=container_name(bot)
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -41,10 +42,8 @@ async def supervise(storage_dir: Path | None, exit_when_idle: float | None) -> i
                 if time.monotonic() - idle_since >= exit_when_idle:
                     logging.info("no bot to run: exiting")
                     break
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
-            except TimeoutError:
-                pass
     return 0
 
 
@@ -54,10 +53,20 @@ def spawn(storage_dir: Path, exit_when_idle: float = 5.0) -> subprocess.Popen[by
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "codex32.executor.supervisor", "--storage", str(storage_dir),
-             "--exit-when-idle", str(exit_when_idle)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "codex32.executor.supervisor",
+                "--storage",
+                str(storage_dir),
+                "--exit-when-idle",
+                str(exit_when_idle),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
 
 
 def is_supervised(storage_dir: Path) -> bool:

@@ -7,6 +7,7 @@ sync executor keeps watching between calls.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import queue
 import threading
 from collections.abc import Coroutine, Iterator
@@ -23,8 +24,9 @@ class SyncAdaptiveExecutor:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="bot-executor",
-                                        daemon=True)  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="bot-executor", daemon=True
+        )
         self._thread.start()
         self.executor = AdaptiveExecutor(*args, **kwargs)
         try:
@@ -71,10 +73,10 @@ class SyncAdaptiveExecutor:
     def status(self, bot_id: str) -> BotStatus:
         return self._call(self.executor.status(bot_id))
 
-    def list(self) -> list[BotStatus]:
+    def list(self) -> builtins.list[BotStatus]:
         return self._call(self.executor.list())
 
-    def runs(self, bot_id: str) -> list[BotRun]:
+    def runs(self, bot_id: str) -> builtins.list[BotRun]:
         return self._call(self.executor.runs(bot_id))
 
     def logs(self, bot_id: str, *, follow: bool = False, tail: int | None = None) -> Iterator[str]:

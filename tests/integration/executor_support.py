@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,9 +62,23 @@ class PostgresServer:
         assert bin_dir is not None
         psql = shutil.which("psql") or str(bin_dir / "psql")
         return subprocess.run(
-            [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", user, "-d", database,
-             "-tAc", sql], capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+            [
+                psql,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                user,
+                "-d",
+                database,
+                "-tAc",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
 
 @pytest.fixture(scope="session")
@@ -78,31 +93,35 @@ def postgres() -> Iterator[PostgresServer]:
     directory = Path(tempfile.mkdtemp(prefix="codex32-test-pg-"))
     os.chown(directory, entry.pw_uid, entry.pw_gid)
     data, log = directory / "data", directory / "server.log"
-    as_postgres = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    as_postgres: dict[str, Any] = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
     subprocess.run(
         [bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        check=True, capture_output=True, **as_postgres,  # type: ignore[arg-type]
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        **as_postgres,
+    )
     port = _free_port()
     options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
     subprocess.run(
         [bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "-t", "60", "start"],
-        check=True, capture_output=True, **as_postgres,  # type: ignore[arg-type]
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        **as_postgres,
+    )
     try:
         yield PostgresServer(port, directory)
     finally:
         subprocess.run(
             [bin_dir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
-            capture_output=True, **as_postgres,  # type: ignore[arg-type]
-        )  # fmt: skip
+            capture_output=True,
+            check=False,
+            **as_postgres,
+        )
         shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def executor_db(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> str:
+def executor_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A database URL of this test's own: a SQLite file, or a database on the server."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'executor.db'}"
@@ -113,11 +132,14 @@ def executor_db(
 
 def shims(storage_dir: Path) -> list[str]:
     """Keepers of local bots of this storage directory that are still alive."""
-    out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
-    return [line for line in out.splitlines()
-            if "_shim.py" in line and str(storage_dir) in line
-            and not line.split()[1].startswith("Z")]  # fmt: skip
+    out = subprocess.run(
+        ["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        line
+        for line in out.splitlines()
+        if "_shim.py" in line and str(storage_dir) in line and not line.split()[1].startswith("Z")
+    ]
 
 
 @pytest.fixture
@@ -127,8 +149,9 @@ def bot_storage(storage_dir: Path) -> Iterator[Path]:
     before = set(shims(storage_dir))
     yield storage_dir
     deadline = time.monotonic() + 5
-    while (left := [s for s in shims(storage_dir) if s not in before]) and \
-            time.monotonic() < deadline:  # fmt: skip
+    while (
+        left := [s for s in shims(storage_dir) if s not in before]
+    ) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, f"bot keepers left behind: {left}"
     bots = storage_dir / "executor" / "bots"
@@ -144,13 +167,13 @@ async def cleanup(executor: AdaptiveExecutor) -> None:
         await executor.remove_bot(status.bot.id, force=True)
         for pid, start in pids:
             assert not same_process(pid, start), (
-                f"bot {status.bot.name} pid {pid} still runs: "
-                + str(runs)
+                f"bot {status.bot.name} pid {pid} still runs: " + str(runs)
             )
 
 
-async def eventually(check: Callable[[], object], timeout: float = 20.0,
-                     what: str = "condition") -> None:  # fmt: skip
+async def eventually(
+    check: Callable[[], object], timeout: float = 20.0, what: str = "condition"
+) -> None:
     """Poll ``check`` (sync or async) until it returns something true."""
     deadline = time.monotonic() + timeout
     while True:

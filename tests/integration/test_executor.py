@@ -7,11 +7,11 @@ removes its bots; ``bot_storage`` checks that no keeper, process or directory is
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -40,8 +40,12 @@ pytestmark = pytest.mark.root
 
 
 def _bot(name: str, script: str, *args: str, **config: object) -> Bot:
-    return Bot(name=name, code=str(BOTS / script), args=list(args),
-               deployment_config=DeploymentConfig.model_validate(config))  # fmt: skip
+    return Bot(
+        name=name,
+        code=str(BOTS / script),
+        args=list(args),
+        deployment_config=DeploymentConfig.model_validate(config),
+    )
 
 
 async def _runs_count(executor: AdaptiveExecutor, bot: str) -> int:
@@ -52,8 +56,9 @@ def test_one_field_moves_a_bot_into_a_container_and_keeps_its_history(
     bot_storage: Path, executor_db: str, engine: ContainerEngine
 ) -> None:
     async def scenario() -> None:
-        async with AdaptiveExecutor(bot_storage, database_url=executor_db,
-                                    engine=engine) as executor:  # fmt: skip
+        async with AdaptiveExecutor(
+            bot_storage, database_url=executor_db, engine=engine
+        ) as executor:
             try:
                 bot = _bot("mover", "sample_bot.py", "--interval", "0.2", network="none")
                 first = await executor.run_bot(bot)
@@ -76,8 +81,9 @@ def test_one_field_moves_a_bot_into_a_container_and_keeps_its_history(
                 assert runs[1].exit_code == 0  # the process ended cleanly on SIGTERM
                 container = engine.containers.get(second.container_id)
                 assert container.status == "running"
-                await eventually(lambda: _has_heartbeat(executor, "mover", lines),
-                                 what="a beat in the container")  # fmt: skip
+                await eventually(
+                    lambda: _has_heartbeat(executor, "mover", lines), what="a beat in the container"
+                )
             finally:
                 await cleanup(executor)
 
@@ -97,15 +103,23 @@ def test_crashing_process_is_restarted_with_backoff_and_runs_are_listed(
         async with AdaptiveExecutor(bot_storage, database_url=executor_db) as executor:
             executor.on("*", events.append)
             try:
-                await executor.run_bot(_bot("crasher", "crashing_bot.py", "--after", "0.2",
-                                            restart_policy="on-failure:4"))  # fmt: skip
-                await eventually(lambda: _settled(executor, "crasher", 5), timeout=30,
-                                 what="five runs")  # fmt: skip
+                await executor.run_bot(
+                    _bot(
+                        "crasher",
+                        "crashing_bot.py",
+                        "--after",
+                        "0.2",
+                        restart_policy="on-failure:4",
+                    )
+                )
+                await eventually(
+                    lambda: _settled(executor, "crasher", 5), timeout=30, what="five runs"
+                )
                 runs = list(reversed(await executor.runs("crasher")))
                 assert [r.number for r in runs] == [1, 2, 3, 4, 5]
                 assert all(r.exit_code == 3 and r.state is RunState.EXITED for r in runs)
                 assert [r.trigger for r in runs] == ["user"] + ["policy"] * 4
-                gaps = [b.started_at - a.finished_at for a, b in zip(runs, runs[1:])]  # type: ignore[operator]
+                gaps = [b.started_at - (a.finished_at or 0) for a, b in itertools.pairwise(runs)]
                 for index, gap in enumerate(gaps):  # 0.1, 0.2, 0.4, 0.8 s
                     assert gap >= 0.1 * 2**index - 0.02, gaps
                 assert gaps[-1] > gaps[0] + 0.5, gaps
@@ -130,18 +144,31 @@ def test_crashing_container_is_restarted_by_the_engine_and_each_run_recorded(
     bot_storage: Path, executor_db: str, engine: ContainerEngine
 ) -> None:
     async def scenario() -> None:
-        async with AdaptiveExecutor(bot_storage, database_url=executor_db,
-                                    engine=engine) as executor:  # fmt: skip
+        async with AdaptiveExecutor(
+            bot_storage, database_url=executor_db, engine=engine
+        ) as executor:
             try:
-                await executor.run_bot(_bot("crashbox", "crashing_bot.py", "--after", "0.2",
-                                            deployment_type="custom_container", network="none",
-                                            restart_policy="on-failure:2"))  # fmt: skip
-                await eventually(lambda: _settled(executor, "crashbox", 3), timeout=30,
-                                 what="three runs")  # fmt: skip
+                await executor.run_bot(
+                    _bot(
+                        "crashbox",
+                        "crashing_bot.py",
+                        "--after",
+                        "0.2",
+                        deployment_type="custom_container",
+                        network="none",
+                        restart_policy="on-failure:2",
+                    )
+                )
+                await eventually(
+                    lambda: _settled(executor, "crashbox", 3), timeout=30, what="three runs"
+                )
                 await asyncio.sleep(1)  # no fourth run comes
                 runs = list(reversed(await executor.runs("crashbox")))
                 assert [(r.number, r.exit_code, r.trigger) for r in runs] == [
-                    (1, 3, "user"), (2, 3, "policy"), (3, 3, "policy")]  # fmt: skip
+                    (1, 3, "user"),
+                    (2, 3, "policy"),
+                    (3, 3, "policy"),
+                ]
                 assert len({r.container_id for r in runs}) == 1
                 assert (await executor.status("crashbox")).desired == "stopped"
                 state = bot_storage / "executor" / "bots" / runs[0].bot_id / "state" / "starts"
@@ -157,32 +184,47 @@ def test_unhealthy_bot_is_restarted(
     bot_storage: Path, executor_db: str, engine: ContainerEngine, kind: str
 ) -> None:
     port = 18000 + os.getpid() % 1000
-    probe = ({"type": "http", "port": port, "path": "/health"} if kind == "local_process"
-             else {"type": "tcp", "port": port})  # fmt: skip
-    if kind == "custom_container":  # turns unhealthy by closing its port: a TCP probe sees it
-        script, args = "crashing_bot.py", ("--after", "60")
+    probe: dict[str, object]
+    if kind == "local_process":  # serves 200, then 503 after 1.5 s: the HTTP probe sees it
+        script, args = "http_bot.py", ["--port", str(port), "--fail-after", "1.5"]
+        probe = {"type": "http", "port": port, "path": "/health"}
+    else:  # runs on, but its health command fails: the probe runs inside the container
+        script, args = "crashing_bot.py", ["--after", "60"]
         probe = {"type": "exec", "command": ["python3", "-c", "import sys; sys.exit(1)"]}
-    else:
-        script, args = "http_bot.py", ("--port", str(port), "--fail-after", "1.5")
 
     async def scenario() -> None:
         events: list[BotEvent] = []
-        async with AdaptiveExecutor(bot_storage, database_url=executor_db,
-                                    engine=engine) as executor:  # fmt: skip
+        async with AdaptiveExecutor(
+            bot_storage, database_url=executor_db, engine=engine
+        ) as executor:
             executor.on("health_status", events.append)
             executor.on("bot_unhealthy", events.append)
             try:
                 check = {"probe": probe, "interval": 0.3, "timeout": 2, "retries": 2}
-                await executor.run_bot(_bot("sick", script, *args, deployment_type=kind,
-                                            network="none", restart_policy="always",
-                                            health_check=check))  # fmt: skip
-                await eventually(lambda: _runs_count_at_least(executor, "sick", 2), timeout=30,
-                                 what="a restart after unhealthy")  # fmt: skip
+                await executor.run_bot(
+                    _bot(
+                        "sick",
+                        script,
+                        *args,
+                        deployment_type=kind,
+                        network="none",
+                        restart_policy="always",
+                        health_check=check,
+                    )
+                )
+                await eventually(
+                    lambda: _runs_count_at_least(executor, "sick", 2),
+                    timeout=30,
+                    what="a restart after unhealthy",
+                )
                 runs = list(reversed(await executor.runs("sick")))
                 assert runs[0].health is HealthState.UNHEALTHY
                 assert runs[0].reason == "unhealthy" and runs[1].trigger == "unhealthy"
-                statuses = [e.attributes.get("status") for e in events
-                            if e.action == "health_status" and e.run_number == 1]  # fmt: skip
+                statuses = [
+                    e.attributes.get("status")
+                    for e in events
+                    if e.action == "health_status" and e.run_number == 1
+                ]
                 if kind == "local_process":
                     assert statuses == ["healthy", "unhealthy"]
                 else:
@@ -202,8 +244,10 @@ def _supervisor(storage: Path, database_url: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATABASE_URL": database_url}
     return subprocess.Popen(
         [sys.executable, "-m", "codex32.executor.supervisor", "--storage", str(storage)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_sigkill_of_the_executor_loses_no_bot_and_no_run(
@@ -214,19 +258,37 @@ def test_sigkill_of_the_executor_loses_no_bot_and_no_run(
     keepers, a bot killed with its keeper as lost) and restarts what the policy says."""
     supervisor = _supervisor(bot_storage, executor_db)
 
-    async def before_kill() -> list[tuple[int, int, str]]:
-        async with AdaptiveExecutor(bot_storage, database_url=executor_db,
-                                    supervise=False) as executor:  # fmt: skip
-            await eventually(lambda: (bot_storage / "executor" / "supervisor.lock").exists()
-                             and _locked(bot_storage), what="the supervisor")  # fmt: skip
-            await executor.run_bot(_bot("steady", "sample_bot.py", "--interval", "0.2",
-                                        restart_policy="always"))  # fmt: skip
-            await executor.run_bot(_bot("boxed", "sample_bot.py", "--interval", "0.2",
-                                        deployment_type="custom_container", network="none"))
-            await executor.run_bot(_bot("flaky", "crashing_bot.py", "--after", "0.3",
-                                        restart_policy="always"))  # fmt: skip
-            await eventually(lambda: _runs_count_at_least(executor, "flaky", 3), timeout=30,
-                             what="the supervisor restarting flaky")  # fmt: skip
+    async def before_kill() -> list[tuple[str, int, str]]:
+        async with AdaptiveExecutor(
+            bot_storage, database_url=executor_db, supervise=False
+        ) as executor:
+            await eventually(
+                lambda: (
+                    (bot_storage / "executor" / "supervisor.lock").exists() and _locked(bot_storage)
+                ),
+                what="the supervisor",
+            )
+            await executor.run_bot(
+                _bot("steady", "sample_bot.py", "--interval", "0.2", restart_policy="always")
+            )
+            await executor.run_bot(
+                _bot(
+                    "boxed",
+                    "sample_bot.py",
+                    "--interval",
+                    "0.2",
+                    deployment_type="custom_container",
+                    network="none",
+                )
+            )
+            await executor.run_bot(
+                _bot("flaky", "crashing_bot.py", "--after", "0.3", restart_policy="always")
+            )
+            await eventually(
+                lambda: _runs_count_at_least(executor, "flaky", 3),
+                timeout=30,
+                what="the supervisor restarting flaky",
+            )
             return await _all_runs(executor)
 
     recorded = asyncio.run(before_kill())
@@ -234,8 +296,9 @@ def test_sigkill_of_the_executor_loses_no_bot_and_no_run(
     supervisor.wait()
 
     async def after_kill() -> None:
-        async with AdaptiveExecutor(bot_storage, database_url=executor_db,
-                                    supervise=False) as passive:  # fmt: skip
+        async with AdaptiveExecutor(
+            bot_storage, database_url=executor_db, supervise=False
+        ) as passive:
             steady = (await passive.status("steady")).run
             assert steady is not None and steady.live and steady.pid
             # Kill steady with its keeper, as a reboot would: nobody can write its exit.
@@ -243,15 +306,15 @@ def test_sigkill_of_the_executor_loses_no_bot_and_no_run(
             os.killpg(steady.pid, signal.SIGKILL)
             os.kill(keeper, signal.SIGKILL)
             await asyncio.sleep(1.0)  # flaky crashes meanwhile, unwatched
-        async with AdaptiveExecutor(bot_storage, database_url=executor_db,
-                                    engine=engine) as executor:  # fmt: skip
+        async with AdaptiveExecutor(
+            bot_storage, database_url=executor_db, engine=engine
+        ) as executor:
             try:
                 assert executor.supervising
                 now = await _all_runs(executor)
                 for name, number, _state in recorded:
                     assert any(b == name and n == number for b, n, _ in now), (name, number)
-                assert {s.bot.name for s in await executor.list()} == {"steady", "boxed",
-                                                                        "flaky"}  # fmt: skip
+                assert {s.bot.name for s in await executor.list()} == {"steady", "boxed", "flaky"}
                 steady_runs = await executor.runs("steady")
                 lost = next(r for r in steady_runs if r.pid == steady.pid)
                 assert lost.state is RunState.LOST
@@ -261,13 +324,17 @@ def test_sigkill_of_the_executor_loses_no_bot_and_no_run(
                 boxed = (await executor.status("boxed")).run
                 assert boxed is not None and boxed.state is RunState.RUNNING
                 assert boxed.number == 1  # the container ran on, and is the same run
-                await eventually(lambda: _restarted(executor, "steady", lost.number),
-                                 what="steady restarted after being lost")  # fmt: skip
+                await eventually(
+                    lambda: _restarted(executor, "steady", lost.number),
+                    what="steady restarted after being lost",
+                )
                 newest = (await executor.runs("steady"))[0]
                 assert newest.trigger == "recover" and newest.live
                 count = len(flaky)
-                await eventually(lambda: _runs_count_at_least(executor, "flaky", count + 1),
-                                 what="flaky restarted by the new executor")  # fmt: skip
+                await eventually(
+                    lambda: _runs_count_at_least(executor, "flaky", count + 1),
+                    what="flaky restarted by the new executor",
+                )
             finally:
                 await cleanup(executor)
 

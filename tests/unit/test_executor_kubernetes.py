@@ -18,11 +18,18 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
-from kubernetes.utils import parse_quantity
+from kubernetes.utils import parse_quantity as _parse_quantity
 
 from codex32 import IsolationType
 from codex32.executor import Bot, DeploymentConfig, HealthCheck
 from codex32.executor.backends.kubernetes import manifests
+
+
+def parse_quantity(text: str) -> Any:
+    """The client's parser of resource quantities (``500m``, ``128Mi``): it raises on what
+    the API server refuses."""
+    return _parse_quantity(text)  # type: ignore[no-untyped-call]
+
 
 SAMPLE = str(Path(__file__).resolve().parents[2] / "bots" / "sample_bot.py")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -51,8 +58,15 @@ def _conforms(value: Any, type_name: str, where: str) -> None:
         for key, item in value.items():
             _conforms(item, inner, f"{where}.{key}")
     elif type_name in ("str", "int", "bool", "float", "object", "datetime", "bytes"):
-        kinds = {"str": str, "int": int, "bool": bool, "float": (int, float),
-                 "object": (str, int, dict, list), "datetime": str, "bytes": str}  # fmt: skip
+        kinds: dict[str, Any] = {
+            "str": str,
+            "int": int,
+            "bool": bool,
+            "float": (int, float),
+            "object": (str, int, dict, list),
+            "datetime": str,
+            "bytes": str,
+        }
         assert isinstance(value, kinds[type_name]), f"{where}: {value!r} is not {type_name}"
     else:
         model = getattr(k8s, type_name)
@@ -69,17 +83,35 @@ def _bots() -> list[tuple[str, Bot]]:
         for index, probe in enumerate(PROBES):
             for replicas in (1, 3):
                 for policy in ("no", "on-failure:3", "always"):
-                    check = HealthCheck(probe=probe, interval=2.5, timeout=1, retries=4,
-                                        start_period=7,
-                                        restart_on_unhealthy=index != 2) if probe else None  # fmt: skip
+                    check = (
+                        HealthCheck(
+                            probe=probe,
+                            interval=2.5,
+                            timeout=1,
+                            retries=4,
+                            start_period=7,
+                            restart_on_unhealthy=index != 2,
+                        )
+                        if probe
+                        else None
+                    )
                     config = DeploymentConfig(
-                        deployment_type="kubernetes_pod", isolation=level, replicas=replicas,
-                        restart_policy=policy, health_check=check, namespace="bots",
+                        deployment_type="kubernetes_pod",
+                        isolation=level,
+                        replicas=replicas,
+                        restart_policy=policy,
+                        health_check=check,
+                        namespace="bots",
                         resources={"cpus": 0.5, "memory_bytes": 128 << 20} if index % 2 else {},
-                    )  # fmt: skip
-                    bot = Bot(name=f"bot-{level.value}", code=SAMPLE, args=["--beats", "3"],
-                              env={"MODE": "test"}, labels={"team": "ops"},
-                              deployment_config=config)  # fmt: skip
+                    )
+                    bot = Bot(
+                        name=f"bot-{level.value}",
+                        code=SAMPLE,
+                        args=["--beats", "3"],
+                        env={"MODE": "test"},
+                        labels={"team": "ops"},
+                        deployment_config=config,
+                    )
                     cases.append((f"{level.value}-{index}-{replicas}-{policy}", bot))
     return cases
 
@@ -92,7 +124,7 @@ def test_manifests_follow_the_kubernetes_api(case: str, bot: Bot) -> None:
     built = manifests(bot, secrets={"TOKEN": "s3cret"})
     api = k8s.ApiClient()
     for obj in built.objects():
-        body = api.sanitize_for_serialization(obj)
+        body = api.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
         _conforms(body, type(obj).__name__, body["kind"])
         back = api.deserialize(json.dumps(body), type(obj).__name__, "application/json")
         assert back == obj, f"{body['kind']} changed on the way back"
@@ -101,70 +133,77 @@ def test_manifests_follow_the_kubernetes_api(case: str, bot: Bot) -> None:
         for key, value in body["metadata"]["labels"].items():
             assert LABEL_VALUE.match(value), (key, value)
 
-    workload = built.pod or built.deployment
-    assert workload is not None
+    workload: dict[str, Any] = api.sanitize_for_serialization(  # type: ignore[no-untyped-call]
+        built.pod or built.deployment
+    )
     if bot.deployment_config.replicas > 1:
-        assert built.pod is None and built.deployment is not None
-        spec = built.deployment.spec
-        template_labels = spec.template.metadata.labels
-        assert all(template_labels[k] == v for k, v in spec.selector.match_labels.items())
-        pod_spec = spec.template.spec
-        assert pod_spec.restart_policy == "Always"  # the only one a Deployment allows
-        assert spec.replicas == 3
+        assert built.pod is None and workload["kind"] == "Deployment"
+        spec = workload["spec"]
+        template_labels = spec["template"]["metadata"]["labels"]
+        assert all(template_labels[k] == v for k, v in spec["selector"]["matchLabels"].items())
+        pod_spec = spec["template"]["spec"]
+        assert pod_spec["restartPolicy"] == "Always"  # the only one a Deployment allows
+        assert spec["replicas"] == 3
     else:
-        assert built.deployment is None and built.pod is not None
-        pod_spec = built.pod.spec
+        assert built.deployment is None and workload["kind"] == "Pod"
+        pod_spec = workload["spec"]
         expected = {"no": "Never", "on-failure": "OnFailure", "always": "Always"}
-        assert pod_spec.restart_policy == expected[bot.deployment_config.restart_policy.name]
-    container = pod_spec.containers[0]
-    assert DNS_LABEL.match(container.name)
-    assert container.command == ["python3", "/bot/sample_bot.py", "--beats", "3"]
-    mounts = {m.mount_path: m for m in container.volume_mounts}
-    assert mounts["/bot"].read_only and "/state" in mounts
-    volumes = {v.name for v in pod_spec.volumes}
-    assert {m.name for m in container.volume_mounts} <= volumes
-    env = {e.name: e for e in container.env}
-    assert env["MODE"].value == "test" and env["TOKEN"].value_from.secret_key_ref.key == "TOKEN"
+        assert pod_spec["restartPolicy"] == expected[bot.deployment_config.restart_policy.name]
+    container = pod_spec["containers"][0]
+    assert DNS_LABEL.match(container["name"])
+    assert container["command"] == ["python3", "/bot/sample_bot.py", "--beats", "3"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/bot"]["readOnly"] and "/state" in mounts
+    volumes = {v["name"] for v in pod_spec["volumes"]}
+    assert {m["name"] for m in container["volumeMounts"]} <= volumes
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MODE"]["value"] == "test"
+    assert env["TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "bot-" + bot.name + "-secrets",
+        "key": "TOKEN",
+    }
     assert built.secret is not None and built.secret.string_data == {"TOKEN": "s3cret"}
-    assert "sample_bot.py" in built.config_map.data
+    assert "sample_bot.py" in (built.config_map.data or {})
 
-    if container.resources:
-        for quantities in (container.resources.limits, container.resources.requests):
+    if "resources" in container:
+        for quantities in (container["resources"]["limits"], container["resources"]["requests"]):
             for value in quantities.values():
                 parse_quantity(value)  # raises on what the API server would refuse
-        assert parse_quantity(container.resources.limits["cpu"]) == parse_quantity("500m")
-        assert parse_quantity(container.resources.limits["memory"]) == 128 << 20
+        limits = container["resources"]["limits"]
+        assert parse_quantity(limits["cpu"]) == parse_quantity("500m")
+        assert parse_quantity(limits["memory"]) == 128 << 20
 
     check = bot.deployment_config.health_check
-    probe = container.liveness_probe or container.readiness_probe
+    probe = container.get("livenessProbe") or container.get("readinessProbe")
     if check is None:
         assert probe is None
     else:
-        assert (container.liveness_probe is not None) == check.restart_on_unhealthy
-        assert probe.period_seconds == 3 and probe.timeout_seconds == 1
-        assert probe.failure_threshold == 4 and probe.initial_delay_seconds == 7
-        assert sum(a is not None for a in (probe._exec, probe.http_get, probe.tcp_socket)) == 1
+        assert ("livenessProbe" in container) == check.restart_on_unhealthy
+        assert (probe["periodSeconds"], probe["timeoutSeconds"]) == (3, 1)
+        assert (probe["failureThreshold"], probe["initialDelaySeconds"]) == (4, 7)
+        assert len({"exec", "httpGet", "tcpSocket"} & set(probe)) == 1
 
-    _security_matches(bot.deployment_config.isolation, container.security_context, pod_spec)
+    _security_matches(bot.deployment_config.isolation, container["securityContext"], pod_spec)
 
 
-def _security_matches(level: IsolationType, context: k8s.V1SecurityContext,
-                      pod_spec: k8s.V1PodSpec) -> None:  # fmt: skip
-    assert context.allow_privilege_escalation is False
-    assert pod_spec.automount_service_account_token is False
+def _security_matches(
+    level: IsolationType, context: dict[str, Any], pod_spec: dict[str, Any]
+) -> None:
+    assert context["allowPrivilegeEscalation"] is False
+    assert pod_spec["automountServiceAccountToken"] is False
     if level is IsolationType.MINIMAL:
-        assert context.capabilities is None and not context.read_only_root_filesystem
+        assert "capabilities" not in context and "readOnlyRootFilesystem" not in context
         return
-    assert context.seccomp_profile.type == "RuntimeDefault"
-    assert "ALL" in context.capabilities.drop
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "ALL" in context["capabilities"]["drop"]
     if level is IsolationType.STANDARD:
-        assert not context.run_as_non_root and not context.read_only_root_filesystem
+        assert "runAsNonRoot" not in context and "readOnlyRootFilesystem" not in context
         return
-    assert context.run_as_non_root is True and context.run_as_user == 1000
-    assert context.read_only_root_filesystem is True
-    assert context.capabilities.add is None and context.privileged is False
-    assert pod_spec.security_context.run_as_non_root is True
-    mounts = {m.mount_path for m in pod_spec.containers[0].volume_mounts}
+    assert context["runAsNonRoot"] is True and context["runAsUser"] == 1000
+    assert context["readOnlyRootFilesystem"] is True
+    assert "add" not in context["capabilities"] and context["privileged"] is False
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
+    mounts = {m["mountPath"] for m in pod_spec["containers"][0]["volumeMounts"]}
     assert "/tmp" in mounts  # a read-only root keeps a writable /tmp
 
 
@@ -187,8 +226,11 @@ def test_without_a_cluster_the_live_path_says_what_to_set(
 
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    bot = Bot(name="pod", code=SAMPLE,
-              deployment_config=DeploymentConfig(deployment_type="kubernetes_pod"))  # fmt: skip
+    bot = Bot(
+        name="pod",
+        code=SAMPLE,
+        deployment_config=DeploymentConfig(deployment_type="kubernetes_pod"),
+    )
     run = BotRun(bot_id=bot.id, number=1, deployment_type=DeploymentType.KUBERNETES_POD)
     with pytest.raises(ContainerError, match="KUBECONFIG"):
         asyncio.run(KubernetesBackend().start(bot, run))

@@ -25,12 +25,25 @@ from codex32.executor.health import HealthTracker
 SAMPLE = str(Path(__file__).resolve().parents[2] / "bots" / "sample_bot.py")
 
 
-def _run(number: int, ran: float, *, code: int = 1, trigger: str = "policy",
-         state: RunState = RunState.EXITED) -> BotRun:  # fmt: skip
+def _run(
+    number: int,
+    ran: float,
+    *,
+    code: int = 1,
+    trigger: str = "policy",
+    state: RunState = RunState.EXITED,
+) -> BotRun:
     start = 1000.0 + number * 100
-    return BotRun(bot_id="a" * 16, number=number, deployment_type=DeploymentType.LOCAL_PROCESS,
-                  state=state, exit_code=code, started_at=start, finished_at=start + ran,
-                  trigger=trigger)  # fmt: skip
+    return BotRun(
+        bot_id="a" * 16,
+        number=number,
+        deployment_type=DeploymentType.LOCAL_PROCESS,
+        state=state,
+        exit_code=code,
+        started_at=start,
+        finished_at=start + ran,
+        trigger=trigger,
+    )
 
 
 def test_moving_a_bot_to_a_container_is_one_field() -> None:
@@ -42,10 +55,15 @@ def test_moving_a_bot_to_a_container_is_one_field() -> None:
         bot.deployment_config.deployment_type = "docker_container"  # type: ignore[assignment]
 
 
-@pytest.mark.parametrize(("text", "kind"), [
-    ("process", DeploymentType.LOCAL_PROCESS), ("container", DeploymentType.CUSTOM_CONTAINER),
-    ("CUSTOM_CONTAINER", DeploymentType.CUSTOM_CONTAINER), ("pod", DeploymentType.KUBERNETES_POD),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("process", DeploymentType.LOCAL_PROCESS),
+        ("container", DeploymentType.CUSTOM_CONTAINER),
+        ("CUSTOM_CONTAINER", DeploymentType.CUSTOM_CONTAINER),
+        ("pod", DeploymentType.KUBERNETES_POD),
+    ],
+)
 def test_deployment_type_names(text: str, kind: DeploymentType) -> None:
     assert DeploymentType.parse(text) is kind
 
@@ -97,13 +115,13 @@ def test_restart_policies_decide_from_the_history() -> None:
     stopped = _run(3, 1, state=RunState.STOPPED)
     assert not should_restart(RestartPolicy(name="always"), [stopped])
     lost = _run(3, 1, state=RunState.LOST)
-    assert should_restart(RestartPolicy.parse("on-failure"), [lost.model_copy(
-        update={"exit_code": None})])  # fmt: skip
+    assert should_restart(
+        RestartPolicy.parse("on-failure"), [lost.model_copy(update={"exit_code": None})]
+    )
 
 
 def test_health_starting_healthy_unhealthy_as_docker() -> None:
-    check = HealthCheck(probe={"type": "tcp", "port": 80}, interval=1, retries=2,
-                        start_period=5)  # fmt: skip
+    check = HealthCheck(probe={"type": "tcp", "port": 80}, interval=1, retries=2, start_period=5)
     now = time.monotonic()
     tracker = HealthTracker(check, started=now)
     bad, good = ProbeResult(False, "refused"), ProbeResult(True, "ok")

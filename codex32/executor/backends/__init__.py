@@ -57,9 +57,14 @@ class Backend(Protocol):
     async def status(self, bot: Bot, run: BotRun) -> Observed: ...
 
     def logs(
-        self, bot: Bot, run: BotRun | None, *, follow: bool, tail: int | None,
+        self,
+        bot: Bot,
+        run: BotRun | None,
+        *,
+        follow: bool,
+        tail: int | None,
         live: Callable[[], bool],
-    ) -> AsyncIterator[str]: ...  # fmt: skip
+    ) -> AsyncIterator[str]: ...
 
     async def probe(self, bot: Bot, run: BotRun, check: HealthCheck) -> ProbeResult: ...
 
@@ -82,8 +87,10 @@ def resolve_secrets(bot: Bot) -> dict[str, str]:
         kind, _, where = ref.partition(":")
         if kind == "env":
             if where not in os.environ:
-                raise ConfigError(f"bot {bot.name}: secret {name} refers to ${where}, which is unset",
-                                  hint=f"export {where} in the executor's environment")  # fmt: skip
+                raise ConfigError(
+                    f"bot {bot.name}: secret {name} refers to ${where}, which is unset",
+                    hint=f"export {where} in the executor's environment",
+                )
             values[name] = os.environ[where]
         else:
             try:

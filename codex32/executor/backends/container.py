@@ -128,8 +128,7 @@ class ContainerBackend:
                 old.remove(force=True)
             container = self._engine().containers.run_detached(config)
             record = container.record
-            return Started(started_at=record.started_at or time.time(),
-                           container_id=container.id)  # fmt: skip
+            return Started(started_at=record.started_at or time.time(), container_id=container.id)
 
         return await asyncio.to_thread(launch)
 
@@ -137,17 +136,28 @@ class ContainerBackend:
         def look() -> Observed:
             container = self._get(bot)
             if container is None or (run.container_id and container.id != run.container_id):
-                return Observed(running=False, lost=True, finished_at=time.time(),
-                                reason="the container is gone")  # fmt: skip
+                return Observed(
+                    running=False,
+                    lost=True,
+                    finished_at=time.time(),
+                    reason="the container is gone",
+                )
             record = container.record
             if container.state is ContainerState.RESTARTING:
-                return Observed(running=False, restarting=True, exit_code=record.exit_code,
-                                finished_at=record.finished_at)  # fmt: skip
+                return Observed(
+                    running=False,
+                    restarting=True,
+                    exit_code=record.exit_code,
+                    finished_at=record.finished_at,
+                )
             if container.state in _LIVE:
                 return Observed(running=True)
-            return Observed(running=False, exit_code=record.exit_code,
-                            finished_at=record.finished_at or time.time(),
-                            reason=record.error)  # fmt: skip
+            return Observed(
+                running=False,
+                exit_code=record.exit_code,
+                finished_at=record.finished_at or time.time(),
+                reason=record.error,
+            )
 
         return await asyncio.to_thread(look)
 
@@ -171,9 +181,14 @@ class ContainerBackend:
         await asyncio.to_thread(again)
 
     async def logs(
-        self, bot: Bot, run: BotRun | None, *, follow: bool, tail: int | None,
+        self,
+        bot: Bot,
+        run: BotRun | None,
+        *,
+        follow: bool,
+        tail: int | None,
         live: Callable[[], bool],
-    ) -> AsyncIterator[str]:  # fmt: skip
+    ) -> AsyncIterator[str]:
         container = await asyncio.to_thread(self._get, bot)
         if container is None:
             return
@@ -203,8 +218,14 @@ class ContainerBackend:
             url = f"http://{probe.host or '127.0.0.1'}:{probe.port}{probe.path}"
             command = ["python3", "-c", _HTTP_PROBE, url, timeout]
         else:
-            command = ["python3", "-c", _TCP_PROBE, probe.host or "127.0.0.1",
-                       str(probe.port), timeout]  # fmt: skip
+            command = [
+                "python3",
+                "-c",
+                _TCP_PROBE,
+                probe.host or "127.0.0.1",
+                str(probe.port),
+                timeout,
+            ]
 
         def run_probe() -> ProbeResult:
             container = self._get(bot)

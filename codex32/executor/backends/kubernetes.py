@@ -33,8 +33,12 @@ STATE_DIR = "/state"
 BOT_UID = 1000
 #: A ConfigMap holds at most 1 MiB; a bigger bot belongs in an image.
 CODE_LIMIT = 1024 * 1024
-_POD_RESTART = {"no": "Never", "on-failure": "OnFailure", "always": "Always",
-                "unless-stopped": "Always"}  # fmt: skip
+_POD_RESTART = {
+    "no": "Never",
+    "on-failure": "OnFailure",
+    "always": "Always",
+    "unless-stopped": "Always",
+}
 
 
 @dataclass
@@ -55,8 +59,12 @@ def object_name(bot: Bot) -> str:
 
 
 def labels(bot: Bot) -> dict[str, str]:
-    return {**bot.labels, "app.kubernetes.io/name": bot.name,
-            "app.kubernetes.io/managed-by": "codex32", "codex32.io/bot-id": bot.id}  # fmt: skip
+    return {
+        **bot.labels,
+        "app.kubernetes.io/name": bot.name,
+        "app.kubernetes.io/managed-by": "codex32",
+        "codex32.io/bot-id": bot.id,
+    }
 
 
 def security_context(isolation: IsolationType) -> k8s.V1SecurityContext:
@@ -111,8 +119,9 @@ def probe(check: HealthCheck) -> k8s.V1Probe:
     if isinstance(action, ExecProbe):
         fields["_exec"] = k8s.V1ExecAction(command=list(action.command))
     elif isinstance(action, HttpProbe):
-        fields["http_get"] = k8s.V1HTTPGetAction(path=action.path, port=action.port,
-                                                 host=action.host)  # fmt: skip
+        fields["http_get"] = k8s.V1HTTPGetAction(
+            path=action.path, port=action.port, host=action.host
+        )
     else:
         fields["tcp_socket"] = k8s.V1TCPSocketAction(port=action.port, host=action.host)
     return k8s.V1Probe(**fields)
@@ -129,41 +138,61 @@ def _code_files(bot: Bot) -> dict[str, str]:
         if f.suffix in (".py", ".txt", ".json", ".toml", ".yaml", ".cfg")
     }
     if sum(len(v) for v in data.values()) > CODE_LIMIT:
-        raise ConfigError(f"bot {bot.name}: its code is over 1 MiB, more than a ConfigMap holds",
-                          hint="build an image with it and set kubernetes_image")  # fmt: skip
+        raise ConfigError(
+            f"bot {bot.name}: its code is over 1 MiB, more than a ConfigMap holds",
+            hint="build an image with it and set kubernetes_image",
+        )
     return data
 
 
-def manifests(bot: Bot, *, code: dict[str, str] | None = None,
-              secrets: dict[str, str] | None = None) -> Manifests:  # fmt: skip
+def manifests(
+    bot: Bot, *, code: dict[str, str] | None = None, secrets: dict[str, str] | None = None
+) -> Manifests:
     """The ConfigMap, Secret and Pod (or Deployment) of ``bot``."""
     config = bot.deployment_config
     name = object_name(bot)
     meta = k8s.V1ObjectMeta(name=name, namespace=config.namespace, labels=labels(bot))
     code = _code_files(bot) if code is None else code
     secrets = resolve_secrets(bot) if secrets is None else secrets
-    config_map = k8s.V1ConfigMap(api_version="v1", kind="ConfigMap", data=code,
-                                 metadata=k8s.V1ObjectMeta(name=f"{name}-code",
-                                                           namespace=config.namespace,
-                                                           labels=labels(bot)))  # fmt: skip
+    config_map = k8s.V1ConfigMap(
+        api_version="v1",
+        kind="ConfigMap",
+        data=code,
+        metadata=k8s.V1ObjectMeta(
+            name=f"{name}-code", namespace=config.namespace, labels=labels(bot)
+        ),
+    )
     secret = None
     if secrets:
-        secret = k8s.V1Secret(api_version="v1", kind="Secret", type="Opaque",
-                              string_data=secrets,
-                              metadata=k8s.V1ObjectMeta(name=f"{name}-secrets",
-                                                        namespace=config.namespace,
-                                                        labels=labels(bot)))  # fmt: skip
+        secret = k8s.V1Secret(
+            api_version="v1",
+            kind="Secret",
+            type="Opaque",
+            string_data=secrets,
+            metadata=k8s.V1ObjectMeta(
+                name=f"{name}-secrets", namespace=config.namespace, labels=labels(bot)
+            ),
+        )
     env = [k8s.V1EnvVar(name=k, value=v) for k, v in sorted(bot.env.items())]
-    env += [k8s.V1EnvVar(name="BOT_ID", value=bot.id), k8s.V1EnvVar(name="BOT_NAME", value=bot.name),
-            k8s.V1EnvVar(name="BOT_STATE_DIR", value=STATE_DIR),
-            k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1")]  # fmt: skip
     env += [
-        k8s.V1EnvVar(name=key, value_from=k8s.V1EnvVarSource(
-            secret_key_ref=k8s.V1SecretKeySelector(name=f"{name}-secrets", key=key)))
+        k8s.V1EnvVar(name="BOT_ID", value=bot.id),
+        k8s.V1EnvVar(name="BOT_NAME", value=bot.name),
+        k8s.V1EnvVar(name="BOT_STATE_DIR", value=STATE_DIR),
+        k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+    ]
+    env += [
+        k8s.V1EnvVar(
+            name=key,
+            value_from=k8s.V1EnvVarSource(
+                secret_key_ref=k8s.V1SecretKeySelector(name=f"{name}-secrets", key=key)
+            ),
+        )
         for key in sorted(secrets)
-    ]  # fmt: skip
-    mounts = [k8s.V1VolumeMount(name="code", mount_path=CODE_DIR, read_only=True),
-              k8s.V1VolumeMount(name="state", mount_path=STATE_DIR)]  # fmt: skip
+    ]
+    mounts = [
+        k8s.V1VolumeMount(name="code", mount_path=CODE_DIR, read_only=True),
+        k8s.V1VolumeMount(name="state", mount_path=STATE_DIR),
+    ]
     volumes = [
         k8s.V1Volume(name="code", config_map=k8s.V1ConfigMapVolumeSource(name=f"{name}-code")),
         k8s.V1Volume(name="state", empty_dir=k8s.V1EmptyDirVolumeSource()),
@@ -202,18 +231,25 @@ def manifests(bot: Bot, *, code: dict[str, str] | None = None,
         enable_service_links=False,
     )
     if not replicated:
-        return Manifests(config_map, secret, k8s.V1Pod(api_version="v1", kind="Pod",
-                                                       metadata=meta, spec=spec), None)  # fmt: skip
+        return Manifests(
+            config_map,
+            secret,
+            k8s.V1Pod(api_version="v1", kind="Pod", metadata=meta, spec=spec),
+            None,
+        )
     selector = {"app.kubernetes.io/name": bot.name, "codex32.io/bot-id": bot.id}
     deployment = k8s.V1Deployment(
-        api_version="apps/v1", kind="Deployment", metadata=meta,
+        api_version="apps/v1",
+        kind="Deployment",
+        metadata=meta,
         spec=k8s.V1DeploymentSpec(
             replicas=config.replicas,
             selector=k8s.V1LabelSelector(match_labels=selector),
-            template=k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels(bot)),
-                                           spec=spec),
+            template=k8s.V1PodTemplateSpec(
+                metadata=k8s.V1ObjectMeta(labels=labels(bot)), spec=spec
+            ),
         ),
-    )  # fmt: skip
+    )
     return Manifests(config_map, secret, None, deployment)
 
 
@@ -230,10 +266,10 @@ class KubernetesBackend:
             from kubernetes import config
 
             try:
-                config.load_kube_config()
+                config.load_kube_config()  # type: ignore[no-untyped-call]
             except Exception:
                 try:
-                    config.load_incluster_config()
+                    config.load_incluster_config()  # type: ignore[no-untyped-call]
                 except Exception:
                     raise ContainerError(
                         "no Kubernetes cluster is configured",
@@ -256,7 +292,7 @@ class KubernetesBackend:
                 core.create_namespaced_secret(namespace, built.secret)
             if built.pod:
                 core.create_namespaced_pod(namespace, built.pod)
-            else:
+            elif built.deployment:
                 apps.create_namespaced_deployment(namespace, built.deployment)
             return Started(started_at=time.time(), pod_name=object_name(bot))
 
@@ -269,12 +305,11 @@ class KubernetesBackend:
         core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
         namespace, name = bot.deployment_config.namespace, object_name(bot)
         calls: list[Callable[[], object]] = [
-            lambda: apps.delete_namespaced_deployment(name, namespace,
-                                                      grace_period_seconds=grace),
+            lambda: apps.delete_namespaced_deployment(name, namespace, grace_period_seconds=grace),
             lambda: core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace),
             lambda: core.delete_namespaced_config_map(f"{name}-code", namespace),
             lambda: core.delete_namespaced_secret(f"{name}-secrets", namespace),
-        ]  # fmt: skip
+        ]
         for call in calls:
             try:
                 call()
@@ -298,14 +333,15 @@ class KubernetesBackend:
                 pod = core.read_namespaced_pod(name, namespace)
             except ApiException as error:
                 if error.status == 404:
-                    return Observed(running=False, lost=True, finished_at=time.time(),
-                                    reason="the pod is gone")  # fmt: skip
+                    return Observed(
+                        running=False, lost=True, finished_at=time.time(), reason="the pod is gone"
+                    )
                 raise
-            phase = pod.status.phase if pod.status else "Pending"
-            if phase in ("Pending", "Running", "Unknown"):
+            status = pod.status
+            if status is None or status.phase in ("Pending", "Running", "Unknown"):
                 return Observed(running=True)
             code = None
-            for state in pod.status.container_statuses or []:
+            for state in status.container_statuses or []:
                 if state.state and state.state.terminated:
                     code = state.state.terminated.exit_code
             return Observed(running=False, exit_code=code, finished_at=time.time())
@@ -313,13 +349,19 @@ class KubernetesBackend:
         return await asyncio.to_thread(look)
 
     async def logs(
-        self, bot: Bot, run: BotRun | None, *, follow: bool, tail: int | None,
+        self,
+        bot: Bot,
+        run: BotRun | None,
+        *,
+        follow: bool,
+        tail: int | None,
         live: Callable[[], bool],
-    ) -> AsyncIterator[str]:  # fmt: skip
+    ) -> AsyncIterator[str]:
         core = k8s.CoreV1Api(self.api())
         namespace, name = bot.deployment_config.namespace, object_name(bot)
-        text = await asyncio.to_thread(core.read_namespaced_pod_log, name, namespace,
-                                       tail_lines=tail)  # fmt: skip
+        text = await asyncio.to_thread(
+            core.read_namespaced_pod_log, name, namespace, tail_lines=tail
+        )
         for line in str(text).splitlines(keepends=True):
             yield line
 
@@ -328,8 +370,8 @@ class KubernetesBackend:
         core = k8s.CoreV1Api(self.api())
         namespace, name = bot.deployment_config.namespace, object_name(bot)
         pod = await asyncio.to_thread(core.read_namespaced_pod, name, namespace)
-        ready = any(c.type == "Ready" and c.status == "True"
-                    for c in (pod.status.conditions or []))  # fmt: skip
+        conditions = (pod.status.conditions if pod.status else None) or []
+        ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
         return ProbeResult(ready, "Ready" if ready else "not Ready")
 
     async def remove(self, bot: Bot) -> None:

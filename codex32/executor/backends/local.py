@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from ..health import probe_http, probe_tcp
 from ..models import Bot, BotRun, DeploymentType, ExecProbe, HealthCheck, HttpProbe
@@ -94,9 +95,15 @@ class LocalProcessBackend:
 
     def environment(self, bot: Bot) -> dict[str, str]:
         state = bot_dir(self.storage_dir, bot) / "state"
-        return {**os.environ, **bot.env, **resolve_secrets(bot), "BOT_ID": bot.id,
-                "BOT_NAME": bot.name, "BOT_STATE_DIR": str(state),
-                "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        return {
+            **os.environ,
+            **bot.env,
+            **resolve_secrets(bot),
+            "BOT_ID": bot.id,
+            "BOT_NAME": bot.name,
+            "BOT_STATE_DIR": str(state),
+            "PYTHONUNBUFFERED": "1",
+        }
 
     async def start(self, bot: Bot, run: BotRun) -> Started:
         bot.check_code()
@@ -106,9 +113,21 @@ class LocalProcessBackend:
         exit_file.unlink(missing_ok=True)
         config = bot.deployment_config
         command = [sys.executable, str(bot.code_dir / bot.script_name), *bot.args]
-        shim = [sys.executable, "-S", str(SHIM), "--log", str(log),
-                "--max-bytes", str(config.log_max_bytes), "--files", str(config.log_max_files),
-                "--exit-file", str(exit_file), "--cwd", str(bot.code_dir)]  # fmt: skip
+        shim = [
+            sys.executable,
+            "-S",
+            str(SHIM),
+            "--log",
+            str(log),
+            "--max-bytes",
+            str(config.log_max_bytes),
+            "--files",
+            str(config.log_max_files),
+            "--exit-file",
+            str(exit_file),
+            "--cwd",
+            str(bot.code_dir),
+        ]
         for spec in self._rlimits(bot):
             shim += ["--rlimit", spec]
         if config.user:
@@ -118,10 +137,17 @@ class LocalProcessBackend:
         def launch() -> dict[str, object]:
             # The keeper's own errors go to the bot's log; it keeps no descriptor of ours
             # (a caller reading our output to its end would wait for the bot's).
-            with open(log, "ab") as errors, subprocess.Popen(
-                [*shim, "--", *command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=errors, env=env, start_new_session=True,
-            ) as process:  # the keeper forks away: this one exits at once
+            with (
+                open(log, "ab") as errors,
+                subprocess.Popen(
+                    [*shim, "--", *command],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=errors,
+                    env=env,
+                    start_new_session=True,
+                ) as process,
+            ):  # the keeper forks away: this one exits at once
                 assert process.stdout is not None
                 line = process.stdout.readline()
             try:
@@ -142,9 +168,12 @@ class LocalProcessBackend:
             data = json.loads(exit_file.read_text())
         except (OSError, ValueError):
             return None
-        return Observed(running=False, exit_code=int(data["exit_code"]),
-                        finished_at=float(data["finished_at"]),
-                        reason=data.get("error"))  # fmt: skip
+        return Observed(
+            running=False,
+            exit_code=int(data["exit_code"]),
+            finished_at=float(data["finished_at"]),
+            reason=data.get("error"),
+        )
 
     async def status(self, bot: Bot, run: BotRun) -> Observed:
         _log, exit_file = self.paths(bot, run)
@@ -160,8 +189,12 @@ class LocalProcessBackend:
             ended = self._exit(exit_file)
             if ended is not None:
                 return ended
-        return Observed(running=False, lost=True, finished_at=time.time(),
-                        reason="the process is gone and no exit code was recorded")  # fmt: skip
+        return Observed(
+            running=False,
+            lost=True,
+            finished_at=time.time(),
+            reason="the process is gone and no exit code was recorded",
+        )
 
     async def stop(self, bot: Bot, run: BotRun, timeout: float) -> None:
         if not same_process(run.pid, run.pid_start_time) or run.pid is None:
@@ -184,9 +217,14 @@ class LocalProcessBackend:
             await asyncio.sleep(0.05)
 
     async def logs(
-        self, bot: Bot, run: BotRun | None, *, follow: bool, tail: int | None,
+        self,
+        bot: Bot,
+        run: BotRun | None,
+        *,
+        follow: bool,
+        tail: int | None,
         live: Callable[[], bool],
-    ) -> AsyncIterator[str]:  # fmt: skip
+    ) -> AsyncIterator[str]:
         base = bot_dir(self.storage_dir, bot) / "bot.log"
         async for line in follow_file(base, follow=follow, tail=tail, live=live):
             yield line
@@ -203,10 +241,14 @@ class LocalProcessBackend:
         """The command runs next to the bot: its directory, its environment."""
         try:
             process = await asyncio.create_subprocess_exec(
-                *probe.command, cwd=bot.code_dir, env=self.environment(bot),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                *probe.command,
+                cwd=bot.code_dir,
+                env=self.environment(bot),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         except OSError as error:
             return ProbeResult(False, f"{probe.command[0]}: {error.strerror}")
         try:
@@ -226,8 +268,10 @@ class LocalProcessBackend:
 
 def _rotated(path: Path) -> list[Path]:
     """The log's files, oldest first (``bot.log.2``, ``bot.log.1``, ``bot.log``)."""
-    older = sorted(path.parent.glob(path.name + ".*"),
-                   key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)  # fmt: skip
+    older = sorted(
+        path.parent.glob(path.name + ".*"),
+        key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
+    )
     return [p for p in older if p.suffix[1:].isdigit()] + [path]
 
 
@@ -241,15 +285,14 @@ async def follow_file(
             lines += part.read_text(errors="replace").splitlines(keepends=True)
     if tail is not None:
         lines = lines[-tail:] if tail else []
-    for line in lines:
-        yield line
+    for text in lines:
+        yield text
     if not follow:
         return
-    try:
+    handle: BinaryIO | None = None
+    with contextlib.suppress(OSError):
         handle = open(path, "rb")  # noqa: SIM115 - kept open while following
         handle.seek(0, os.SEEK_END)
-    except OSError:
-        handle = None
     pending = b""
     idle_since: float | None = None
     try:
