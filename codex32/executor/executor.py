@@ -20,6 +20,7 @@ import fcntl
 import inspect
 import logging
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from codex32 import ConfigError, ContainerError, ContainerNotFoundError
 
-from .backends import Backend, Observed
+from .backends import Backend, Observed, bot_dir
 from .backends.container import ContainerBackend, container_name
 from .backends.local import LocalProcessBackend
 from .backoff import restart_delay, should_restart
@@ -372,9 +373,16 @@ class AdaptiveExecutor:
                     f"bot {bot.name} is running", hint="stop it first, or remove it with --force"
                 )
             await self.stop_bot(bot.id, timeout=0 if force else None)
-        for kind in {r.deployment_type for r in await self.store.runs(bot.id)}:
+        runs = await self.store.runs(bot.id)
+        # Where it ran (a run that never started made nothing: a pod bot whose cluster was
+        # never reached has nothing to delete), and the container of a move under way.
+        kinds = {r.deployment_type for r in runs if r.state is not RunState.FAILED}
+        if bot.deployment_config.deployment_type is DeploymentType.CUSTOM_CONTAINER:
+            kinds.add(DeploymentType.CUSTOM_CONTAINER)
+        for kind in kinds:
             with contextlib.suppress(ContainerNotFoundError):
                 await self.backend(kind).remove(bot)
+        await asyncio.to_thread(shutil.rmtree, bot_dir(self.storage_dir, bot), True)
         await self.store.delete_bot(bot.id)
         await self._emit("bot_removed", bot)
 

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,10 @@ from codex32.executor import (
     DeploymentType,
     HealthState,
     RunState,
+    SyncAdaptiveExecutor,
 )
 from codex32.executor.backends.local import same_process
+from codex32.executor.backoff import restart_delay
 
 pytestmark = pytest.mark.root
 
@@ -331,8 +334,10 @@ def test_sigkill_of_the_executor_loses_no_bot_and_no_run(
                 newest = (await executor.runs("steady"))[0]
                 assert newest.trigger == "recover" and newest.live
                 count = len(flaky)
+                wait = restart_delay(flaky) + 10  # Docker's back-off: it doubles per crash
                 await eventually(
                     lambda: _runs_count_at_least(executor, "flaky", count + 1),
+                    timeout=wait,
                     what="flaky restarted by the new executor",
                 )
             finally:
@@ -391,3 +396,30 @@ def test_a_bot_that_cannot_start_leaves_a_failed_run_and_nothing_running(
                 await cleanup(executor)
 
     asyncio.run(scenario())
+
+
+def test_the_sync_face_runs_probes_and_hooks_in_its_own_loop(
+    bot_storage: Path, executor_db: str
+) -> None:
+    """``SyncAdaptiveExecutor``: blocking calls, a TCP probe, hooks from its thread."""
+    port = 19000 + os.getpid() % 1000
+    seen: list[str] = []
+    check = {"probe": {"type": "tcp", "port": port}, "interval": 0.3, "timeout": 1}
+    with SyncAdaptiveExecutor(bot_storage, database_url=executor_db) as executor:
+        executor.on("*", lambda event: seen.append(event.action))
+        try:
+            run = executor.run_bot(
+                _bot("syncer", "http_bot.py", "--port", str(port), health_check=check)
+            )
+            assert run.state is RunState.RUNNING and run.health is HealthState.STARTING
+            deadline = time.monotonic() + 20
+            while executor.status("syncer").run.health is not HealthState.HEALTHY:  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "never healthy"
+                time.sleep(0.1)
+            stopped = executor.stop_bot("syncer")
+            assert stopped is not None and stopped.state is RunState.STOPPED
+            assert any("serving on" in line for line in executor.logs("syncer"))
+        finally:
+            executor.remove_bot("syncer", force=True)
+    assert seen[:3] == ["bot_deployed", "bot_started", "health_status"]
+    assert seen[-2:] == ["bot_stopped", "bot_removed"]

@@ -171,6 +171,28 @@ def test_bad_input_is_one_line_and_leaves_nothing(bot_storage: Path, tmp_path: P
         )
     listed = codex32(bot_storage, "bot", "ls", "--all", "--json", database=db).stdout
     assert json.loads(listed) == []
+    # No cluster here: a pod bot is kept (with its failed run) and its manifests shown.
+    pod = codex32(
+        bot_storage,
+        "bot",
+        "deploy",
+        str(BOTS / "sample_bot.py"),
+        "--type",
+        "pod",
+        "--isolation",
+        "strict",
+        database=db,
+        check=False,
+        KUBECONFIG="/nonexistent",
+    )
+    assert pod.returncode == 125 and "set KUBECONFIG" in pod.stderr
+    assert len(pod.stderr.strip().splitlines()) == 1
+    shown = json.loads(codex32(bot_storage, "bot", "inspect", "sample-bot", database=db).stdout)
+    assert shown["run"]["state"] == "failed"
+    kinds = [m["kind"] for m in shown["manifests"]]
+    assert kinds == ["ConfigMap", "Pod"]
+    assert shown["manifests"][1]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"]
+    codex32(bot_storage, "bot", "rm", "sample-bot", database=db)
 
 
 def test_db_init_creates_user_database_and_tables_on_postgresql(
