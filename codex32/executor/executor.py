@@ -90,8 +90,8 @@ def default_storage_dir() -> Path:
     ).absolute()
 
 
-class BotNotFoundError(ConfigError):
-    """No bot has this id or name."""
+class BotNotFoundError(ContainerNotFoundError):
+    """No bot has this id or name (a not-found error, as a container's: HTTP 404)."""
 
 
 class AdaptiveExecutor:
