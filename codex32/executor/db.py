@@ -77,6 +77,18 @@ def database_url(storage_dir: Path, url: str | None = None) -> str:
     return f"sqlite+aiosqlite:///{storage_dir / 'executor' / 'executor.db'}"
 
 
+def supervisor_lock(storage_dir: Path, url: str | None = None) -> Path:
+    """The lock the supervising executor of this storage and database holds.
+
+    One per database: two executors on one storage directory with their own databases
+    (a test's, the host service's) each supervise their own bots.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(database_url(storage_dir, url).encode()).hexdigest()[:16]
+    return storage_dir / "executor" / f"supervisor-{digest}.lock"
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL: the CLI reads while a supervisor writes; foreign keys: runs go with their bot.
     cursor = dbapi_connection.cursor()

@@ -5,7 +5,8 @@ ended). Every verb records first and acts second (a run is written ``starting``
 before its process or container exists), so a crash between the two leaves a run
 that reconciling finds and settles, never a bot running unrecorded.
 
-One executor per storage directory supervises (it holds ``supervisor.lock``): it
+One executor per storage directory and database supervises (it holds the lock
+``db.supervisor_lock`` names; one that finds it taken tries again every 2 s): it
 follows the engine's events (container runs, exits), watches processes and pods,
 probes health, and restarts what the policy says, with Docker's back-off. Others (a
 CLI) only act and read; their reads refresh live runs against what really runs.
@@ -27,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from codex32 import ConfigError, ContainerError, ContainerNotFoundError
+from codex32 import ConfigError, ContainerError, ContainerNotFoundError, StateError
 
 from .backends import Backend, Observed, bot_dir
 from .backends.container import ContainerBackend, container_name
 from .backends.local import LocalProcessBackend
 from .backoff import restart_delay, should_restart
-from .db import BotStore
+from .db import BotStore, supervisor_lock
 from .health import HealthTracker
 from .models import Bot, BotRun, BotStatus, DeploymentType, HealthState, RunState
 
@@ -137,7 +138,7 @@ class AdaptiveExecutor:
 
     @property
     def supervising(self) -> bool:
-        """Whether this executor holds the storage directory's supervisor lock."""
+        """Whether this executor holds the supervisor lock of its storage and database."""
         return self._lock_fd is not None
 
     @property
@@ -166,10 +167,22 @@ class AdaptiveExecutor:
         """Open the database; when supervising, reconcile and start watching."""
         (self.storage_dir / "executor").mkdir(parents=True, exist_ok=True)
         self._store = await BotStore.open(self.storage_dir, self.database_url)
-        if self._want_supervise and self._take_lock():
-            await self.reconcile()
-            self._tasks.append(asyncio.create_task(self._supervise(), name="bot-supervisor"))
+        if self._want_supervise:
+            if self._take_lock():
+                await self._begin_supervision()
+            else:
+                self._tasks.append(asyncio.create_task(self._wait_for_lock()))
         return self
+
+    async def _begin_supervision(self) -> None:
+        await self.reconcile()
+        self._tasks.append(asyncio.create_task(self._supervise(), name="bot-supervisor"))
+
+    async def _wait_for_lock(self) -> None:
+        """Take over supervision when the executor holding it ends (a detached one)."""
+        while not self._take_lock():
+            await asyncio.sleep(2.0)
+        await self._begin_supervision()
 
     async def close(self) -> None:
         """Stop watching (bots keep running) and close the database."""
@@ -199,13 +212,12 @@ class AdaptiveExecutor:
         await self.close()
 
     def _take_lock(self) -> bool:
-        path = self.storage_dir / "executor" / "supervisor.lock"
+        path = supervisor_lock(self.storage_dir, self.database_url)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            log.info("another executor supervises %s; this one only acts", self.storage_dir)
             return False
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -369,7 +381,7 @@ class AdaptiveExecutor:
             latest = await self.store.latest_run(bot.id)
         if latest and latest.live:
             if not force:
-                raise ContainerError(
+                raise StateError(
                     f"bot {bot.name} is running", hint="stop it first, or remove it with --force"
                 )
             await self.stop_bot(bot.id, timeout=0 if force else None)

@@ -69,11 +69,14 @@ def spawn(storage_dir: Path, exit_when_idle: float = 5.0) -> subprocess.Popen[by
         )
 
 
-def is_supervised(storage_dir: Path) -> bool:
-    """Whether an executor holds the storage directory's supervisor lock."""
+def is_supervised(storage_dir: Path, database_url: str | None = None) -> bool:
+    """Whether an executor supervises this storage directory and database
+    (``DATABASE_URL`` or the default SQLite when ``database_url`` is None)."""
     import fcntl
 
-    path = storage_dir / "executor" / "supervisor.lock"
+    from .db import supervisor_lock
+
+    path = supervisor_lock(storage_dir, database_url)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:

@@ -266,9 +266,7 @@ def test_sigkill_of_the_executor_loses_no_bot_and_no_run(
             bot_storage, database_url=executor_db, supervise=False
         ) as executor:
             await eventually(
-                lambda: (
-                    (bot_storage / "executor" / "supervisor.lock").exists() and _locked(bot_storage)
-                ),
+                lambda: _locked(bot_storage, executor_db),
                 what="the supervisor",
             )
             await executor.run_bot(
@@ -351,10 +349,10 @@ def test_sigkill_of_the_executor_loses_no_bot_and_no_run(
             supervisor.wait()
 
 
-def _locked(storage: Path) -> bool:
+def _locked(storage: Path, database_url: str) -> bool:
     from codex32.executor.supervisor import is_supervised
 
-    return is_supervised(storage)
+    return is_supervised(storage, database_url)
 
 
 def _keeper_of(pid: int) -> int:

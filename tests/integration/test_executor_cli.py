@@ -138,15 +138,15 @@ def test_deploy_move_inspect_logs_stop_and_remove_a_bot(bot_storage: Path, tmp_p
         codex32(bot_storage, "bot", "rm", "--force", "cli-bot", database=db)
     missing = codex32(bot_storage, "bot", "inspect", "cli-bot", database=db, check=False)
     assert missing.returncode == 125 and "no bot 'cli-bot'" in missing.stderr
-    _supervisor_gone(bot_storage)
+    _supervisor_gone(bot_storage, f"sqlite+aiosqlite:///{db}")
 
 
-def _supervisor_gone(storage: Path) -> None:
+def _supervisor_gone(storage: Path, database_url: str) -> None:
     """The supervisor the deploy started ends once no bot is to run."""
     from codex32.executor.supervisor import is_supervised
 
     deadline = time.monotonic() + 20
-    while is_supervised(storage):
+    while is_supervised(storage, database_url):
         assert time.monotonic() < deadline, "the bot supervisor did not exit when idle"
         time.sleep(0.2)
 

@@ -1,0 +1,122 @@
+"""``/api/v1/bots`` through a real service (its supervising executor), with httpx."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.service_support import API, Service, error_of
+
+pytestmark = pytest.mark.root
+
+BOTS = Path(__file__).resolve().parents[3] / "bots"
+
+
+@pytest.fixture
+def allowed_bots(scratch: Path) -> Iterator[Path]:
+    """The sample bots below the policy's volume root (their code is bound in)."""
+    directory = scratch / "allowed" / "bots"
+    shutil.copytree(BOTS, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    yield directory
+    shutil.rmtree(directory)
+
+
+def _until(client: httpx.Client, path: str, test: Any, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(path).json()
+        if test(body):
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.2)
+
+
+def test_deploy_list_health_logs_stop_restart_runs_remove(
+    service: Service, allowed_bots: Path
+) -> None:
+    spec = {
+        "name": "svc-bot",
+        "code": str(allowed_bots / "sample_bot.py"),
+        "args": ["--interval", "0.2"],
+        "deployment_config": {
+            "deployment_type": "custom_container",
+            "network": "none",
+            "health_check": {
+                "probe": {"type": "exec", "command": ["python3", "-c", "print('ok')"]},
+                "interval": 0.5,
+            },
+        },
+    }
+    with service.client() as client:
+        deployed = client.post(f"{API}/bots", json=spec)
+        assert deployed.status_code == 201, deployed.text
+        body = deployed.json()
+        assert body["run"]["state"] == "running" and body["run"]["container_id"]
+        # The policy's limits are given to a bot that asks for none, as to any container.
+        assert body["bot"]["deployment_config"]["resources"]["memory_bytes"] == 1 << 30
+        try:
+            listed = client.get(f"{API}/bots").json()
+            assert [b["bot"]["name"] for b in listed] == ["svc-bot"]
+            health = _until(
+                client, f"{API}/bots/svc-bot/health", lambda h: h["health"] == "healthy"
+            )
+            assert health["run"] == 1 and health["health_check"]["interval"] == 0.5
+            text = client.get(f"{API}/bots/svc-bot/logs").text
+            assert "heartbeat" in text
+
+            with client.stream("GET", f"{API}/bots/svc-bot/logs?follow=true&tail=0") as follow:
+                with service.client() as other:
+                    stopped = other.post(f"{API}/bots/svc-bot/stop").json()
+                assert stopped["run"]["state"] == "stopped"
+                followed = "".join(follow.iter_text())  # ends with the run
+            assert "stopped cleanly" in followed
+
+            restarted = client.post(f"{API}/bots/svc-bot/restart").json()
+            assert restarted["run"]["number"] == 2 and restarted["run"]["state"] == "running"
+            conflict = client.delete(f"{API}/bots/svc-bot")
+            assert conflict.status_code == 409
+            assert error_of(conflict)["hint"] == "stop it first, or remove it with --force"
+            runs = client.get(f"{API}/bots/svc-bot/runs").json()
+            assert [(r["number"], r["state"]) for r in runs] == [(2, "running"), (1, "stopped")]
+        finally:
+            assert client.delete(f"{API}/bots/svc-bot?force=true").status_code == 204
+        gone = client.get(f"{API}/bots/svc-bot")
+        assert gone.status_code == 404 and error_of(gone)["kind"] == "BotNotFoundError"
+
+
+def test_policy_and_bad_input_are_one_message_each(
+    service: Service, allowed_bots: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "bot.py"
+    outside.write_text("print('hi')\n")
+    cases = [
+        ({"name": "local", "code": str(allowed_bots / "sample_bot.py")}, 403, "min_isolation"),
+        (
+            {
+                "name": "outside",
+                "code": str(outside),
+                "deployment_config": {"deployment_type": "custom_container"},
+            },
+            403,
+            "volume_roots",
+        ),
+        ({"name": "relative", "code": "bots/sample_bot.py"}, 400, None),
+        ({"name": "Bad Name", "code": str(allowed_bots / "sample_bot.py")}, 400, None),
+    ]
+    with service.client() as client:
+        for spec, status, rule in cases:
+            answer = client.post(f"{API}/bots", json=spec)
+            assert answer.status_code == status, (spec, answer.text)
+            error = error_of(answer)
+            assert "\n" not in error["message"]
+            if rule:
+                assert error["rule"] == rule, error
+        assert client.get(f"{API}/bots?all=true").json() == []
+        assert client.post(f"{API}/bots/nobody/stop").status_code == 404
+        assert client.get(f"{API}/bots/nobody/logs").status_code == 404
