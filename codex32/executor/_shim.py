@@ -51,10 +51,21 @@ class RotatingLog:
         self.size = os.fstat(self.fd).st_size
 
     def write(self, data: bytes) -> None:
-        if self.size and self.size + len(data) > self.max_bytes:
+        """Write ``data``, cut at line ends so that no file grows past ``max_bytes`` (one
+        read may bring more than a whole file: a bot that prints fast)."""
+        while len(data) > self.max_bytes - self.size:
+            room = self.max_bytes - self.size
+            cut = data.rfind(b"\n", 0, room) + 1
+            if cut == 0 and self.size:  # no whole line fits: it starts the next file
+                self.rotate()
+                continue
+            cut = cut or room  # a line longer than a whole file is split
+            os.write(self.fd, data[:cut])
+            data = data[cut:]
             self.rotate()
-        os.write(self.fd, data)
-        self.size += len(data)
+        if data:
+            os.write(self.fd, data)
+            self.size += len(data)
 
     def rotate(self) -> None:
         os.close(self.fd)
@@ -143,6 +154,8 @@ def main() -> int:
             {"exit_code": 127, "signal": 0, "finished_at": time.time(), "error": str(error)},
         )
         return 0
+    # Beside the exit file: an executor killed before it recorded the pid finds it here.
+    _write_atomically(args.exit_file.removesuffix(".exit") + ".pid", {"pid": bot.pid})
     print(json.dumps({"pid": bot.pid}), flush=True)
     os.close(1)
     os.open(os.devnull, os.O_WRONLY)  # fd 1 again, for anything printed later

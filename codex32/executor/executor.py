@@ -66,6 +66,8 @@ HOOK_EVENTS = frozenset(
 #: How long a run may stay ``starting`` (its process or container being made) before a
 #: refresh judges it: one left so by an executor killed mid-start is then found lost.
 STARTING_GRACE = 60.0
+#: The same for a process: its keeper writes the pid down within milliseconds.
+LOCAL_STARTING_GRACE = 10.0
 
 Callback = Callable[["BotEvent"], Awaitable[None] | None]
 
@@ -317,7 +319,14 @@ class AdaptiveExecutor:
             raise
         values = {k: v for k, v in vars(started).items() if v is not None}
         health = HealthState.STARTING if self._probed(bot) else HealthState.NONE
-        await self.store.update_run(run.id, state=RunState.RUNNING, health=health, **values)
+        # Conditional: a refresh elsewhere may have seen it end already (a quick crash).
+        if not await self.store.update_run(
+            run.id, only_live=True, state=RunState.RUNNING, health=health, **values
+        ):
+            recorded = [r for r in await self.store.runs(bot.id, limit=5) if r.id == run.id]
+            if recorded:  # what that refresh recorded (its exit code), not "running"
+                await self._emit("bot_started", bot, recorded[0], trigger=trigger)
+                return recorded[0]
         run = run.model_copy(update={**values, "state": RunState.RUNNING, "health": health})
         check = bot.deployment_config.health_check
         if self._probed(bot) and check is not None and run.id is not None:
@@ -461,31 +470,57 @@ class AdaptiveExecutor:
     async def _refresh(self, bot: Bot, run: BotRun) -> Observed | None:
         """Settle a live run that has ended (exit code, or lost); return what was seen."""
         assert run.id is not None
-        if run.state is RunState.STARTING and time.time() - run.started_at < STARTING_GRACE:
+        age = time.time() - run.started_at
+        local = run.deployment_type is DeploymentType.LOCAL_PROCESS
+        if run.state is RunState.STARTING and not local and age < STARTING_GRACE:
             return None  # a start under way (here or in another process): not judged yet
         try:
             seen = await self.backend(run.deployment_type).status(bot, run)
         except ContainerError as error:
             log.warning("cannot look at bot %s: %s", bot.name, error)
             return None
+        if run.state is RunState.STARTING and local:
+            # A process's keeper writes its pid down at once: a start whose starter died
+            # (or is still at it) is judged from that, after a few seconds for the keeper.
+            if seen.running and seen.pid is not None:
+                await self.store.update_run(
+                    run.id,
+                    only_live=True,
+                    state=RunState.RUNNING,
+                    pid=seen.pid,
+                    pid_start_time=seen.pid_start_time,
+                )
+                return seen
+            if seen.lost and age < LOCAL_STARTING_GRACE:
+                return None
         if seen.running:
             return seen
         if seen.restarting and run.state is not RunState.RUNNING:
             return seen
         state = RunState.LOST if seen.lost else RunState.EXITED
+        if state is RunState.EXITED and await self._stopping(bot):
+            state = RunState.STOPPED
         changed = await self.store.update_run(
             run.id,
             only_live=True,
             state=state,
             exit_code=seen.exit_code,
             finished_at=seen.finished_at or time.time(),
-            reason=seen.reason,
+            reason="stopped by the user" if state is RunState.STOPPED else seen.reason,
         )
         self._health.pop(run.id, None)
         if changed:
-            action = "bot_lost" if seen.lost else "bot_exited"
+            action = {RunState.LOST: "bot_lost", RunState.STOPPED: "bot_stopped"}.get(
+                state, "bot_exited"
+            )
             await self._emit(action, bot, run, exitCode=str(seen.exit_code))
         return seen
+
+    async def _stopping(self, bot: Bot) -> bool:
+        """Whether a run of ``bot`` that ends now was stopped: ``stop_bot`` marks the bot
+        stopped before it signals (in this process or another one)."""
+        found = await self.store.get_bot(bot.id)
+        return found is not None and found[1] == "stopped"
 
     async def reconcile(self) -> builtins.list[str]:
         """Compare the database with what really runs: settle ended runs, record runs the
@@ -555,15 +590,16 @@ class AdaptiveExecutor:
         if event.action == "die":
             if latest.live and latest.started_at <= event.time + 1:
                 code = int(event.attributes.get("exitCode", "255"))
+                stopping = await self._stopping(bot)
+                ended: dict[str, Any] = {"state": RunState.EXITED}
+                if stopping:
+                    ended = {"state": RunState.STOPPED, "reason": "stopped by the user"}
                 if await self.store.update_run(
-                    latest.id,
-                    only_live=True,
-                    state=RunState.EXITED,
-                    exit_code=code,
-                    finished_at=event.time,
+                    latest.id, only_live=True, exit_code=code, finished_at=event.time, **ended
                 ):
                     self._health.pop(latest.id, None)
-                    await self._emit("bot_exited", bot, latest, exitCode=str(code))
+                    action = "bot_stopped" if stopping else "bot_exited"
+                    await self._emit(action, bot, latest, exitCode=str(code))
         elif event.action == "start":
             if latest.live and (
                 latest.state is RunState.STARTING or event.time - latest.started_at < 2

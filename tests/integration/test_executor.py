@@ -292,9 +292,7 @@ def test_sigkill_of_the_executor_loses_no_bot_and_no_run(
             )
             return await _all_runs(executor)
 
-    recorded = asyncio.run(before_kill())
-    supervisor.send_signal(signal.SIGKILL)
-    supervisor.wait()
+    recorded: list[tuple[str, int, str]] = []
 
     async def after_kill() -> None:
         async with AdaptiveExecutor(
@@ -332,21 +330,33 @@ def test_sigkill_of_the_executor_loses_no_bot_and_no_run(
                 newest = (await executor.runs("steady"))[0]
                 assert newest.trigger == "recover" and newest.live
                 count = len(flaky)
-                wait = restart_delay(flaky) + 10  # Docker's back-off: it doubles per crash
+                ended = [r for r in flaky if not r.live]  # Docker's back-off doubles per crash:
+                wait = 2 * restart_delay(ended) + 10  # the next wait is twice the last
                 await eventually(
                     lambda: _runs_count_at_least(executor, "flaky", count + 1),
                     timeout=wait,
-                    what="flaky restarted by the new executor",
+                    what=f"flaky restarted by the new executor (runs: {flaky})",
                 )
             finally:
                 await cleanup(executor)
 
     try:
+        recorded = asyncio.run(before_kill())
+        supervisor.send_signal(signal.SIGKILL)
+        supervisor.wait()
         asyncio.run(after_kill())
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
             supervisor.wait()
+        asyncio.run(_remove_every_bot(bot_storage, executor_db, engine))  # after a failure
+
+
+async def _remove_every_bot(storage: Path, database_url: str, engine: ContainerEngine) -> None:
+    async with AdaptiveExecutor(
+        storage, database_url=database_url, engine=engine, supervise=False
+    ) as executor:
+        await cleanup(executor)
 
 
 def _locked(storage: Path, database_url: str) -> bool:
@@ -421,3 +431,66 @@ def test_the_sync_face_runs_probes_and_hooks_in_its_own_loop(
             executor.remove_bot("syncer", force=True)
     assert seen[:3] == ["bot_deployed", "bot_started", "health_status"]
     assert seen[-2:] == ["bot_stopped", "bot_removed"]
+
+
+def test_a_process_gets_its_rlimits_a_rotated_log_and_its_group_is_stopped(
+    bot_storage: Path, tmp_path: Path
+) -> None:
+    """LOCAL_PROCESS: rlimits from the config, the log rotated at its size, and stop
+    reaching a child the bot started in its process group (SIGTERM, then SIGKILL)."""
+    script = tmp_path / "limited.py"
+    script.write_text(
+        "import os, resource, signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL ends it\n"
+        "child = subprocess.Popen(['sleep', '600'])\n"
+        "facts = open(os.path.join(os.environ['BOT_STATE_DIR'], 'facts'), 'w')\n"
+        "facts.write('%d:%d %d' % (*resource.getrlimit(resource.RLIMIT_NOFILE), child.pid))\n"
+        "facts.close()\n"
+        "for i in range(400):\n"
+        "    print('line %04d %s' % (i, 'x' * 40), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    url = f"sqlite+aiosqlite:///{tmp_path / 'executor.db'}"
+
+    async def scenario() -> None:
+        async with AdaptiveExecutor(bot_storage, database_url=url) as executor:
+            try:
+                bot = Bot(
+                    name="limited",
+                    code=str(script),
+                    deployment_config=DeploymentConfig(
+                        ulimits=[{"name": "nofile", "soft": 64, "hard": 128}],
+                        log_max_bytes=4096,
+                        log_max_files=2,
+                        stop_timeout=1,
+                    ),
+                )
+                run = await executor.run_bot(bot)
+                log = bot_storage / "executor" / "bots" / bot.id / "bot.log"
+                await eventually(lambda: "line 0399" in log.read_text(), what="all lines")
+                assert log.stat().st_size <= 4096
+                older = log.with_name("bot.log.1")
+                assert older.exists() and older.stat().st_size <= 4096
+                assert not log.with_name("bot.log.2").exists()  # two files at most
+                lines = [line async for line in executor.logs("limited")]
+                assert lines[-1].startswith("line 0399") and not lines[0].startswith("line 0000")
+                limits, child = (log.parent / "state" / "facts").read_text().split()
+                assert limits == "64:128"
+                started = time.monotonic()
+                stopped = await executor.stop_bot("limited")
+                assert stopped is not None and stopped.exit_code == 137  # SIGKILL: it ignored TERM
+                assert 0.9 < time.monotonic() - started < 10
+                assert run.pid is not None and not same_process(run.pid, run.pid_start_time)
+                await eventually(lambda: not _alive(int(child)), timeout=5, what="the child gone")
+            finally:
+                await cleanup(executor)
+
+    asyncio.run(scenario())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -135,3 +135,24 @@ def test_health_starting_healthy_unhealthy_as_docker() -> None:
     late = HealthTracker(check, started=now)
     late.record(bad, now + 6)
     assert late.record(bad, now + 7) is HealthState.UNHEALTHY  # past the start period
+
+
+def test_the_keepers_log_rotates_at_line_ends_even_for_one_big_read(tmp_path: Path) -> None:
+    """A bot that prints fast hands the keeper more than a whole file in one read: it
+    is cut at line ends, no file passes the size, only ``files`` files are kept."""
+    from codex32.executor._shim import RotatingLog
+
+    path = tmp_path / "bot.log"
+    log = RotatingLog(str(path), max_bytes=100, files=4)
+    lines = [b"line %02d %s\n" % (i, b"x" * 12) for i in range(40)]  # 21 bytes each
+    log.write(b"".join(lines[:30]))  # one read of 630 bytes
+    for line in lines[30:]:
+        log.write(line)
+    log.write(b"y" * 150)  # a line longer than a file is split, not kept whole
+    files = [path, *(path.with_name(f"bot.log.{n}") for n in (1, 2, 3))]
+    assert not path.with_name("bot.log.4").exists()
+    assert files[0].read_bytes() == b"y" * 50 and files[1].read_bytes() == b"y" * 100
+    assert all(0 < f.stat().st_size <= 100 for f in files)
+    kept = b"".join(f.read_bytes() for f in reversed(files))
+    whole = b"".join(lines) + b"y" * 150
+    assert whole.endswith(kept) and kept.startswith(b"line")

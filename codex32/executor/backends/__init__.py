@@ -37,6 +37,9 @@ class Observed:
     reason: str | None = None
     #: The engine is between two runs of a container (its restart policy acts).
     restarting: bool = False
+    #: A process found running that the run had not recorded (its keeper's pid file).
+    pid: int | None = None
+    pid_start_time: float | None = None
 
 
 @dataclass(frozen=True)

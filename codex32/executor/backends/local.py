@@ -111,6 +111,7 @@ class LocalProcessBackend:
         exit_file.parent.mkdir(parents=True, exist_ok=True)
         (log.parent / "state").mkdir(exist_ok=True)
         exit_file.unlink(missing_ok=True)
+        exit_file.with_suffix(".pid").unlink(missing_ok=True)
         config = bot.deployment_config
         command = [sys.executable, str(bot.code_dir / bot.script_name), *bot.args]
         shim = [
@@ -180,8 +181,13 @@ class LocalProcessBackend:
         ended = self._exit(exit_file)
         if ended is not None:
             return ended
-        if same_process(run.pid, run.pid_start_time):
-            return Observed(running=True)
+        pid, start = run.pid, run.pid_start_time
+        if pid is None:  # recorded as starting only: the keeper wrote down the pid it started
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                pid = int(json.loads(exit_file.with_suffix(".pid").read_text())["pid"])
+                start = process_start_time(pid)
+        if same_process(pid, start):
+            return Observed(running=True, pid=pid, pid_start_time=start)
         # Gone with no exit written: its keeper may be writing it now; else it was lost
         # (a reboot, or the keeper killed with it).
         for _ in range(20):
