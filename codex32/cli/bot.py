@@ -140,7 +140,7 @@ def deploy(
         str | None, typer.Option("--health-cmd", help="Command; exit 0 is healthy.")
     ] = None,
     health_http: Annotated[
-        str | None, typer.Option("--health-http", help="PORT[/PATH] to GET.")
+        str | None, typer.Option("--health-http", help="PORT or PORT/PATH to GET (default path /).")
     ] = None,
     health_tcp: Annotated[
         int | None, typer.Option("--health-tcp", help="PORT to connect to.")
