@@ -94,29 +94,30 @@ def postgres() -> Iterator[PostgresServer]:
     os.chown(directory, entry.pw_uid, entry.pw_gid)
     data, log = directory / "data", directory / "server.log"
     as_postgres: dict[str, Any] = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-    subprocess.run(
-        [bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-        **as_postgres,
-    )
-    port = _free_port()
-    options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "-t", "60", "start"],
-        check=True,
-        capture_output=True,
-        **as_postgres,
-    )
-    try:
-        yield PostgresServer(port, directory)
-    finally:
+    try:  # a server that fails to start (a full disk) leaves its directory behind neither
         subprocess.run(
-            [bin_dir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
+            [bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            check=True,
             capture_output=True,
-            check=False,
             **as_postgres,
         )
+        port = _free_port()
+        options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(
+            [bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "-t", "60", "start"],
+            check=True,
+            capture_output=True,
+            **as_postgres,
+        )
+        yield PostgresServer(port, directory)
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run(
+                [bin_dir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
+                capture_output=True,
+                check=False,
+                **as_postgres,
+            )
         shutil.rmtree(directory, ignore_errors=True)
 
 
