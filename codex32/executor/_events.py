@@ -12,6 +12,7 @@ from typing import Protocol
 
 class EngineEvent(Protocol):
     time: float
+    type: str
     action: str
     id: str
     name: str

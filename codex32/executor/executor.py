@@ -250,6 +250,7 @@ class AdaptiveExecutor:
         event = BotEvent(
             action, bot.id, bot.name, run.number if run else None, attributes=attributes
         )
+        self._record_event(event)
         for callback in [*self._hooks.get(action, []), *self._hooks.get("*", [])]:
             try:
                 result = callback(event)
@@ -257,6 +258,20 @@ class AdaptiveExecutor:
                     await result
             except Exception:
                 log.exception("bot hook %s for %s failed", action, bot.name)
+
+    def _record_event(self, event: BotEvent) -> None:
+        """Append the event to the engine's events file as type ``bot``: the service's
+        events stream and ``codex32 events --filter type=bot`` show it, whoever made it."""
+        from codex32._events import Event, append_event
+
+        attributes = dict(event.attributes)
+        if event.run_number is not None:
+            attributes["run"] = str(event.run_number)
+        line = Event(event.time, "bot", event.action, event.bot_id, event.bot_name, attributes)
+        try:
+            append_event(self.storage_dir / "events.jsonl", line)
+        except OSError as error:  # a full disk: the hooks and the database still know
+            log.warning("cannot record the bot event %s: %s", event.action, error)
 
     # -- verbs -----------------------------------------------------------------
 
@@ -568,8 +583,8 @@ class AdaptiveExecutor:
         assert self._events is not None
         while True:
             event = await self._events.get()
-            if not event.name.startswith("bot-"):
-                continue
+            if event.type != "container" or not event.name.startswith("bot-"):
+                continue  # the executor's own bot events come back this way too
             found = await self.store.get_bot(event.name.removeprefix("bot-"))
             if (
                 found is None
@@ -582,7 +597,9 @@ class AdaptiveExecutor:
     async def _apply_container_event(self, bot: Bot, event: EngineEvent) -> None:
         """A container's ``start`` is a run, its ``die`` the end of one (idempotent)."""
         latest = await self.store.latest_run(bot.id)
-        if latest is None or latest.deployment_type is not DeploymentType.CUSTOM_CONTAINER:
+        if event.type != "container" or latest is None:
+            return
+        if latest.deployment_type is not DeploymentType.CUSTOM_CONTAINER:
             return
         if event.id and latest.container_id and event.id != latest.container_id:
             return

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from executor_support import PostgresServer, postgres  # noqa: F401 - a fixture
 
 from service.service_support import API, Service, error_of
 
@@ -53,9 +56,17 @@ def test_deploy_list_health_logs_stop_restart_runs_remove(
             },
         },
     }
-    with service.client() as client:
+    with service.client() as client, service.websocket(f"{API}/events?filter=type=bot") as ws:
+        ws.ping().wait(10)  # subscribed: the stream follows from here
         deployed = client.post(f"{API}/bots", json=spec)
         assert deployed.status_code == 201, deployed.text
+        # The executor's hooks are events of the engine's stream too (type "bot").
+        seen = [json.loads(ws.recv(timeout=20)) for _ in range(2)]
+        assert [(e["type"], e["action"], e["name"]) for e in seen] == [
+            ("bot", "bot_deployed", "svc-bot"),
+            ("bot", "bot_started", "svc-bot"),
+        ]
+        assert seen[1]["attributes"] == {"trigger": "user", "run": "1"}
         body = deployed.json()
         assert body["run"]["state"] == "running" and body["run"]["container_id"]
         # The policy's limits are given to a bot that asks for none, as to any container.
@@ -120,3 +131,54 @@ def test_policy_and_bad_input_are_one_message_each(
         assert client.get(f"{API}/bots?all=true").json() == []
         assert client.post(f"{API}/bots/nobody/stop").status_code == 404
         assert client.get(f"{API}/bots/nobody/logs").status_code == 404
+
+
+def test_on_postgresql_a_sigkilled_service_loses_no_bot_and_no_run(
+    storage_dir: Path,
+    scratch: Path,
+    policy_file: Path,
+    templates: None,
+    allowed_bots: Path,
+    postgres: PostgresServer,
+) -> None:
+    """A service on the real PostgreSQL (``DATABASE_URL``): deploy a container bot, kill
+    the service with SIGKILL, start another: the bot, its run and its container are all
+    there; stop and runs answer from the database."""
+    url = postgres.create_database(f"svc{int(time.time() * 1000) % 10**9}")
+    workdir = scratch / "on-postgresql"
+    workdir.mkdir()
+    spec = {
+        "name": "pg-bot",
+        "code": str(allowed_bots / "sample_bot.py"),
+        "args": ["--interval", "0.2"],
+        "deployment_config": {"deployment_type": "custom_container", "network": "none"},
+    }
+    first = Service(storage_dir, workdir, policy=policy_file, env={"DATABASE_URL": url}).start()
+    second: Service | None = None
+    try:
+        with first.client() as client:
+            deployed = client.post(f"{API}/bots", json=spec)
+            assert deployed.status_code == 201, deployed.text
+            container = deployed.json()["run"]["container_id"]
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+        second = Service(storage_dir, workdir, policy=policy_file, env={"DATABASE_URL": url})
+        second.start()  # a stale socket, and the supervisor lock of the killed one
+        with second.client() as client:
+            status = client.get(f"{API}/bots/pg-bot").json()
+            assert status["run"]["number"] == 1 and status["run"]["state"] == "running"
+            assert status["run"]["container_id"] == container  # ran on, the same run
+            stopped = client.post(f"{API}/bots/pg-bot/stop").json()
+            assert stopped["run"]["state"] == "stopped"
+            runs = client.get(f"{API}/bots/pg-bot/runs").json()
+            assert [(r["number"], r["state"]) for r in runs] == [(1, "stopped")]
+        tables = postgres.psql("SELECT count(*) FROM bot_runs", database=url.rsplit("/", 1)[1])
+        assert tables.strip() == "1"  # in PostgreSQL, not in a SQLite file
+    finally:  # whatever failed, the bot is removed through a live service
+        live = next((s for s in (second, first) if s and s.process.poll() is None), None)  # type: ignore[union-attr]
+        live = live or Service(storage_dir, workdir, policy=policy_file, env=first.env).start()
+        try:
+            with live.client() as client:
+                client.delete(f"{API}/bots/pg-bot", params={"force": True})
+        finally:
+            live.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
