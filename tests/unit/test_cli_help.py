@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import typer.main
+from test_cli_usage import run_cli
 
 from codex32.cli import main as cli
-from test_cli_usage import run_cli
 
 
 def _verbs(command: Any, path: tuple[str, ...] = ()) -> list[list[str]]:
