@@ -308,6 +308,9 @@ class AdaptiveExecutor:
                 if known is not None and known[0] == bot:
                     await self.store.set_desired(bot.id, "running")
                     return latest
+                # Desired "stopped" first: a supervisor elsewhere that sees the old run end
+                # records it stopped and does not restart it on its old backend.
+                await self.store.set_desired(bot.id, "stopped")
                 await self._stop_run(known[0] if known else bot, latest)
             await self.store.save_bot(bot, desired="running")
             if known is None:
@@ -392,6 +395,7 @@ class AdaptiveExecutor:
         async with self._lock(bot.id):
             latest = await self.store.latest_run(bot.id)
             if latest and latest.live:
+                await self.store.set_desired(bot.id, "stopped")  # as in run_bot
                 await self._stop_run(bot, latest, timeout)
             await self.store.set_desired(bot.id, "running")
             return await self._start_run(bot, trigger="user")
