@@ -61,7 +61,7 @@ class PostgresServer:
         bin_dir = _postgres_bin()
         assert bin_dir is not None
         psql = shutil.which("psql") or str(bin_dir / "psql")
-        return subprocess.run(
+        done = subprocess.run(
             [
                 psql,
                 "-h",
@@ -77,8 +77,57 @@ class PostgresServer:
             ],
             capture_output=True,
             text=True,
-            check=True,
-        ).stdout
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"psql {sql!r}: {done.stderr.strip()}")
+        return done.stdout
+
+
+#: The session's one server: ``postgres`` is imported by several test modules, and pytest
+#: makes a fixture of each import; they share it, and the last one done stops it.
+_SHARED: dict[str, Any] = {"server": None, "users": 0}
+
+
+def _run_as_postgres(command: list[Any], what: str) -> None:
+    entry = pwd.getpwnam("postgres")
+    done = subprocess.run(
+        command,
+        check=False,
+        capture_output=True,
+        text=True,
+        user=entry.pw_uid,
+        group=entry.pw_gid,
+        extra_groups=[],
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+
+
+def _start_postgres(bin_dir: Path) -> PostgresServer:
+    entry = pwd.getpwnam("postgres")
+    directory = Path(tempfile.mkdtemp(prefix="codex32-test-pg-"))
+    os.chown(directory, entry.pw_uid, entry.pw_gid)
+    data, log = directory / "data", directory / "server.log"
+    try:  # a server that fails to start (a full disk) leaves its directory behind neither
+        initdb = [bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        _run_as_postgres(initdb, "initdb")
+        port = _free_port()
+        options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        start = [bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "-t", "60"]
+        _run_as_postgres([*start, "start"], "pg_ctl start")
+        return PostgresServer(port, directory)
+    except BaseException:
+        _stop_postgres(bin_dir, directory)
+        raise
+
+
+def _stop_postgres(bin_dir: Path, directory: Path) -> None:
+    data = directory / "data"
+    if (data / "postmaster.pid").exists():
+        with contextlib.suppress(RuntimeError):
+            _run_as_postgres([bin_dir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], "stop")
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -89,46 +138,29 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.skip("PostgreSQL's server binaries are missing: apt-get install postgresql")
     if os.geteuid() != 0:
         pytest.skip("needs root to run the server as the postgres user")
-    entry = pwd.getpwnam("postgres")
-    directory = Path(tempfile.mkdtemp(prefix="codex32-test-pg-"))
-    os.chown(directory, entry.pw_uid, entry.pw_gid)
-    data, log = directory / "data", directory / "server.log"
-    as_postgres: dict[str, Any] = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-    try:  # a server that fails to start (a full disk) leaves its directory behind neither
-        subprocess.run(
-            [bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-            check=True,
-            capture_output=True,
-            **as_postgres,
-        )
-        port = _free_port()
-        options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run(
-            [bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "-t", "60", "start"],
-            check=True,
-            capture_output=True,
-            **as_postgres,
-        )
-        yield PostgresServer(port, directory)
+    if _SHARED["server"] is None:
+        _SHARED["server"] = _start_postgres(bin_dir)
+    _SHARED["users"] += 1
+    try:
+        yield _SHARED["server"]
     finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run(
-                [bin_dir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
-                capture_output=True,
-                check=False,
-                **as_postgres,
-            )
-        shutil.rmtree(directory, ignore_errors=True)
+        _SHARED["users"] -= 1
+        if _SHARED["users"] == 0:
+            server, _SHARED["server"] = _SHARED["server"], None
+            _stop_postgres(bin_dir, server.directory)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def executor_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database URL of this test's own: a SQLite file, or a database on the server."""
+def executor_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL of this test's own: a SQLite file, or a database on the server
+    (dropped afterwards: each is some MB of disk)."""
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'executor.db'}"
+        yield f"sqlite+aiosqlite:///{tmp_path / 'executor.db'}"
+        return
     server: PostgresServer = request.getfixturevalue("postgres")
     name = f"t{os.getpid()}_{int(time.time() * 1000) % 10**9}"
-    return server.create_database(name)
+    yield server.create_database(name)
+    server.psql(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def shims(storage_dir: Path) -> list[str]:

@@ -144,7 +144,8 @@ def test_on_postgresql_a_sigkilled_service_loses_no_bot_and_no_run(
     """A service on the real PostgreSQL (``DATABASE_URL``): deploy a container bot, kill
     the service with SIGKILL, start another: the bot, its run and its container are all
     there; stop and runs answer from the database."""
-    url = postgres.create_database(f"svc{int(time.time() * 1000) % 10**9}")
+    database = f"svc{int(time.time() * 1000) % 10**9}"
+    url = postgres.create_database(database)
     workdir = scratch / "on-postgresql"
     workdir.mkdir()
     spec = {
@@ -171,7 +172,7 @@ def test_on_postgresql_a_sigkilled_service_loses_no_bot_and_no_run(
             assert stopped["run"]["state"] == "stopped"
             runs = client.get(f"{API}/bots/pg-bot/runs").json()
             assert [(r["number"], r["state"]) for r in runs] == [(1, "stopped")]
-        tables = postgres.psql("SELECT count(*) FROM bot_runs", database=url.rsplit("/", 1)[1])
+        tables = postgres.psql("SELECT count(*) FROM bot_runs", database=database)
         assert tables.strip() == "1"  # in PostgreSQL, not in a SQLite file
     finally:  # whatever failed, the bot is removed through a live service
         live = next((s for s in (second, first) if s and s.process.poll() is None), None)  # type: ignore[union-attr]
@@ -182,3 +183,4 @@ def test_on_postgresql_a_sigkilled_service_loses_no_bot_and_no_run(
         finally:
             live.stop()
             shutil.rmtree(workdir, ignore_errors=True)
+            postgres.psql(f'DROP DATABASE "{database}" WITH (FORCE)')
