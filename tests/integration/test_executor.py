@@ -123,9 +123,10 @@ def test_crashing_process_is_restarted_with_backoff_and_runs_are_listed(
                 assert all(r.exit_code == 3 and r.state is RunState.EXITED for r in runs)
                 assert [r.trigger for r in runs] == ["user"] + ["policy"] * 4
                 gaps = [b.started_at - (a.finished_at or 0) for a, b in itertools.pairwise(runs)]
-                for index, gap in enumerate(gaps):  # 0.1, 0.2, 0.4, 0.8 s
+                # At least Docker's 0.1, 0.2, 0.4, 0.8 s (more on a busy host: the first gap
+                # was 0.65 s once under a full test suite, so no upper bound is asserted).
+                for index, gap in enumerate(gaps):
                     assert gap >= 0.1 * 2**index - 0.02, gaps
-                assert gaps[-1] > gaps[0] + 0.5, gaps
                 status = await executor.status("crasher")
                 assert status.desired == "stopped" and status.restarts == 4
                 actions = [e.action for e in events if e.action != "bot_deployed"]
