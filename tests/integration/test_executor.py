@@ -30,6 +30,7 @@ from codex32.executor import (
     AdaptiveExecutor,
     Bot,
     BotEvent,
+    BotRun,
     DeploymentConfig,
     DeploymentType,
     HealthState,
@@ -495,3 +496,44 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_start_cut_short_by_a_kill_is_settled_from_the_keepers_pid_file(
+    bot_storage: Path, executor_db: str
+) -> None:
+    """What an executor SIGKILLed mid-start leaves: a run recorded ``starting`` whose
+    process runs but whose pid was never written down (the keeper wrote it beside the
+    exit file), and one whose process never came. The next executor finds the first
+    running with its pid, and marks the second lost once the keeper's grace is over."""
+
+    async def scenario() -> None:
+        async with AdaptiveExecutor(
+            bot_storage, database_url=executor_db, supervise=False
+        ) as executor:
+            try:
+                bot = _bot("halfway", "sample_bot.py", "--interval", "0.2")
+                never = _bot("never", "sample_bot.py")
+                for each in (bot, never):
+                    await executor.store.save_bot(each, desired="running")
+                run = await executor.store.add_run(
+                    BotRun(bot_id=bot.id, number=1, deployment_type=DeploymentType.LOCAL_PROCESS)
+                )
+                started = await executor.backend(DeploymentType.LOCAL_PROCESS).start(bot, run)
+                await executor.store.add_run(  # its starter died before the keeper ran
+                    BotRun(
+                        bot_id=never.id,
+                        number=1,
+                        deployment_type=DeploymentType.LOCAL_PROCESS,
+                        started_at=time.time() - 30,
+                    )
+                )
+                assert (await executor.runs("halfway"))[0].pid is None  # as the kill left it
+                found = (await executor.status("halfway")).run
+                assert found is not None and found.state is RunState.RUNNING
+                assert found.pid == started.pid and same_process(found.pid, found.pid_start_time)
+                lost = (await executor.status("never")).run
+                assert lost is not None and lost.state is RunState.LOST
+            finally:
+                await cleanup(executor)
+
+    asyncio.run(scenario())
