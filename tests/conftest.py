@@ -61,9 +61,11 @@ def _setup_processes() -> list[str]:
     marks = (
         "c32mon-",
         "codex32-forksrv",
-        "codex32._runtime.monitor",
-        "codex32._runtime.forkserver",
-    )
+        "codex32._monitor",
+        "codex32._forkserver",
+        "executor/_shim.py",
+        "codex32.executor.supervisor",
+    )  # bots' keepers, supervisors
     ours = os.path.dirname(sys.executable)  # not another checkout's runs on this machine
     return [
         line.strip()
