@@ -61,8 +61,8 @@ def _setup_processes() -> list[str]:
     marks = (
         "c32mon-",
         "codex32-forksrv",
-        "codex32._monitor",
-        "codex32._forkserver",
+        "codex32._runtime.monitor",
+        "codex32._runtime.forkserver",
         "executor/_shim.py",
         "codex32.executor.supervisor",
     )  # bots' keepers, supervisors

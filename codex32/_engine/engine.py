@@ -24,7 +24,14 @@ from codex32._network.manager import NetworkCollection, Networking
 from codex32._plan.plan import Plan
 from codex32._plan.profiles import Profile, resolve_profile
 from codex32._runtime.launch import ForkServer, take_prestarted_fork_server
-from codex32._store.events import Event, EventHooks, EventWatcher, follow_events, read_events
+from codex32._store.events import (
+    Event,
+    EventHooks,
+    EventWatcher,
+    append_event,
+    follow_events,
+    read_events,
+)
 from codex32._store.state import StateStore
 from codex32.config.container import ContainerConfig
 from codex32.settings import Settings
@@ -82,6 +89,12 @@ class ContainerEngine:
         """Stop calling ``callback`` for ``action``."""
         if self._hooks is not None:
             self._hooks.off(action, callback)
+
+    def publish(self, event: Event) -> None:
+        """Append an event of another kind (a bot's) to the engine's events file, so that
+        ``events`` followers (the CLI, the service) see it beside the containers'."""
+        self._store.ensure_layout()
+        append_event(self._events_path, event)
 
     def events(
         self,

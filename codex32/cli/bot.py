@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from ._common import ago, fail, guard, table
+from codex32.cli._common import ago, fail, guard, table
 
 if TYPE_CHECKING:
     from codex32.executor import AdaptiveExecutor, BotStatus

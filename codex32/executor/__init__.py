@@ -10,21 +10,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .executor import AdaptiveExecutor as AdaptiveExecutor
-    from .executor import BotEvent as BotEvent
-    from .executor import BotNotFoundError as BotNotFoundError
-    from .models import Bot as Bot
-    from .models import BotRun as BotRun
-    from .models import BotStatus as BotStatus
-    from .models import DeploymentConfig as DeploymentConfig
-    from .models import DeploymentType as DeploymentType
-    from .models import ExecProbe as ExecProbe
-    from .models import HealthCheck as HealthCheck
-    from .models import HealthState as HealthState
-    from .models import HttpProbe as HttpProbe
-    from .models import RunState as RunState
-    from .models import TcpProbe as TcpProbe
-    from .sync import SyncAdaptiveExecutor as SyncAdaptiveExecutor
+    from codex32.executor.executor import AdaptiveExecutor as AdaptiveExecutor
+    from codex32.executor.executor import BotEvent as BotEvent
+    from codex32.executor.executor import BotNotFoundError as BotNotFoundError
+    from codex32.executor.models import Bot as Bot
+    from codex32.executor.models import BotRun as BotRun
+    from codex32.executor.models import BotStatus as BotStatus
+    from codex32.executor.models import DeploymentConfig as DeploymentConfig
+    from codex32.executor.models import DeploymentType as DeploymentType
+    from codex32.executor.models import ExecProbe as ExecProbe
+    from codex32.executor.models import HealthCheck as HealthCheck
+    from codex32.executor.models import HealthState as HealthState
+    from codex32.executor.models import HttpProbe as HttpProbe
+    from codex32.executor.models import RunState as RunState
+    from codex32.executor.models import TcpProbe as TcpProbe
+    from codex32.executor.sync import SyncAdaptiveExecutor as SyncAdaptiveExecutor
 
 _EXPORTS = {
     "AdaptiveExecutor": ".executor",

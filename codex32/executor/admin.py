@@ -15,8 +15,7 @@ from urllib.parse import quote
 from sqlalchemy.engine import make_url
 
 from codex32 import ConfigError
-
-from .db import current_revision, database_url, make_engine, upgrade
+from codex32.executor.db import current_revision, database_url, make_engine, upgrade
 
 _IDENTIFIER = r"[a-z_][a-z0-9_]{0,62}"
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from codex32 import RestartPolicy
-
-from .models import BotRun, RunState
+from codex32.executor.models import BotRun, RunState
 
 BACKOFF_START = 0.1
 BACKOFF_MAX = 60.0

@@ -30,7 +30,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .models import LIVE_RUN_STATES, Bot, BotRun, DeploymentType, HealthState, RunState
+from codex32.executor.models import (
+    LIVE_RUN_STATES,
+    Bot,
+    BotRun,
+    DeploymentType,
+    HealthState,
+    RunState,
+)
 
 
 class Base(DeclarativeBase):

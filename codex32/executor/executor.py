@@ -29,19 +29,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from codex32 import ConfigError, ContainerError, ContainerNotFoundError, StateError
-
-from .backends import Backend, Observed, bot_dir
-from .backends.container import ContainerBackend, container_name
-from .backends.local import LocalProcessBackend
-from .backoff import restart_delay, should_restart
-from .db import BotStore, supervisor_lock
-from .health import HealthTracker
-from .models import Bot, BotRun, BotStatus, DeploymentType, HealthState, RunState
+from codex32.executor.backends import Backend, Observed, bot_dir
+from codex32.executor.backends.container import ContainerBackend, container_name
+from codex32.executor.backends.local import LocalProcessBackend
+from codex32.executor.backoff import restart_delay, should_restart
+from codex32.executor.db import BotStore, supervisor_lock
+from codex32.executor.health import HealthTracker
+from codex32.executor.models import Bot, BotRun, BotStatus, DeploymentType, HealthState, RunState
 
 if TYPE_CHECKING:
     from codex32 import ContainerEngine
-
-    from ._events import EngineEvent
+    from codex32.executor._events import EngineEvent
 
 log = logging.getLogger("codex32.executor")
 
@@ -160,7 +158,7 @@ class AdaptiveExecutor:
 
     def backend(self, deployment_type: DeploymentType) -> Backend:
         if deployment_type not in self._backends:
-            from .backends.kubernetes import KubernetesBackend
+            from codex32.executor.backends.kubernetes import KubernetesBackend
 
             self._backends[deployment_type] = KubernetesBackend()
         return self._backends[deployment_type]
@@ -262,14 +260,14 @@ class AdaptiveExecutor:
     def _record_event(self, event: BotEvent) -> None:
         """Append the event to the engine's events file as type ``bot``: the service's
         events stream and ``codex32 events --filter type=bot`` show it, whoever made it."""
-        from codex32._events import Event, append_event
+        from codex32 import Event
 
         attributes = dict(event.attributes)
         if event.run_number is not None:
             attributes["run"] = str(event.run_number)
         line = Event(event.time, "bot", event.action, event.bot_id, event.bot_name, attributes)
         try:
-            append_event(self.storage_dir / "events.jsonl", line)
+            self.engine().publish(line)
         except OSError as error:  # a full disk: the hooks and the database still know
             log.warning("cannot record the bot event %s: %s", event.action, error)
 
@@ -780,7 +778,7 @@ class AdaptiveExecutor:
 
 
 def _start_event(bot: Bot, seen: Observed) -> EngineEvent:
-    from ._events import Event
+    from codex32.executor._events import Event
 
     return Event(
         time=time.time(), type="container", action="start", id="", name=container_name(bot)

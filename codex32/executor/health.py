@@ -14,8 +14,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from .backends import ProbeResult
-from .models import HealthCheck, HealthState, HttpProbe, TcpProbe
+from codex32.executor.backends import ProbeResult
+from codex32.executor.models import HealthCheck, HealthState, HttpProbe, TcpProbe
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 async def supervise(storage_dir: Path | None, exit_when_idle: float | None) -> int:
-    from .executor import AdaptiveExecutor
+    from codex32.executor.executor import AdaptiveExecutor
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,7 +74,7 @@ def is_supervised(storage_dir: Path, database_url: str | None = None) -> bool:
     (``DATABASE_URL`` or the default SQLite when ``database_url`` is None)."""
     import fcntl
 
-    from .db import supervisor_lock
+    from codex32.executor.db import supervisor_lock
 
     path = supervisor_lock(storage_dir, database_url)
     try:

@@ -13,8 +13,8 @@ import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
-from .executor import AdaptiveExecutor, Callback
-from .models import Bot, BotRun, BotStatus
+from codex32.executor.executor import AdaptiveExecutor, Callback
+from codex32.executor.models import Bot, BotRun, BotStatus
 
 T = TypeVar("T")
 

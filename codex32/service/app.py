@@ -95,12 +95,12 @@ def create_app(
     )
     _install_error_handlers(app)
     _system_routes(app)
-    from .routes.bots import router as bots
-    from .routes.containers import router as containers
-    from .routes.events import router as events
-    from .routes.exec import router as exec_routes
-    from .routes.images import router as images
-    from .routes.networks import router as networks
+    from codex32.service.routes.bots import router as bots
+    from codex32.service.routes.containers import router as containers
+    from codex32.service.routes.events import router as events
+    from codex32.service.routes.exec import router as exec_routes
+    from codex32.service.routes.images import router as images
+    from codex32.service.routes.networks import router as networks
 
     for router in (containers, exec_routes, images, networks, events, bots):
         app.include_router(router, prefix=API)

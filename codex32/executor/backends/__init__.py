@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..models import Bot, BotRun, DeploymentType, HealthCheck
+from codex32.executor.models import Bot, BotRun, DeploymentType, HealthCheck
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,8 @@ from codex32 import (
     IsolationType,
     Volume,
 )
-
-from ..models import Bot, BotRun, DeploymentType, ExecProbe, HealthCheck, HttpProbe
-from . import Observed, ProbeResult, Started, bot_dir, resolve_secrets
+from codex32.executor.backends import Observed, ProbeResult, Started, bot_dir, resolve_secrets
+from codex32.executor.models import Bot, BotRun, DeploymentType, ExecProbe, HealthCheck, HttpProbe
 
 if TYPE_CHECKING:
     from codex32 import Container, ContainerEngine

@@ -24,9 +24,8 @@ from typing import Any
 from kubernetes import client as k8s
 
 from codex32 import ContainerError, IsolationType
-
-from ..models import Bot, BotRun, DeploymentType, ExecProbe, HealthCheck, HttpProbe
-from . import Observed, ProbeResult, Started, resolve_secrets
+from codex32.executor.backends import Observed, ProbeResult, Started, resolve_secrets
+from codex32.executor.models import Bot, BotRun, DeploymentType, ExecProbe, HealthCheck, HttpProbe
 
 CODE_DIR = "/bot"
 STATE_DIR = "/state"

@@ -21,9 +21,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from ..health import probe_http, probe_tcp
-from ..models import Bot, BotRun, DeploymentType, ExecProbe, HealthCheck, HttpProbe
-from . import Observed, ProbeResult, Started, bot_dir, resolve_secrets
+from codex32.executor.backends import Observed, ProbeResult, Started, bot_dir, resolve_secrets
+from codex32.executor.health import probe_http, probe_tcp
+from codex32.executor.models import Bot, BotRun, DeploymentType, ExecProbe, HealthCheck, HttpProbe
 
 SHIM = Path(__file__).resolve().parent.parent / "_shim.py"
 _ULIMIT_NAMES = {"nofile", "nproc", "core", "cpu", "as", "data", "fsize", "stack", "memlock"}

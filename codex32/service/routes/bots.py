@@ -19,10 +19,9 @@ from fastapi.responses import StreamingResponse
 
 from codex32 import IsolationType
 from codex32.executor import AdaptiveExecutor, Bot, DeploymentType
-
-from ..errors import ApiProblemError
-from ..policy import PolicyDenied
-from ..servers import ServiceContext
+from codex32.service.errors import ApiProblemError
+from codex32.service.policy import PolicyDenied
+from codex32.service.servers import ServiceContext
 
 router = APIRouter(prefix="/bots", tags=["bots"])
 
