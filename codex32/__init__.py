@@ -11,6 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._async import AsyncContainer as AsyncContainer
+    from ._async import AsyncContainerEngine as AsyncContainerEngine
     from ._engine import Container as Container
     from ._engine import ContainerEngine as ContainerEngine
     from ._engine import RunResult as RunResult
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from .errors import StateError as StateError
 
 _EXPORTS = {
+    "AsyncContainer": "._async",
+    "AsyncContainerEngine": "._async",
     "Container": "._engine",
     "ContainerEngine": "._engine",
     "RunResult": "._engine",

@@ -190,8 +190,10 @@ class Container:
         tail: int | None = None,
         since: float | None = None,
         follow: bool = True,
+        stop: Callable[[], bool] | None = None,
     ) -> Iterator[LogEntry]:
-        """Log entries as they come (survives rotation); ends when the container stops."""
+        """Log entries as they come (survives rotation); ends when the container stops,
+        or when ``stop()`` (asked once per poll) answers true: a caller gone."""
         from ._logs import follow_logs, read_logs
 
         streams = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
@@ -206,8 +208,10 @@ class Container:
             # every 0.2 s (a reload reads state.json and asks the kernel).
             now = time.monotonic()
             if now - checked[0] < 0.2:
-                return False
+                return stop is not None and stop()
             checked[0] = now
+            if stop is not None and stop():
+                return True
             self._engine._reload_or_removed(self)  # an --rm container may be gone at once
             return self.state not in _LIVE
 
@@ -224,15 +228,18 @@ class Container:
         stdout: FileArg = None,
         stderr: FileArg = None,
         tty: bool = False,
+        on_terminal: Callable[[int], None] | None = None,
     ) -> ExecResult:
         """Run ``command`` inside the running container, confined as its command is.
 
         Output is captured and returned unless file descriptors are given. ``tty``: the
         command gets a pseudo-terminal (its controlling terminal), relayed to
         ``stdin``/``stdout``; its output is then one stream, as ``docker exec -t``.
+        ``on_terminal(master_fd)`` is called once the terminal exists, so that a remote
+        caller can resize it (TIOCSWINSZ on the master) while the command runs.
         """
         return self._engine._exec(
-            self, command, env or {}, user, workdir, stdin, stdout, stderr, tty
+            self, command, env or {}, user, workdir, stdin, stdout, stderr, tty, on_terminal
         )
 
     def pause(self) -> None:
@@ -425,11 +432,14 @@ class ContainerEngine:
         until: float | None = None,
         filters: dict[str, list[str]] | None = None,
         follow: bool = False,
+        stop: Callable[[], bool] | None = None,
     ) -> Iterator[Event]:
-        """Past events (and with ``follow``, new ones as they come), as Docker's filters."""
+        """Past events (and with ``follow``, new ones as they come), as Docker's filters.
+
+        ``stop()`` (asked once per poll) ends a followed stream: a caller gone."""
         if follow:
             return follow_events(self._events_path, since=since, filters=filters,
-                                 stop=lambda: False)  # fmt: skip
+                                 stop=stop or (lambda: False))  # fmt: skip
         return read_events(self._events_path, since=since, until=until, filters=filters)
 
     def __enter__(self) -> ContainerEngine:
@@ -1082,6 +1092,7 @@ class ContainerEngine:
         stdout: FileArg,
         stderr: FileArg,
         tty: bool = False,
+        on_terminal: Callable[[int], None] | None = None,
     ) -> ExecResult:
         if not command:
             raise ConfigError("exec needs a command")
@@ -1105,6 +1116,8 @@ class ContainerEngine:
                 # namespace maps elsewhere, so that the exec'd user can be given it.
                 with contextlib.suppress(OSError):
                     os.fchown(terminal.slave, _host_uid_of_root(record.pid or 0), -1)
+                if on_terminal is not None:
+                    on_terminal(terminal.master)
                 terminal.start()
             try:
                 slave = terminal.slave if terminal is not None else None
