@@ -141,9 +141,22 @@ class Container:
         """Re-read the state, checked against the kernel."""
         self._record = self._engine._refresh(self.id)
 
-    def start(self, *, restarting: bool = False) -> None:
-        """Start a created or exited container, detached; return once it runs."""
-        self._engine._start(self, restarting=restarting)
+    def start(
+        self,
+        *,
+        restarting: bool = False,
+        stdin: FileArg = None,
+        stdout: FileArg = None,
+        stderr: FileArg = None,
+    ) -> None:
+        """Start a created or exited container; return once it runs.
+
+        Detached by default. With ``stdout`` (and ``stdin``, ``stderr``) descriptors the
+        monitor also writes the output to them, and feeds ``stdin`` to the command, until
+        the container exits: Docker's attach-then-start (``docker run`` without ``-d``).
+        """
+        self._engine._start(self, restarting=restarting, stdin=stdin, stdout=stdout,
+                            stderr=stderr)  # fmt: skip
 
     def stop(self, timeout: float | None = None) -> None:
         """Send the stop signal, then SIGKILL after ``timeout`` seconds (a no-op if not running)."""
@@ -741,7 +754,15 @@ class ContainerEngine:
             raise
         return launch
 
-    def _start(self, container: Container, *, restarting: bool) -> None:
+    def _start(
+        self,
+        container: Container,
+        *,
+        restarting: bool,
+        stdin: FileArg = None,
+        stdout: FileArg = None,
+        stderr: FileArg = None,
+    ) -> None:
         with self._store.operation(container.id):
             record = self._refresh(container.id)
             if record.status is ContainerState.RUNNING:
@@ -763,9 +784,12 @@ class ContainerEngine:
                     r.restart_count = 0
 
             self._store.update(container.id, prepare)
+            attach = stdout is not None
             launch = self._launch(
-                container, attach=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+                container, attach=attach, stdin=stdin if attach else None,
+                stdout=stdout if attach else subprocess.DEVNULL,
+                stderr=stderr if attach and stderr is not None else subprocess.DEVNULL,
+            )  # fmt: skip
             launch.detach()
         if restarting:
             self._event(container, "restart")

@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import RequestHandler
 
 from .wire import MULTIPLEXED, RAW_STREAM, frame
@@ -97,9 +98,16 @@ class HijackableRequestHandler(RequestHandler):
 class HijackableServer(web.Server):
     """The protocol factory: aiohttp's, with the half-open handler."""
 
-    def __init__(self, handler: Any, *, request_factory: Any, **kwargs: Any) -> None:
-        super().__init__(handler, request_factory=request_factory, **kwargs)
-        self._handler_options = {k: v for k, v in kwargs.items() if k != "loop"}
+    def __init__(
+        self, handler: Any, *, request_factory: Any, handler_cancellation: bool, **options: Any
+    ) -> None:
+        super().__init__(
+            handler,
+            request_factory=request_factory,
+            handler_cancellation=handler_cancellation,
+            **options,
+        )
+        self._handler_options = options  # RequestHandler's own keywords
         self._handler_loop = asyncio.get_running_loop()
 
     def __call__(self) -> RequestHandler:
@@ -115,7 +123,7 @@ class DockerAppRunner(web.AppRunner):
             base.request_handler,
             request_factory=base.request_factory,
             handler_cancellation=base.handler_cancellation,
-            access_log_class=web.AccessLogger,
+            access_log_class=AccessLogger,
             access_log=None,
         )
 

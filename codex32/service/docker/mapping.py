@@ -32,28 +32,88 @@ from .wire import DockerAPIError
 #: The label that picks a container's isolation level on the Docker socket.
 ISOLATION_LABEL = "codex32.isolation"
 
-MAPPED_CONFIG = frozenset({
-    "Image", "Cmd", "Entrypoint", "Env", "WorkingDir", "User", "Hostname", "Labels", "Tty",
-    "OpenStdin", "StopSignal", "StopTimeout", "NetworkDisabled",
-})  # fmt: skip
+MAPPED_CONFIG = frozenset(
+    {
+        "Image",
+        "Cmd",
+        "Entrypoint",
+        "Env",
+        "WorkingDir",
+        "User",
+        "Hostname",
+        "Labels",
+        "Tty",
+        "OpenStdin",
+        "StopSignal",
+        "StopTimeout",
+        "NetworkDisabled",
+    }
+)
 #: Client-side hints (which streams to attach) and metadata with no run-time effect.
-IGNORED_CONFIG = frozenset({
-    "AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "ExposedPorts", "Domainname",
-    "ArgsEscaped", "OnBuild", "Shell", "MacAddress", "HostConfig", "NetworkingConfig",
-    "Volumes", "Healthcheck",
-})  # fmt: skip
-MAPPED_HOST = frozenset({
-    "Binds", "Mounts", "Tmpfs", "Memory", "MemorySwap", "MemoryReservation", "NanoCpus",
-    "CpuQuota", "CpuPeriod", "CpuShares", "CpusetCpus", "PidsLimit", "BlkioWeight", "Ulimits",
-    "CapAdd", "CapDrop", "ReadonlyRootfs", "AutoRemove", "RestartPolicy", "NetworkMode",
-    "PortBindings", "Init", "SecurityOpt", "Privileged", "LogConfig",
-})  # fmt: skip
+IGNORED_CONFIG = frozenset(
+    {
+        "AttachStdin",
+        "AttachStdout",
+        "AttachStderr",
+        "StdinOnce",
+        "ExposedPorts",
+        "Domainname",
+        "ArgsEscaped",
+        "OnBuild",
+        "Shell",
+        "MacAddress",
+        "HostConfig",
+        "NetworkingConfig",
+        "Volumes",
+        "Healthcheck",
+    }
+)
+MAPPED_HOST = frozenset(
+    {
+        "Binds",
+        "Mounts",
+        "Tmpfs",
+        "Memory",
+        "MemorySwap",
+        "MemoryReservation",
+        "NanoCpus",
+        "CpuQuota",
+        "CpuPeriod",
+        "CpuShares",
+        "CpusetCpus",
+        "PidsLimit",
+        "BlkioWeight",
+        "Ulimits",
+        "CapAdd",
+        "CapDrop",
+        "ReadonlyRootfs",
+        "AutoRemove",
+        "RestartPolicy",
+        "NetworkMode",
+        "PortBindings",
+        "Init",
+        "SecurityOpt",
+        "Privileged",
+        "LogConfig",
+    }
+)
 #: Accepted and ignored: terminal size (sent again by resize), Windows-only isolation
 #: "default", the empty cgroup namespace mode (Codex-32 always makes one), swappiness -1.
-IGNORED_HOST = frozenset({
-    "ConsoleSize", "Isolation", "CgroupnsMode", "MemorySwappiness", "OomKillDisable",
-    "VolumeDriver", "Annotations", "IpcMode", "UTSMode", "PidMode", "UsernsMode",
-})  # fmt: skip
+IGNORED_HOST = frozenset(
+    {
+        "ConsoleSize",
+        "Isolation",
+        "CgroupnsMode",
+        "MemorySwappiness",
+        "OomKillDisable",
+        "VolumeDriver",
+        "Annotations",
+        "IpcMode",
+        "UTSMode",
+        "PidMode",
+        "UsernsMode",
+    }
+)
 #: IGNORED_HOST fields' values that mean "the default" (anything else is refused).
 _DEFAULT_VALUES: dict[str, tuple[Any, ...]] = {
     "Isolation": ("", "default", None),
@@ -69,13 +129,21 @@ _DEFAULT_VALUES: dict[str, tuple[Any, ...]] = {
 }
 #: SecurityOpt entries that Codex-32 does anyway (no_new_privs is set at every level
 #: but MINIMAL, where Docker's default also leaves it unset).
-_ACCEPTED_SECURITY_OPTS = frozenset({"no-new-privileges", "no-new-privileges:true",
-                                     "no-new-privileges=true", "no-new-privileges:false",
-                                     "no-new-privileges=false"})  # fmt: skip
+_ACCEPTED_SECURITY_OPTS = frozenset(
+    {
+        "no-new-privileges",
+        "no-new-privileges:true",
+        "no-new-privileges=true",
+        "no-new-privileges:false",
+        "no-new-privileges=false",
+    }
+)
 
 
 def _is_zero(value: Any) -> bool:
-    return value is None or value == "" or value == 0 or value is False or value in ([], {})
+    if isinstance(value, bool):
+        return not value
+    return value is None or value in ("", 0, [], {})
 
 
 def _refuse(field: str, why: str = "is not supported by Codex-32") -> DockerAPIError:
@@ -91,6 +159,8 @@ def image_name(image: str) -> str:
             name = name[len(prefix) :]
     if name.endswith(":latest"):
         name = name[: -len(":latest")]
+    if ":" in name.rsplit("/", 1)[-1] or "@" in name:
+        raise DockerAPIError(404, f"No such image: {image}")  # templates have no other tags
     return name
 
 
@@ -122,7 +192,7 @@ def _command(body: dict[str, Any]) -> list[str]:
     return entrypoint + _strings(body.get("Cmd"), "Cmd")
 
 
-def _isolation(labels: dict[str, str], default: IsolationType) -> IsolationType:
+def _isolation(labels: dict[str, str], default: IsolationType | None) -> IsolationType | None:
     text = labels.get(ISOLATION_LABEL)
     if text is None:
         return default
@@ -139,15 +209,22 @@ def _binds(value: Any) -> list[Volume]:
     for spec in _strings(value, "HostConfig.Binds"):
         source = spec.split(":", 1)[0]
         if not source.startswith("/"):
-            raise _refuse(f"HostConfig.Binds {spec!r}: named volumes",
-                          "are not supported by Codex-32; bind an absolute host path")  # fmt: skip
+            raise _refuse(
+                f"HostConfig.Binds {spec!r}: named volumes",
+                "are not supported by Codex-32; bind an absolute host path",
+            )
         parts = spec.split(":")
         options = set(parts[2].split(",")) if len(parts) == 3 else set()
         unknown = options - {"ro", "rw", "z", "Z", "rprivate", "private"}
         if unknown:
             raise _refuse(f"HostConfig.Binds {spec!r}: option {sorted(unknown)[0]!r}")
-        volumes.append(Volume(source=parts[0], target=parts[1] if len(parts) > 1 else parts[0],
-                              read_only="ro" in options))  # fmt: skip
+        volumes.append(
+            Volume(
+                source=parts[0],
+                target=parts[1] if len(parts) > 1 else parts[0],
+                read_only="ro" in options,
+            )
+        )
     return volumes
 
 
@@ -158,16 +235,29 @@ def _mounts(value: Any) -> tuple[list[Volume], list[TmpfsMount]]:
         kind = mount.get("Type", "")
         target = mount.get("Target", "")
         if kind == "bind":
-            volumes.append(Volume(source=mount.get("Source", ""), target=target,
-                                  read_only=bool(mount.get("ReadOnly"))))  # fmt: skip
+            volumes.append(
+                Volume(
+                    source=mount.get("Source", ""),
+                    target=target,
+                    read_only=bool(mount.get("ReadOnly")),
+                )
+            )
         elif kind == "tmpfs":
             options = mount.get("TmpfsOptions") or {}
             flags = ("nosuid", "nodev", "ro") if mount.get("ReadOnly") else ("nosuid", "nodev")
-            tmpfs.append(TmpfsMount(target=target, size_bytes=options.get("SizeBytes") or None,
-                                    mode=options.get("Mode") or 0o1777, flags=flags))  # fmt: skip
+            tmpfs.append(
+                TmpfsMount(
+                    target=target,
+                    size_bytes=options.get("SizeBytes") or None,
+                    mode=options.get("Mode") or 0o1777,
+                    flags=flags,
+                )
+            )
         else:
-            raise _refuse(f"HostConfig.Mounts type {kind!r}",
-                          "is not supported by Codex-32 (use bind or tmpfs)")  # fmt: skip
+            raise _refuse(
+                f"HostConfig.Mounts type {kind!r}",
+                "is not supported by Codex-32 (use bind or tmpfs)",
+            )
     return volumes, tmpfs
 
 
@@ -178,8 +268,10 @@ def _ports(value: Any) -> list[PortMapping]:
         for binding in bindings or [{}]:
             host_port = (binding or {}).get("HostPort") or ""
             if not host_port:
-                raise _refuse(f"HostConfig.PortBindings {key}: a random host port",
-                              "is not supported by Codex-32; give HostPort")  # fmt: skip
+                raise _refuse(
+                    f"HostConfig.PortBindings {key}: a random host port",
+                    "is not supported by Codex-32; give HostPort",
+                )
             host_ip = (binding or {}).get("HostIp") or "0.0.0.0"
             spec = f"{host_ip}:{host_port}:{container_port}/{protocol or 'tcp'}"
             ports.append(PortMapping.parse(spec))
@@ -190,8 +282,9 @@ def _log_config(value: Any) -> dict[str, Any]:
     config = value or {}
     kind = config.get("Type") or "json-file"
     if kind not in ("json-file", "local"):
-        raise _refuse(f"HostConfig.LogConfig.Type {kind!r}",
-                      "is not supported by Codex-32 (json-file only)")  # fmt: skip
+        raise _refuse(
+            f"HostConfig.LogConfig.Type {kind!r}", "is not supported by Codex-32 (json-file only)"
+        )
     options = dict(config.get("Config") or {})
     fields: dict[str, Any] = {}
     if "max-size" in options:
@@ -257,7 +350,7 @@ def to_config(
     body: dict[str, Any],
     name: str | None,
     *,
-    default_isolation: IsolationType,
+    default_isolation: IsolationType | None,
     default_network: str | None,
 ) -> ContainerConfig:
     """The config a ``POST /containers/create`` body asks for; DockerAPIError (400) for a
@@ -290,16 +383,20 @@ def to_config(
             "user": body.get("User") or None,
             "hostname": body.get("Hostname") or None,
             "labels": labels,
-            "isolation": _isolation(labels, default_isolation),
             "tty": bool(body.get("Tty")),
             "volumes": _binds(host.get("Binds")) + volumes,
-            "tmpfs": tmpfs + [TmpfsMount.parse(f"{target}:{options}")
-                              for target, options in (host.get("Tmpfs") or {}).items()],
+            "tmpfs": tmpfs
+            + [
+                TmpfsMount.parse(f"{target}:{options}")
+                for target, options in (host.get("Tmpfs") or {}).items()
+            ],
             "read_only": bool(host.get("ReadonlyRootfs")),
             "cap_add": cap_add,
             "cap_drop": _strings(host.get("CapDrop"), "HostConfig.CapDrop"),
-            "ulimits": [Ulimit(name=u["Name"], soft=u["Soft"], hard=u["Hard"])
-                        for u in host.get("Ulimits") or []],
+            "ulimits": [
+                Ulimit(name=u["Name"], soft=u["Soft"], hard=u["Hard"])
+                for u in host.get("Ulimits") or []
+            ],
             "init": bool(host.get("Init")),
             "auto_remove": bool(host.get("AutoRemove")),
             "restart_policy": RestartPolicy(
@@ -310,7 +407,10 @@ def to_config(
             "network": network,
             "ports": _ports(host.get("PortBindings")),
             **_log_config(host.get("LogConfig")),
-        }  # fmt: skip
+        }
+        isolation = _isolation(labels, default_isolation)
+        if isolation is not None:  # else the config's own default (CODEX32_ISOLATION_LEVEL)
+            fields["isolation"] = isolation
         if body.get("StopSignal"):
             fields["stop_signal"] = body["StopSignal"]
         if body.get("StopTimeout") is not None:
