@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import Any
@@ -78,6 +79,9 @@ async def _answer_as_docker(request: web.Request, handler: Handler) -> web.Strea
         if exc.status == 405:
             return error_response(405, f"method {request.method} not allowed here")
         return error_response(exc.status, exc.reason)
+    except (ConnectionError, asyncio.CancelledError):
+        status, error = 499, "client went away"
+        raise
     except Exception as exc:
         failure = docker_error(exc)
         if failure.status >= 500 and not isinstance(exc, DockerAPIError):

@@ -53,9 +53,13 @@ async def version(request: web.Request) -> web.StreamResponse:
     details = {
         "ApiVersion": API_VERSION,
         "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "codex32",
+        "GoVersion": f"python{platform.python_version()}",
         "Os": "linux",
         "Arch": "amd64",
         "KernelVersion": _kernel(),
+        "Experimental": "false",
+        "BuildTime": views.ZERO_TIME,
     }
     return json_response(
         {
@@ -216,7 +220,7 @@ async def image_pull(request: web.Request) -> web.StreamResponse:
     reference = request.query.get("fromImage", "")
     tag = request.query.get("tag", "")
     full = f"{reference}:{tag}" if tag and ":" not in reference.rsplit("/", 1)[-1] else reference
-    image = await _image(request, full)
+    image = await _image(request, full.removeprefix("docker.io/library/"))
     lines = JsonLines(request)
     await lines.start()
     await lines.send({"status": f"Status: Image is up to date for {image.name}"})

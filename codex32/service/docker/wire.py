@@ -123,13 +123,17 @@ def query_filters(request: web.Request) -> dict[str, list[str]]:
     return filters
 
 
+def json_response(body: Any, status: int = 200) -> web.Response:
+    """JSON typed exactly ``application/json``: the CLI decodes an error body only then
+    (with aiohttp's ``; charset=utf-8`` it prints the raw JSON)."""
+    return web.Response(
+        body=json.dumps(body).encode(), status=status, content_type="application/json"
+    )
+
+
 def error_response(status: int, message: str) -> web.Response:
     """Docker's error body: one message, JSON."""
-    return web.json_response({"message": message}, status=status)
-
-
-def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.json_response(body, status=status)
+    return json_response({"message": message}, status=status)
 
 
 def no_content() -> web.Response:
