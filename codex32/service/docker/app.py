@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -142,21 +144,32 @@ def make_app(backend: DockerBackend) -> web.Application:
 class DockerServer:
     """The Docker API served on a listening unix socket, in the running loop."""
 
-    def __init__(self, backend: DockerBackend, sock: socket.socket) -> None:
+    def __init__(
+        self, backend: DockerBackend, sock: socket.socket, path: Path | None = None
+    ) -> None:
+        """``path``: the socket's file, removed when the server stops."""
         self.backend = backend
         self.socket = sock
+        self.path = path
         self._runner = DockerAppRunner(
             make_app(backend), handle_signals=False, shutdown_timeout=2.0
         )
 
     async def start(self) -> None:
-        await self._runner.setup()
-        site = web.SockSite(self._runner, self.socket, shutdown_timeout=2.0)
-        await site.start()
+        try:
+            await self._runner.setup()
+            await web.SockSite(self._runner, self.socket).start()
+        except BaseException:
+            await self._runner.cleanup()
+            self.socket.close()
+            raise
 
     async def stop(self) -> None:
         """Close the socket and end the connections (streams included)."""
         await self._runner.cleanup()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
 
 async def start_server(context: Any) -> DockerServer | None:
@@ -182,7 +195,7 @@ async def start_server(context: Any) -> DockerServer | None:
         default_isolation=IsolationType(isolation) if isolation else None,
         default_network=extra.get("docker.network") or None,
     )
-    server = DockerServer(backend, sock)
+    server = DockerServer(backend, sock, Path(settings.docker_socket))
     await server.start()
     log.info("Docker API on unix://%s", settings.docker_socket)
     return server
