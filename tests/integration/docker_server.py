@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import SESSION_TAG
 
 from codex32 import AsyncContainerEngine, ContainerEngine
 from codex32.service.audit import AuditLog
 from codex32.service.docker import DockerBackend, DockerServer
 from codex32.service.policy import Policy
 from codex32.service.sockets import unix_listener
-
-from helpers import SESSION_TAG
 
 
 @dataclass
@@ -69,6 +68,9 @@ class ThreadedDockerServer:
     async def _stop(self) -> None:
         if self._server is not None:
             await self._server.stop()
+        # Streams' threads (logs, events) stop within a poll once their reader is gone;
+        # they hand items to this loop until then, so it runs a little longer.
+        await asyncio.sleep(0.5)
         if self._async is not None:
             await self._async.close()
 

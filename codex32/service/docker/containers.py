@@ -32,6 +32,8 @@ from .wire import (
 )
 
 _LIVE = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
+#: How long a log request waits for its first entry before it sends the headers.
+_LOG_OPEN_GRACE = 0.5
 #: How often a waiting request looks whether its client is still there.
 _WAIT_SLICE = 1.0
 
@@ -310,16 +312,24 @@ async def logs(request: web.Request) -> web.StreamResponse:
         status=200, headers={"Content-Type": _stream_type(request, config.tty)}
     )
     response.enable_chunked_encoding()
-    await response.prepare(request)
     entries = container.stream_logs(
         stdout=stdout,
         stderr=stderr,
         tail=tail,
         since=since,
         follow=follow and container.state in _LIVE,
-    )
+    ).__aiter__()
+    # The log is opened before the headers go out (as Moby does): docker-py's run()
+    # reads this body only after it has waited for and removed the container.
+    first: asyncio.Task[Any] = asyncio.ensure_future(entries.__anext__())
+    await asyncio.wait({first}, timeout=_LOG_OPEN_GRACE)
+    await response.prepare(request)
     try:
-        async for entry in entries:
+        try:
+            entry = await first
+        except StopAsyncIteration:
+            entry = None
+        while entry is not None:
             if until is not None and entry.time > until:
                 break
             text = entry.text.encode()
@@ -327,9 +337,14 @@ async def logs(request: web.Request) -> web.StreamResponse:
                 text = f"{entry.time_text} ".encode() + text
             stream = STDERR if entry.stream == "stderr" else STDOUT
             await response.write(text if config.tty else frame(stream, text))
+            try:
+                entry = await entries.__anext__()
+            except StopAsyncIteration:
+                entry = None
     except ConnectionError:
         return response
     finally:
+        first.cancel()
         with contextlib.suppress(Exception):
             await entries.aclose()  # type: ignore[attr-defined]
     await response.write_eof()

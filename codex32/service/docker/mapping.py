@@ -329,9 +329,19 @@ def _check_unknown(body: dict[str, Any], host: dict[str, Any]) -> None:
     for key, value in body.items():
         if key not in MAPPED_CONFIG | IGNORED_CONFIG and not _is_zero(value):
             raise _refuse(key)
-    for key in ("Volumes", "Healthcheck"):
-        if not _is_zero(body.get(key)):
-            raise _refuse(key, "(anonymous volumes, health checks) is not supported by Codex-32")
+    health = body.get("Healthcheck") or {}
+    if health and health.get("Test") not in (None, [], ["NONE"]):
+        raise _refuse("Healthcheck", "is not supported by Codex-32")
+    # docker-py lists bind targets in Volumes too: only a target nothing binds is an
+    # anonymous volume.
+    bound = {spec.split(":")[1] for spec in host.get("Binds") or [] if spec.count(":") >= 1}
+    bound |= {m.get("Target") for m in host.get("Mounts") or []}
+    anonymous = sorted(set(body.get("Volumes") or {}) - bound)
+    if anonymous:
+        raise _refuse(
+            f"Volumes {anonymous[0]!r}: anonymous volumes",
+            "are not supported by Codex-32; bind a host path",
+        )
     for key, value in host.items():
         if key in MAPPED_HOST:
             continue
