@@ -60,8 +60,9 @@ class ThreadedDockerServer:
         self._async = AsyncContainerEngine(self._engine)
         sock = unix_listener(self._path, mode=0o660, group=None)
         # Containers get no network unless asked: the tests need none, and it is faster.
-        backend = DockerBackend(self._async, self._policy, audit=self._audit,
-                                default_network="none")  # fmt: skip
+        backend = DockerBackend(
+            self._async, self._policy, audit=self._audit, default_network="none"
+        )
         self._server = DockerServer(backend, sock, self._path)
         await self._server.start()
 
@@ -95,8 +96,9 @@ class ThreadedDockerServer:
 def docker_socket(engine: ContainerEngine) -> Iterator[DockerSocket]:
     """The Docker API on a fresh socket; at the end no container may be left."""
     scratch = Path(tempfile.mkdtemp(prefix=f"{SESSION_TAG}-docker-"))
+    os.chmod(scratch, 0o711)  # a STRICT container's mapped root reaches the volume root
     volume_root = scratch / "volumes"
-    volume_root.mkdir()
+    volume_root.mkdir(mode=0o755)
     path = scratch / "docker.sock"
     audit = AuditLog(scratch / "audit.jsonl")
     server = ThreadedDockerServer(engine, path, Policy(volume_roots=(str(volume_root),)), audit)
@@ -128,8 +130,9 @@ class TerminalRun:
     exit_code: int
 
 
-def run_in_terminal(argv: list[str], env: dict[str, str], typed: list[bytes],
-                    timeout: float = 30.0) -> TerminalRun:  # fmt: skip
+def run_in_terminal(
+    argv: list[str], env: dict[str, str], typed: list[bytes], timeout: float = 30.0
+) -> TerminalRun:
     """Run ``argv`` on a pseudo-terminal, type each of ``typed`` once the output so far
     has settled, and return everything it printed and its exit code."""
     pid, master = pty.fork()
@@ -175,7 +178,7 @@ def run_in_terminal(argv: list[str], env: dict[str, str], typed: list[bytes],
 
 def docker_binaries() -> list[str]:
     """Every distinct docker CLI on this machine: the one on PATH and Debian's."""
-    found = []
+    found: list[str] = []
     for candidate in (shutil.which("docker"), "/usr/bin/docker"):
         if candidate and os.access(candidate, os.X_OK):
             real = os.path.realpath(candidate)

@@ -29,8 +29,7 @@ _ = docker_socket  # the fixture, imported for this module
 
 CLIS = docker_binaries()
 if not CLIS:  # setup.sh installs docker.io: a missing CLI is a set-up failure
-    pytest.fail("no docker CLI: run ./setup.sh (it installs Debian's docker.io)",
-                pytrace=False)  # fmt: skip
+    pytest.fail("no docker CLI: run ./setup.sh (it installs Debian's docker.io)", pytrace=False)
 
 
 class Docker:
@@ -46,12 +45,18 @@ class Docker:
             "TERM": "xterm",
         }
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 60,
-                 stdin: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 60, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [self.binary, *args], env=self.env, capture_output=True, text=True,
-            timeout=timeout, input=stdin, check=False,
-        )  # fmt: skip
+            [self.binary, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=stdin,
+            check=False,
+        )
         if check and result.returncode != 0:
             pytest.fail(f"docker {' '.join(args)} exited {result.returncode}: {result.stderr}")
         return result
@@ -61,7 +66,12 @@ class Docker:
         return [line for line in out.splitlines() if line]
 
 
-@pytest.fixture(params=CLIS, ids=[os.path.basename(os.path.dirname(c)) for c in CLIS])
+def _cli_id(binary: str) -> str:
+    words = cli_version(binary).replace(",", "").split()  # "Docker version 28.2.2, build x"
+    return f"docker-{words[2]}" if len(words) > 2 else binary
+
+
+@pytest.fixture(params=CLIS, ids=[_cli_id(c) for c in CLIS])
 def any_docker(request: pytest.FixtureRequest, docker_socket: DockerSocket) -> Iterator[Docker]:
     """Each docker CLI on this machine (PATH's and Debian's /usr/bin/docker)."""
     cli = Docker(request.param, docker_socket)
@@ -93,23 +103,26 @@ def test_version_and_info(any_docker: Docker) -> None:
 def test_run_rm_prints_and_passes_the_exit_code(any_docker: Docker) -> None:
     result = any_docker("run", "--rm", "busybox", "echo", "hello")
     assert (result.returncode, result.stdout) == (0, "hello\n")
-    failed = any_docker("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3",
-                        check=False)  # fmt: skip
+    failed = any_docker(
+        "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3", check=False
+    )
     assert (failed.returncode, failed.stdout, failed.stderr) == (3, "out\n", "err\n")
     assert any_docker.names() == []  # --rm: the server removed them, no DELETE was sent
 
 
 def test_run_with_piped_stdin(docker: Docker) -> None:
-    result = docker("run", "--rm", "-i", "busybox", "sh", "-c", "tr a-z A-Z; echo end",
-                    stdin="typed text\n")  # fmt: skip
+    result = docker(
+        "run", "--rm", "-i", "busybox", "sh", "-c", "tr a-z A-Z; echo end", stdin="typed text\n"
+    )
     assert result.stdout == "TYPED TEXT\nend\n"
 
 
 def test_run_it_through_a_terminal(any_docker: Docker) -> None:
     run = run_in_terminal(
-        [any_docker.binary, "run", "-it", "--rm", "busybox", "sh"], any_docker.env,
+        [any_docker.binary, "run", "-it", "--rm", "busybox", "sh"],
+        any_docker.env,
         [b"echo typed-$((6*7))\r", b"tty; exit 5\r"],
-    )  # fmt: skip
+    )
     text = run.output.decode(errors="replace")
     assert "typed-42" in text, text
     assert "/dev/pts/" in text, text
@@ -118,8 +131,16 @@ def test_run_it_through_a_terminal(any_docker: Docker) -> None:
 
 
 def test_run_d_ps_logs_follow(docker: Docker) -> None:
-    cid = docker("run", "-d", "--name", "cli-ticker", "busybox", "sh", "-c",
-                 "for i in 1 2 3; do echo tick $i; sleep 0.3; done").stdout.strip()  # fmt: skip
+    cid = docker(
+        "run",
+        "-d",
+        "--name",
+        "cli-ticker",
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo tick $i; sleep 0.3; done",
+    ).stdout.strip()
     assert len(cid) == 64
     ps = docker("ps", "-a", "--format", "{{.ID}} {{.Names}} {{.Image}}").stdout
     assert f"{cid[:12]} cli-ticker busybox:latest" in ps
@@ -143,9 +164,10 @@ def test_exec_and_exit_codes(any_docker: Docker) -> None:
 def test_exec_it_through_a_terminal(any_docker: Docker) -> None:
     any_docker("run", "-d", "--name", "cli-exec-it", "busybox", "sleep", "60")
     run = run_in_terminal(
-        [any_docker.binary, "exec", "-it", "cli-exec-it", "sh"], any_docker.env,
+        [any_docker.binary, "exec", "-it", "cli-exec-it", "sh"],
+        any_docker.env,
         [b"echo in-$((2+3))\r", b"stty size; exit 4\r"],
-    )  # fmt: skip
+    )
     text = run.output.decode(errors="replace")
     assert "in-5" in text, text
     assert run.exit_code == 4
@@ -167,8 +189,19 @@ def test_stop_kill_rm_f(docker: Docker) -> None:
 
 
 def test_inspect(docker: Docker) -> None:
-    docker("run", "-d", "--name", "cli-inspect", "--label", "team=bots", "-e", "A=1",
-           "busybox", "sleep", "30")  # fmt: skip
+    docker(
+        "run",
+        "-d",
+        "--name",
+        "cli-inspect",
+        "--label",
+        "team=bots",
+        "-e",
+        "A=1",
+        "busybox",
+        "sleep",
+        "30",
+    )
     (data,) = json.loads(docker("inspect", "cli-inspect").stdout)
     assert data["Name"] == "/cli-inspect" and data["State"]["Running"] is True
     assert data["Config"]["Labels"] == {"team": "bots"} and "A=1" in data["Config"]["Env"]
@@ -181,8 +214,17 @@ def test_events_since(docker: Docker) -> None:
     since = str(int(time.time()) - 1)
     docker("run", "--rm", "--name", "cli-events", "busybox", "true")
     until = str(int(time.time()) + 1)
-    out = docker("events", "--since", since, "--until", until, "--filter", "container=cli-events",
-                 "--format", "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}").stdout  # fmt: skip
+    out = docker(
+        "events",
+        "--since",
+        since,
+        "--until",
+        until,
+        "--filter",
+        "container=cli-events",
+        "--format",
+        "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}",
+    ).stdout
     lines = out.splitlines()
     for action in ("create", "start", "die", "destroy"):
         assert f"container {action} cli-events" in lines, out
@@ -219,7 +261,8 @@ def test_unknown_image_and_command(docker: Docker) -> None:
 
 def test_api_version_too_new_is_refused(docker: Docker, docker_socket: DockerSocket) -> None:
     env = dict(docker.env, DOCKER_API_VERSION="1.99")
-    result = subprocess.run([docker.binary, "version"], env=env, capture_output=True,
-                            text=True, timeout=30, check=False)  # fmt: skip
+    result = subprocess.run(
+        [docker.binary, "version"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
     assert result.returncode != 0
     assert "1.99 is too new" in result.stderr or "Maximum supported API version" in (result.stderr)

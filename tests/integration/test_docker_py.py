@@ -11,11 +11,11 @@ import tarfile
 import time
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import docker
 import docker.errors
 import pytest
-from docker.models.containers import Container
 from docker_server import DockerSocket, docker_socket, wait_until
 
 # docker-py never closes the response of a hijacked exec start (exec_api.exec_start keeps
@@ -26,9 +26,13 @@ pytestmark = [pytest.mark.root, pytest.mark.filterwarnings("ignore::ResourceWarn
 
 _ = docker_socket  # the fixture, imported for this module
 
+#: docker-py's stubs type what ``stream=``/``decode=``/``demux=`` change as unions the
+#: tests would have to narrow at every call: the client is used untyped here.
+Client = Any
+
 
 @pytest.fixture
-def client(docker_socket: DockerSocket) -> Iterator[docker.DockerClient]:
+def client(docker_socket: DockerSocket) -> Iterator[Client]:
     c = docker.DockerClient(base_url=docker_socket.url, version="auto", timeout=60)
     yield c
     for container in c.containers.list(all=True):
@@ -39,11 +43,11 @@ def client(docker_socket: DockerSocket) -> Iterator[docker.DockerClient]:
         gc.collect()
 
 
-def _names(client: docker.DockerClient) -> list[str]:
+def _names(client: Client) -> list[str]:
     return [c.name for c in client.containers.list(all=True)]
 
 
-def test_ping_version_info(client: docker.DockerClient) -> None:
+def test_ping_version_info(client: Client) -> None:
     assert client.ping() is True
     version = client.version()
     assert tuple(int(x) for x in version["ApiVersion"].split(".")) >= (1, 41)
@@ -53,30 +57,32 @@ def test_ping_version_info(client: docker.DockerClient) -> None:
     assert info["OSType"] == "linux" and "Containers" in info
 
 
-def test_run_attached_returns_output_and_removes(client: docker.DockerClient) -> None:
+def test_run_attached_returns_output_and_removes(client: Client) -> None:
     out = client.containers.run("busybox", ["sh", "-c", "echo hello; echo two"], remove=True)
     assert out == b"hello\ntwo\n"
     assert _names(client) == []
 
 
-def test_run_failure_raises_container_error(client: docker.DockerClient) -> None:
+def test_run_failure_raises_container_error(client: Client) -> None:
     with pytest.raises(docker.errors.ContainerError) as caught:
         client.containers.run("busybox", ["sh", "-c", "echo bad >&2; exit 3"], remove=True)
     assert caught.value.exit_status == 3
-    assert caught.value.stderr == b"bad\n"
+    stderr: Any = caught.value.stderr  # bytes (the stubs say str)
+    assert stderr == b"bad\n"
     assert _names(client) == []
 
 
-def test_unknown_image_is_image_not_found(client: docker.DockerClient) -> None:
+def test_unknown_image_is_image_not_found(client: Client) -> None:
     with pytest.raises(docker.errors.ImageNotFound, match="No such image"):
         client.containers.run("no-such-image", "true", remove=True)
     with pytest.raises(docker.errors.ImageNotFound):
         client.images.get("no-such-image")
 
 
-def test_create_get_list_with_filters(client: docker.DockerClient) -> None:
-    created = client.containers.create("busybox", "sleep 30", name="dp-created",
-                                       labels={"team": "bots"})  # fmt: skip
+def test_create_get_list_with_filters(client: Client) -> None:
+    created = client.containers.create(
+        "busybox", "sleep 30", name="dp-created", labels={"team": "bots"}
+    )
     other = client.containers.run("busybox", "sleep 30", detach=True, labels={"team": "x"})
     assert client.containers.get("dp-created").id == created.id
     assert created.status == "created"
@@ -92,8 +98,8 @@ def test_create_get_list_with_filters(client: docker.DockerClient) -> None:
         client.containers.get("no-such-container")
 
 
-def test_verbs_change_the_state(client: docker.DockerClient) -> None:
-    c: Container = client.containers.create("busybox", ["sleep", "60"])
+def test_verbs_change_the_state(client: Client) -> None:
+    c = client.containers.create("busybox", ["sleep", "60"])
     c.start()
     c.reload()
     assert c.status == "running"
@@ -125,7 +131,7 @@ def test_verbs_change_the_state(client: docker.DockerClient) -> None:
     assert _names(client) == []
 
 
-def test_remove_force_kills_a_running_container(client: docker.DockerClient) -> None:
+def test_remove_force_kills_a_running_container(client: Client) -> None:
     c = client.containers.run("busybox", "sleep 60", detach=True)
     with pytest.raises(docker.errors.APIError) as caught:
         c.remove()
@@ -134,19 +140,20 @@ def test_remove_force_kills_a_running_container(client: docker.DockerClient) -> 
     assert _names(client) == []
 
 
-def test_wait_returns_the_exit_code(client: docker.DockerClient) -> None:
+def test_wait_returns_the_exit_code(client: Client) -> None:
     c = client.containers.run("busybox", ["sh", "-c", "sleep 0.3; exit 4"], detach=True)
     assert c.wait(timeout=30) == {"StatusCode": 4, "Error": None}
 
 
-def test_detached_remove_is_done_by_the_server(client: docker.DockerClient) -> None:
-    c = client.containers.run("busybox", ["sh", "-c", "sleep 0.5; exit 2"], detach=True,
-                              remove=True)  # fmt: skip
+def test_detached_remove_is_done_by_the_server(client: Client) -> None:
+    c = client.containers.run(
+        "busybox", ["sh", "-c", "sleep 0.5; exit 2"], detach=True, remove=True
+    )
     assert c.wait(condition="removed")["StatusCode"] == 2
     wait_until(lambda: _names(client) == [], what="the --rm container to go")
 
 
-def test_logs_follow_stream_ends_at_exit(client: docker.DockerClient) -> None:
+def test_logs_follow_stream_ends_at_exit(client: Client) -> None:
     c = client.containers.run(
         "busybox", ["sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.2; done"], detach=True
     )
@@ -161,7 +168,7 @@ def test_logs_follow_stream_ends_at_exit(client: docker.DockerClient) -> None:
     again.close()
 
 
-def test_logs_timestamps_tail_since(client: docker.DockerClient) -> None:
+def test_logs_timestamps_tail_since(client: Client) -> None:
     c = client.containers.run(
         "busybox", ["sh", "-c", "echo a; echo b >&2; sleep 1.2; echo c"], detach=True
     )
@@ -176,7 +183,7 @@ def test_logs_timestamps_tail_since(client: docker.DockerClient) -> None:
     assert c.logs(since=time.time() + 60) == b""
 
 
-def test_exec_run_fifty_times_complete_output(client: docker.DockerClient) -> None:
+def test_exec_run_fifty_times_complete_output(client: Client) -> None:
     c = client.containers.run("busybox", "sleep 120", detach=True)
     for i in range(50):
         result = c.exec_run("echo hi")
@@ -185,7 +192,7 @@ def test_exec_run_fifty_times_complete_output(client: docker.DockerClient) -> No
     assert result.exit_code == 9
 
 
-def test_exec_run_stream_demux(client: docker.DockerClient) -> None:
+def test_exec_run_stream_demux(client: Client) -> None:
     c = client.containers.run("busybox", "sleep 60", detach=True)
     result = c.exec_run(["sh", "-c", "echo out; echo err >&2; echo out2"], stream=True, demux=True)
     chunks = list(result.output)
@@ -197,9 +204,15 @@ def test_exec_run_stream_demux(client: docker.DockerClient) -> None:
     assert plain.output == (b"out\n", b"err\n")
 
 
-def test_attrs_carry_what_clients_read(client: docker.DockerClient) -> None:
-    c = client.containers.run("busybox", ["sleep", "30"], detach=True, name="dp-attrs",
-                              environment={"A": "1"}, labels={"k": "v"})  # fmt: skip
+def test_attrs_carry_what_clients_read(client: Client) -> None:
+    c = client.containers.run(
+        "busybox",
+        ["sleep", "30"],
+        detach=True,
+        name="dp-attrs",
+        environment={"A": "1"},
+        labels={"k": "v"},
+    )
     c.reload()
     attrs = c.attrs
     assert attrs["Id"] == c.id and attrs["Name"] == "/dp-attrs"
@@ -217,7 +230,7 @@ def test_attrs_carry_what_clients_read(client: docker.DockerClient) -> None:
     assert c.labels == {"k": "v"} and c.image.tags == ["busybox:latest"]
 
 
-def test_stats_once_and_streamed(client: docker.DockerClient) -> None:
+def test_stats_once_and_streamed(client: Client) -> None:
     c = client.containers.run("busybox", "sleep 60", detach=True)
     once = c.stats(stream=False)
     assert once["id"] == c.id and once["pids_stats"]["current"] >= 1
@@ -231,7 +244,7 @@ def test_stats_once_and_streamed(client: docker.DockerClient) -> None:
     )
 
 
-def test_top_and_export(client: docker.DockerClient) -> None:
+def test_top_and_export(client: Client) -> None:
     c = client.containers.run("busybox", ["sleep", "45"], detach=True)
     top = c.top()
     assert "PID" in top["Titles"]
@@ -240,12 +253,13 @@ def test_top_and_export(client: docker.DockerClient) -> None:
         assert "bin/busybox" in tar.getnames()
 
 
-def test_events_decoded_and_filtered(client: docker.DockerClient) -> None:
+def test_events_decoded_and_filtered(client: Client) -> None:
     since = time.time() - 1
     c = client.containers.run("busybox", "true", detach=True)
     c.wait()
-    events = client.events(decode=True, since=since, until=time.time() + 1,
-                           filters={"container": c.id})  # fmt: skip
+    events = client.events(
+        decode=True, since=since, until=time.time() + 1, filters={"container": c.id}
+    )
     actions = [e["Action"] for e in events]
     assert actions[:3] == ["create", "start", "die"]
     live = client.events(decode=True, filters={"event": "start"})
@@ -256,14 +270,14 @@ def test_events_decoded_and_filtered(client: docker.DockerClient) -> None:
     other.wait()
 
 
-def test_images_list_and_get(client: docker.DockerClient) -> None:
+def test_images_list_and_get(client: Client) -> None:
     tags = [t for image in client.images.list() for t in image.tags]
     assert "busybox:latest" in tags
     image = client.images.get("busybox")
     assert image.tags == ["busybox:latest"] and image.id.startswith("sha256:")
 
 
-def test_networks_list_create_get_remove(client: docker.DockerClient) -> None:
+def test_networks_list_create_get_remove(client: Client) -> None:
     names = [n.name for n in client.networks.list()]
     assert {"host", "none"} <= set(names)
     network = client.networks.create("dp-net")
@@ -275,7 +289,7 @@ def test_networks_list_create_get_remove(client: docker.DockerClient) -> None:
     assert "dp-net" not in [n.name for n in client.networks.list()]
 
 
-def test_policy_refusals_are_api_errors(client: docker.DockerClient) -> None:
+def test_policy_refusals_are_api_errors(client: Client) -> None:
     for kwargs in (
         {"privileged": True},
         {"volumes": ["/etc:/host-etc"]},
@@ -288,18 +302,19 @@ def test_policy_refusals_are_api_errors(client: docker.DockerClient) -> None:
     assert _names(client) == []
 
 
-def test_allowed_bind_and_isolation_label(client: docker.DockerClient,
-                                          docker_socket: DockerSocket) -> None:  # fmt: skip
+def test_allowed_bind_and_isolation_label(client: Client, docker_socket: DockerSocket) -> None:
     (docker_socket.volume_root / "hello.txt").write_text("from the host\n")
     out = client.containers.run(
-        "busybox", ["cat", "/data/hello.txt"], remove=True,
+        "busybox",
+        ["cat", "/data/hello.txt"],
+        remove=True,
         volumes=[f"{docker_socket.volume_root}:/data:ro"],
         labels={"codex32.isolation": "strict"},
-    )  # fmt: skip
+    )
     assert out == b"from the host\n"
 
 
-def test_fields_it_cannot_honour_are_refused_by_name(client: docker.DockerClient) -> None:
+def test_fields_it_cannot_honour_are_refused_by_name(client: Client) -> None:
     with pytest.raises(docker.errors.APIError, match=r"HostConfig\.Dns") as caught:
         client.containers.run("busybox", "true", dns=["1.1.1.1"], remove=True)
     assert caught.value.status_code == 400
@@ -308,8 +323,7 @@ def test_fields_it_cannot_honour_are_refused_by_name(client: docker.DockerClient
     assert _names(client) == []
 
 
-def test_mutations_are_audited_with_the_peer(client: docker.DockerClient,
-                                             docker_socket: DockerSocket) -> None:  # fmt: skip
+def test_mutations_are_audited_with_the_peer(client: Client, docker_socket: DockerSocket) -> None:
     c = client.containers.create("busybox", "true", name="dp-audited")
     c.remove()
     entries = [e for e in docker_socket.audit.read() if e.get("api") == "docker"]
