@@ -1,13 +1,14 @@
 # Two commands do all set-up on a fresh Debian 12 machine (as root):
 #   make run    set up, build the templates, run the sample bot in a STANDARD container
 #   make test   set up, then ruff, mypy and the whole test suite
+#   make serve  set up, then run the host service in the foreground (/run/codex32/codex32.sock)
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 CODEX32 := $(BIN)/codex32
 export CODEX32_STORAGE_DIR ?= /var/lib/codex32
 
-.PHONY: setup run test lint typecheck unit integration bench clean
+.PHONY: setup run serve test lint typecheck unit integration bench clean
 
 setup:
 	./setup.sh
@@ -19,6 +20,9 @@ run: setup
 	@# created in this machine's real network namespace.
 	$(CODEX32) run --rm --isolation standard --network none -v $(CURDIR)/bots:/bots:ro \
 		python -- python3 /bots/sample_bot.py --beats 3 --interval 0.5
+
+serve: setup
+	$(CODEX32) serve
 
 lint: setup
 	$(BIN)/ruff check codex32 tests bench

@@ -68,6 +68,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q -e '.[dev]'
     touch "$stamp"
 fi
+# The group whose members may use the host service's sockets (0660 root:codex32).
+getent group codex32 >/dev/null || groupadd --system codex32
 # Byte-compile the package: every container start imports part of it in a fresh
 # interpreter, and PYTHONDONTWRITEBYTECODE may be set in the environment.
 .venv/bin/python -m compileall -q codex32

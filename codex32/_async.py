@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from ._engine import Container, ContainerEngine, ExecResult, RunResult
 from ._events import Event
@@ -209,9 +209,13 @@ class AsyncContainer:
     ) -> bytes:
         """The output so far (docker-py's ``logs()``)."""
         return await self._threads.call(
-            self.sync.logs, stdout=stdout, stderr=stderr, tail=tail, since=since,
+            self.sync.logs,
+            stdout=stdout,
+            stderr=stderr,
+            tail=tail,
+            since=since,
             timestamps=timestamps,
-        )  # fmt: skip
+        )
 
     def stream_logs(
         self,
@@ -269,30 +273,56 @@ class AsyncContainer:
     ) -> ExecResult:
         """As ``Container.exec_run``; on the wait pool, since it lasts as the command does."""
         return await self._threads.wait_call(
-            self.sync.exec_run, command, env=env, user=user, workdir=workdir, stdin=stdin,
-            stdout=stdout, stderr=stderr, tty=tty, on_terminal=on_terminal,
-        )  # fmt: skip
+            self.sync.exec_run,
+            command,
+            env=env,
+            user=user,
+            workdir=workdir,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            tty=tty,
+            on_terminal=on_terminal,
+        )
 
     async def export(self, path: str | os.PathLike[str]) -> None:
         await self._threads.wait_call(self.sync.export, path)
 
     async def export_stream(self, chunk_size: int = 1 << 16) -> AsyncIterator[bytes]:
-        """The filesystem as a tar stream (written to a private temporary file under
-        the storage directory first, as the export itself is atomic)."""
+        """The filesystem as a tar stream. The export is made first (to a private
+        temporary file under the storage directory, as the export itself is atomic),
+        so that its failure is raised here, before any byte is streamed."""
         tmp_root = self.sync._engine.settings.storage_dir / "tmp"
         await self._threads.call(partial(tmp_root.mkdir, mode=0o700, exist_ok=True))
         directory = Path(await self._threads.call(tempfile.mkdtemp, dir=tmp_root))
         path = directory / "export.tar"
-        try:
-            await self.export(path)
-            with open(path, "rb") as tar:
-                while chunk := await self._threads.call(tar.read, chunk_size):
-                    yield chunk
-        finally:
+
+        def remove() -> None:
             with contextlib.suppress(OSError):
                 path.unlink()
             with contextlib.suppress(OSError):
                 directory.rmdir()
+
+        try:
+            await self.export(path)
+            tar = await self._threads.call(_open_binary, path)
+        except BaseException:
+            remove()
+            raise
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                while chunk := await self._threads.call(tar.read, chunk_size):
+                    yield chunk
+            finally:
+                tar.close()
+                remove()
+
+        return chunks()
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return open(path, "rb")
 
 
 class AsyncContainerCollection:
@@ -341,6 +371,31 @@ class AsyncImageCollection:
 
     async def build(self, name: str, *, quiet: bool = True) -> ContainerImage:
         return await self._threads.wait_call(self._engine.images.build, name, quiet=quiet)
+
+    def build_stream(self, name: str) -> AsyncIterator[str | ContainerImage]:
+        """(Re)build, yielding the recipe's output line by line, then the image built
+        (a failed build raises ``ImageError`` after its lines)."""
+        return self._threads.stream(lambda _stop: self._build_lines(name))
+
+    def _build_lines(self, name: str) -> Iterator[str | ContainerImage]:
+        read_end, write_end = os.pipe()
+        outcome: list[ContainerImage | BaseException] = []
+
+        def build() -> None:
+            try:
+                with open(write_end, "w", closefd=True) as progress:
+                    outcome.append(self._engine.images.build(name, progress=progress))
+            except BaseException as error:
+                outcome.append(error)
+
+        thread = threading.Thread(target=build, name="codex32-build", daemon=True)
+        thread.start()
+        with open(read_end, encoding="utf-8", errors="replace") as lines:
+            yield from lines
+        thread.join()
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        yield outcome[0]
 
 
 class AsyncNetworkCollection:

@@ -379,9 +379,12 @@ class ImageCollection:
             command=list(template.command),
         )
 
-    def build(self, name: str, *, quiet: bool = False) -> ContainerImage:
-        """(Re)build a template from its recipe."""
-        self._templates.build(self._templates.get(name), quiet=quiet)
+    def build(
+        self, name: str, *, quiet: bool = False, progress: IO[str] | None = None
+    ) -> ContainerImage:
+        """(Re)build a template from its recipe; its progress goes to ``progress``
+        (a text file with a descriptor), else to stderr."""
+        self._templates.build(self._templates.get(name), quiet=quiet, progress=progress)
         return self.get(name)
 
 
@@ -469,6 +472,27 @@ class ContainerEngine:
                 self._watcher = None
         if self._fork_server is not None:
             self._fork_server.close()
+
+    def info(self) -> dict[str, Any]:
+        """What this host offers and how the engine is set up (``codex32 doctor``,
+        ``docker info``): cgroup layout, driver and controllers, storage, defaults."""
+        import dataclasses
+
+        from ._cgroups.detect import host_info
+
+        driver = self._cgroups.driver()
+        usable = sorted(driver.controllers()) if driver is not None else None
+        return {
+            "cgroup": {
+                **dataclasses.asdict(host_info()),
+                "usable_controllers": usable,
+                "unavailable": self._cgroups.unavailable,
+                "parent": self.settings.cgroup_parent,
+            },
+            "storage_dir": str(self.settings.storage_dir),
+            "templates_dir": str(self.settings.templates_dir),
+            "default_isolation": self.settings.default_isolation.value,
+        }
 
     # -- compile -------------------------------------------------------------
 

@@ -493,6 +493,8 @@ class ContainerConfig(BaseModel):
     ports: list[PortMapping] = Field(default_factory=list)
     network_egress_rate: int | None = None
     network_ingress_rate: int | None = None
+    #: Free-form metadata (Docker's labels): filters and tools use it, the engine not.
+    labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("network")
     @classmethod

@@ -102,11 +102,7 @@ def logs(
     if follow:
         follow_output(c, timestamps=timestamps, tail=lines, since=start, json_lines=json_output)
         return
-    from codex32._logs import read_logs
-
-    path = c._engine._log_path(c.id)
-    for entry in read_logs(path, tail=lines, since=start, until=None,
-                           streams={"stdout", "stderr"}):  # fmt: skip
+    for entry in guard(partial(c.stream_logs, tail=lines, since=start, follow=False)):
         _write_entry(entry, timestamps=timestamps, json_lines=json_output)
     sys.stdout.flush()
 
@@ -160,7 +156,7 @@ def events(
     json_output: Json = False,
 ) -> None:
     """Print engine events (create, start, die, stop, kill, destroy, ...)."""
-    from codex32._events import follow_events, parse_filters, read_events
+    from codex32._events import parse_filters
     from codex32._logs import parse_since
 
     eng = engine()
@@ -168,11 +164,8 @@ def events(
     now = time.time()
     start = guard(partial(parse_since, since, now)) if since else None
     end = guard(partial(parse_since, until, now)) if until else None
-    path = eng.settings.storage_dir / "events.jsonl"
-    if follow:
-        stream = follow_events(path, since=start, filters=filters, stop=lambda: False)
-    else:
-        stream = read_events(path, since=start, until=end, filters=filters)
+    stream = guard(partial(eng.events, since=start, until=None if follow else end,
+                           filters=filters, follow=follow))  # fmt: skip
     for event in stream:
         if json_output:
             typer.echo(event.to_json())
@@ -277,35 +270,21 @@ def doctor(json_output: Json = False) -> None:
 
     ``--json``: the same facts as one object, for scripts and monitoring.
     """
-    import dataclasses
+    from codex32._cgroups.detect import CgroupHostInfo
 
-    from codex32._cgroups.detect import host_info
-
-    eng = engine()
-    info = host_info()
-    driver = eng._cgroups.driver()
-    usable = sorted(driver.controllers()) if driver is not None else None
+    report = guard(engine().info)
     if json_output:
-        cgroup = {
-            **dataclasses.asdict(info),
-            "usable_controllers": usable,
-            "unavailable": eng._cgroups.unavailable,
-            "parent": eng.settings.cgroup_parent,
-        }
-        report = {
-            "cgroup": cgroup,
-            "storage_dir": str(eng.settings.storage_dir),
-            "templates_dir": str(eng.settings.templates_dir),
-            "default_isolation": eng.settings.default_isolation.value,
-        }
         typer.echo(json.dumps(report, indent=2))
         return
+    cgroup = report["cgroup"]
+    fields = ("layout", "driver", "v1_controllers", "v2_controllers", "unified_mountpoint")
+    info = CgroupHostInfo(**{k: cgroup[k] for k in fields})
     typer.echo(info.describe())
-    if usable is not None:
-        typer.echo(f"controllers usable for containers: {', '.join(usable)}")
+    if cgroup["usable_controllers"] is not None:
+        typer.echo(f"controllers usable for containers: {', '.join(cgroup['usable_controllers'])}")
     else:
-        typer.echo(f"no cgroup driver: {eng._cgroups.unavailable}")
-    typer.echo(f"cgroup parent: {eng.settings.cgroup_parent}")
-    typer.echo(f"storage: {eng.settings.storage_dir}")
-    typer.echo(f"templates: {eng.settings.templates_dir}")
-    typer.echo(f"default isolation: {eng.settings.default_isolation.value}")
+        typer.echo(f"no cgroup driver: {cgroup['unavailable']}")
+    typer.echo(f"cgroup parent: {cgroup['parent']}")
+    typer.echo(f"storage: {report['storage_dir']}")
+    typer.echo(f"templates: {report['templates_dir']}")
+    typer.echo(f"default isolation: {report['default_isolation']}")

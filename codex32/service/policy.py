@@ -185,9 +185,10 @@ class Policy(BaseModel):
         resources = config.resources
         if resources.best_effort and maximums != Limits():
             raise PolicyDenied(
-                "limits", "best-effort limits are not allowed: the policy sets maximums",
+                "limits",
+                "best-effort limits are not allowed: the policy sets maximums",
                 hint="drop best_effort (--limits enforce)",
-            )  # fmt: skip
+            )
         update: dict[str, Any] = {}
         for field, name, unit in (
             ("memory_bytes", "memory_bytes", "bytes"),
@@ -202,9 +203,10 @@ class Policy(BaseModel):
                 update[field] = maximum
             elif asked > maximum:
                 raise PolicyDenied(
-                    f"limits.{name}", f"{field} {asked} is above the maximum, {maximum} {unit}",
+                    f"limits.{name}",
+                    f"{field} {asked} is above the maximum, {maximum} {unit}",
                     hint=f"ask for at most {maximum}",
-                )  # fmt: skip
+                )
         if not update:
             return config
         return config.model_copy(update={"resources": resources.model_copy(update=update)})
