@@ -471,8 +471,6 @@ class ContainerConfig(BaseModel):
         default=None, max_length=63, pattern=r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$"
     )
     isolation: IsolationType = Field(default_factory=default_isolation)
-    #: Free-form metadata (Docker's labels): kept, shown by inspect, matched by filters.
-    labels: dict[str, str] = Field(default_factory=dict)
     volumes: list[Volume] = Field(default_factory=list)
     tmpfs: list[TmpfsMount] = Field(default_factory=list)
     read_only: bool = False

@@ -344,7 +344,11 @@ async def logs(request: web.Request) -> web.StreamResponse:
     except ConnectionError:
         return response
     finally:
+        # The pending read is cancelled and awaited first: only a generator that is not
+        # running can be closed, and closing it stops its reading thread.
         first.cancel()
+        with contextlib.suppress(BaseException):
+            await first
         with contextlib.suppress(Exception):
             await entries.aclose()  # type: ignore[attr-defined]
     await response.write_eof()
@@ -423,21 +427,19 @@ async def top(request: web.Request) -> web.StreamResponse:
 async def export(request: web.Request) -> web.StreamResponse:
     container = await backend_of(request).container(request.match_info["id"])
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/x-tar"})
-    chunks = container.export_stream()
-    try:
-        first = await chunks.__anext__()
-    except StopAsyncIteration:
-        first = b""
+    try:  # the export is made before the first byte: its failure is still an error reply
+        chunks = await container.export_stream()
     except Exception as exc:
         raise docker_error(exc) from None
     response.enable_chunked_encoding()
     await response.prepare(request)
     try:
-        await response.write(first)
         async for chunk in chunks:
             await response.write(chunk)
     except ConnectionError:
         return response
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
     await response.write_eof()
     return response
 

@@ -109,10 +109,14 @@ async def attach(request: web.Request) -> web.StreamResponse:
     if query_bool(request, "stream") and container.state is ContainerState.RUNNING:
         # Attached to a running container: its output from now on (stdin is the monitor's).
         entries = container.stream_logs(stdout=want_out, stderr=want_err, tail=0, follow=True)
-        async for entry in entries:
-            if hijack.gone:
-                break
-            await hijack.write(STDERR if entry.stream == "stderr" else STDOUT, entry.text.encode())
+        try:
+            async for entry in entries:
+                if hijack.gone:
+                    break
+                stream = STDERR if entry.stream == "stderr" else STDOUT
+                await hijack.write(stream, entry.text.encode())
+        finally:
+            await entries.aclose()  # type: ignore[attr-defined]  # stops its thread
     return await hijack.close()
 
 
