@@ -179,9 +179,13 @@ def test_stop_kill_rm_f(docker: Docker) -> None:
     docker("run", "-d", "--name", "cli-rm", "busybox", "sleep", "60")
     assert docker("stop", "-t", "1", "cli-stop").stdout.strip() == "cli-stop"
     assert docker("kill", "cli-kill").stdout.strip() == "cli-kill"
-    states = docker("ps", "-a", "--format", "{{.Names}} {{.State}}").stdout.split("\n")
-    assert "cli-stop exited" in states and "cli-kill exited" in states
-    assert "cli-rm running" in states
+
+    def states() -> list[str]:
+        return docker("ps", "-a", "--format", "{{.Names}} {{.State}}").stdout.split("\n")
+
+    assert "cli-stop exited" in states()  # stop returns once it has stopped
+    wait_until(lambda: "cli-kill exited" in states(), what="the killed container's exit")
+    assert "cli-rm running" in states()
     assert docker("rm", "-f", "cli-rm", "cli-stop", "cli-kill").returncode == 0
     assert docker.names() == []
     gone = docker("kill", "cli-rm", check=False)

@@ -151,8 +151,13 @@ class DockerServer:
         self.backend = backend
         self.socket = sock
         self.path = path
+        # handler_cancellation: a client that hangs up ends its request (a followed
+        # log or event stream, a wait), as with Docker, instead of leaving it pending.
         self._runner = DockerAppRunner(
-            make_app(backend), handle_signals=False, shutdown_timeout=2.0
+            make_app(backend),
+            handle_signals=False,
+            shutdown_timeout=2.0,
+            handler_cancellation=True,
         )
 
     async def start(self) -> None:
