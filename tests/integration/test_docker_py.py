@@ -18,6 +18,8 @@ import docker.errors
 import pytest
 from docker_server import DockerSocket, docker_socket, wait_until
 
+from codex32 import ContainerConfig, IsolationType
+
 # docker-py never closes the response of a hijacked exec start (exec_api.exec_start keeps
 # the socket it read from): its sockets are collected, not closed. That is the client's,
 # not the server's, so those ResourceWarnings are ignored here, and collected after
@@ -329,3 +331,25 @@ def test_mutations_are_audited_with_the_peer(client: Client, docker_socket: Dock
     entries = [e for e in docker_socket.audit.read() if e.get("api") == "docker"]
     create = [e for e in entries if e["action"] == "create" and e.get("target") == "dp-audited"]
     assert create and create[-1]["status"] == 201 and create[-1]["who"]["uid"] == 0
+
+
+def test_containers_made_elsewhere_are_held_to_the_policy(
+    client: Client, docker_socket: DockerSocket
+) -> None:
+    """One made by root's CLI with more than the policy allows (MINIMAL) is not started
+    through the socket, as on the native API; inspecting and removing it are allowed."""
+    made = docker_socket.engine.containers.create(
+        ContainerConfig(
+            image="busybox",
+            command=["sleep", "30"],
+            isolation=IsolationType.MINIMAL,
+            network="none",
+        )
+    )
+    container = client.containers.get(made.id)
+    for verb in (container.start, container.restart):
+        with pytest.raises(docker.errors.APIError, match="min_isolation") as caught:
+            verb()
+        assert caught.value.status_code == 403
+    assert container.attrs["State"]["Status"] == "created"
+    container.remove()

@@ -130,6 +130,16 @@ class DockerBackend:
         except ContainerNotFoundError:
             raise DockerAPIError(404, f"No such container: {name_or_id}") from None
 
+    async def allowed(self, container: AsyncContainer) -> AsyncContainer:
+        """A container the caller may run something in: one made outside the service
+        (by root's CLI, say) is held to the policy before a start, restart or exec, as
+        on the native API."""
+        try:
+            self.policy.check(await container.config())
+        except Exception as exc:
+            raise docker_error(exc) from None
+        return container
+
     def new_exec(self, **fields: Any) -> ExecInstance:
         exec_id = secrets.token_hex(32)
         instance = ExecInstance(id=exec_id, **fields)

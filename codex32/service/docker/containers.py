@@ -124,7 +124,7 @@ async def list_containers(request: web.Request) -> web.StreamResponse:
 
 async def start(request: web.Request) -> web.StreamResponse:
     backend = backend_of(request)
-    container = await backend.container(request.match_info["id"])
+    container = await backend.allowed(await backend.container(request.match_info["id"]))
     if container.state is ContainerState.RUNNING:
         return web.Response(status=304)
     pipes = backend.attaches.pop(container.id, None)
@@ -158,7 +158,8 @@ async def stop(request: web.Request) -> web.StreamResponse:
 
 
 async def restart(request: web.Request) -> web.StreamResponse:
-    container = await backend_of(request).container(request.match_info["id"])
+    backend = backend_of(request)
+    container = await backend.allowed(await backend.container(request.match_info["id"]))
     try:
         await container.restart(query_int(request, "t"))
     except Exception as exc:

@@ -167,7 +167,7 @@ async def _attach_before_start(
 
 async def exec_create(request: web.Request) -> web.StreamResponse:
     backend = backend_of(request)
-    container = await backend.container(request.match_info["id"])
+    container = await backend.allowed(await backend.container(request.match_info["id"]))
     body = await read_json_body(request)
     command = body.get("Cmd")
     if isinstance(command, str):
