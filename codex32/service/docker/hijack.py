@@ -115,7 +115,13 @@ class HijackableServer(web.Server):
 
 
 class DockerAppRunner(web.AppRunner):
-    """An AppRunner whose connections use :class:`HijackableRequestHandler`."""
+    """An AppRunner whose connections use :class:`HijackableRequestHandler`.
+
+    aiohttp has no public hook for the protocol class, so ``_make_server`` (the one
+    place the runner builds its ``Server``) is wrapped: the app's own server is made as
+    usual (startup signals, freezing) and its public parts handed to ours. The Docker
+    tests exercise the half-close, so an aiohttp change here would fail them.
+    """
 
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()
