@@ -91,10 +91,11 @@ def create_app(
     _system_routes(app)
     from .routes.containers import router as containers
     from .routes.events import router as events
+    from .routes.exec import router as exec_routes
     from .routes.images import router as images
     from .routes.networks import router as networks
 
-    for router in (containers, images, networks, events):
+    for router in (containers, exec_routes, images, networks, events):
         app.include_router(router, prefix=API)
     return AuthMiddleware(app, token=token, audit=audit)
 
@@ -134,7 +135,36 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     for expected in (Codex32Error, ApiProblemError, ValidationError, TimeoutError, ValueError):
         app.add_exception_handler(expected, engine_error)
-    app.add_exception_handler(Exception, engine_error)
+    # The rest: answered here rather than by Starlette's last-resort handler, which
+    # re-raises after answering (uvicorn then drops the connection and logs twice).
+    app.add_middleware(_CrashGuard)
+
+
+class _CrashGuard:
+    """Any other exception: a 500 with one message (its traceback goes to the log)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:
+                raise  # mid-stream: nothing else can be said on this answer
+            error = from_exception(exc)  # logs the traceback
+            scope.setdefault("state", {})[ERROR_KEY] = error.message
+            await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
 
 
 def context_of(request: Any) -> ServiceContext:
@@ -147,10 +177,8 @@ def _system_routes(app: FastAPI) -> None:
     @app.get("/", tags=["system"])
     async def root(request: Request) -> dict[str, Any]:
         """Name, version, deployment types, isolation levels, the host's cgroup driver."""
-        from codex32._cgroups.detect import host_info
-
-        info = await asyncio.to_thread(host_info)
         engine = context_of(request).engine
+        cgroup = (await engine.call(engine.sync.info))["cgroup"]
         return {
             "name": "Codex-32",
             "version": _version(),
@@ -159,8 +187,8 @@ def _system_routes(app: FastAPI) -> None:
             "deployment_types": list(DEPLOYMENT_TYPES),
             "isolation_levels": [level.value for level in IsolationType],
             "default_isolation": engine.settings.default_isolation.value,
-            "cgroup_driver": info.driver,
-            "cgroup_layout": info.layout,
+            "cgroup_driver": cgroup["driver"],
+            "cgroup_layout": cgroup["layout"],
             "docs": "/docs",
         }
 

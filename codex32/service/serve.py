@@ -8,6 +8,7 @@ TCP listener and the Docker socket are extra servers started from that lifespan.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -95,7 +96,17 @@ def run(settings: ServiceSettings, *, log_level: str = "info") -> None:
         log.info("listening on %s://%s (bearer token required)", scheme, settings.listen)
         return server
 
-    app = create_app(settings, policy, token=token, servers=[start_tcp])
+    class _SocketFile:
+        """Removes the socket file at shutdown (before uvicorn re-raises the signal)."""
+
+        async def stop(self) -> None:
+            with contextlib.suppress(OSError):
+                settings.socket.unlink()
+
+    async def own_socket_file(_context: ServiceContext) -> RunningServer | None:
+        return None if activated is not None else _SocketFile()
+
+    app = create_app(settings, policy, token=token, servers=[own_socket_file, start_tcp])
     holder["app"] = app
     import uvicorn
 
@@ -105,11 +116,8 @@ def run(settings: ServiceSettings, *, log_level: str = "info") -> None:
     try:
         asyncio.run(server.serve(sockets=[main_socket]))
     finally:
-        if activated is None:
-            try:
-                if settings.socket.exists():
-                    settings.socket.unlink()
-            except OSError:
-                pass
+        if activated is None and not server.started:
+            with contextlib.suppress(OSError):
+                settings.socket.unlink()  # a start-up that failed leaves no socket
     if not server.started:
         raise ConfigError("the service did not start", hint="see the lines above")

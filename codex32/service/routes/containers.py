@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import json
-import os
 import re
-import struct
-import termios
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 
-from codex32 import AsyncContainer, ConfigError, ContainerConfig, ContainerState
+from codex32 import AsyncContainer, ContainerConfig, ContainerState
 
 from ..errors import ApiProblemError, from_exception
 from ..servers import ServiceContext
@@ -34,8 +28,16 @@ def _context(request: Request | WebSocket) -> ServiceContext:
     return context
 
 
-async def _get(request: Request | WebSocket, ref: str) -> AsyncContainer:
+async def get_container(request: Request | WebSocket, ref: str) -> AsyncContainer:
     return await _context(request).engine.containers.get(ref)
+
+
+async def allowed_container(request: Request | WebSocket, ref: str) -> AsyncContainer:
+    """A container the caller may run something in: one made outside the service (by
+    root's CLI, say) is held to the policy too before a start, restart or exec."""
+    container = await get_container(request, ref)
+    _context(request).policy.check(await container.config())
+    return container
 
 
 def _since(value: str | None) -> float | None:
@@ -175,7 +177,7 @@ async def prune(request: Request) -> dict[str, Any]:
 @router.get("/{ref}")
 async def inspect(request: Request, ref: str) -> dict[str, Any]:
     """State, config and network settings (``codex32 inspect``)."""
-    container = await _get(request, ref)
+    container = await get_container(request, ref)
     config = await container.config()
     return {
         "Id": container.id,
@@ -188,45 +190,45 @@ async def inspect(request: Request, ref: str) -> dict[str, Any]:
 
 @router.post("/{ref}/start", status_code=204)
 async def start(request: Request, ref: str) -> Response:
-    await (await _get(request, ref)).start()
+    await (await allowed_container(request, ref)).start()
     return Response(status_code=204)
 
 
 @router.post("/{ref}/stop", status_code=204)
 async def stop(request: Request, ref: str, timeout: float | None = None) -> Response:
     """The stop signal, then SIGKILL after ``timeout`` (default: the container's)."""
-    await (await _get(request, ref)).stop(timeout)
+    await (await get_container(request, ref)).stop(timeout)
     return Response(status_code=204)
 
 
 @router.post("/{ref}/kill", status_code=204)
 async def kill(request: Request, ref: str, signal: str = "SIGKILL") -> Response:
-    await (await _get(request, ref)).kill(signal)
+    await (await get_container(request, ref)).kill(signal)
     return Response(status_code=204)
 
 
 @router.post("/{ref}/restart", status_code=204)
 async def restart(request: Request, ref: str, timeout: float | None = None) -> Response:
-    await (await _get(request, ref)).restart(timeout)
+    await (await allowed_container(request, ref)).restart(timeout)
     return Response(status_code=204)
 
 
 @router.post("/{ref}/pause", status_code=204)
 async def pause(request: Request, ref: str) -> Response:
-    await (await _get(request, ref)).pause()
+    await (await get_container(request, ref)).pause()
     return Response(status_code=204)
 
 
 @router.post("/{ref}/unpause", status_code=204)
 async def unpause(request: Request, ref: str) -> Response:
-    await (await _get(request, ref)).unpause()
+    await (await get_container(request, ref)).unpause()
     return Response(status_code=204)
 
 
 @router.post("/{ref}/wait")
 async def wait(request: Request, ref: str, timeout: float | None = None) -> dict[str, Any]:
     """Block until the container is not running; its exit code (408 after ``timeout``)."""
-    container = await _get(request, ref)
+    container = await get_container(request, ref)
     code = await container.wait(timeout)
     return {"id": container.id, "exit_code": code}
 
@@ -234,7 +236,7 @@ async def wait(request: Request, ref: str, timeout: float | None = None) -> dict
 @router.delete("/{ref}", status_code=204)
 async def remove(request: Request, ref: str, force: bool = False) -> Response:
     """Delete the container (``force``: kill it first if it runs)."""
-    await (await _get(request, ref)).remove(force=force)
+    await (await get_container(request, ref)).remove(force=force)
     return Response(status_code=204)
 
 
@@ -253,7 +255,7 @@ async def logs(
     """The output (text; ``format=json``: one ``{time, stream, log}`` per line).
 
     ``follow=true`` streams until the container stops (or the client leaves)."""
-    container = await _get(request, ref)
+    container = await get_container(request, ref)
     entries = container.stream_logs(
         stdout=stdout, stderr=stderr, tail=_tail(tail), since=_since(since), follow=follow
     )
@@ -282,7 +284,7 @@ async def stats(
     request: Request, ref: str, stream: bool = False, interval: float = Query(1.0, gt=0, le=60)
 ) -> dict[str, Any] | StreamingResponse:
     """One sample (JSON), or with ``stream=true`` one per ``interval`` (NDJSON) while it runs."""
-    container = await _get(request, ref)
+    container = await get_container(request, ref)
     if not stream:
         return _stats_json(await container.stats(), None)
 
@@ -301,14 +303,14 @@ async def stats(
 @router.get("/{ref}/top")
 async def top(request: Request, ref: str) -> dict[str, Any]:
     """The container's processes (host pids), as ``docker top``."""
-    container = await _get(request, ref)
+    container = await get_container(request, ref)
     return {"processes": await container.top()}
 
 
 @router.get("/{ref}/export", response_model=None)
 async def export(request: Request, ref: str, state: bool = False) -> Any:
     """The filesystem as a tar stream; ``state=true``: the record and config as JSON."""
-    container = await _get(request, ref)
+    container = await get_container(request, ref)
     if state:
         config = await container.config()
         return JSONResponse(
@@ -317,190 +319,3 @@ async def export(request: Request, ref: str, state: bool = False) -> Any:
     chunks = await container.export_stream()
     headers = {"Content-Disposition": f'attachment; filename="{container.name}.tar"'}
     return StreamingResponse(chunks, media_type="application/x-tar", headers=headers)
-
-
-# -- exec ---------------------------------------------------------------------------
-
-
-class ExecRequest(BaseModel):
-    """A command to run in a running container, its output captured."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    command: list[str] = Field(min_length=1)
-    env: dict[str, str] = Field(default_factory=dict)
-    user: str | None = None
-    workdir: str | None = None
-    stdin: str | None = Field(default=None, description="text given on the command's stdin")
-
-
-@router.post("/{ref}/exec")
-async def exec_captured(request: Request, ref: str, body: ExecRequest) -> dict[str, Any]:
-    """Run a command, wait for it; its exit code and output (``docker exec``)."""
-    container = await _get(request, ref)
-    stdin_fd = None
-    if body.stdin is not None:
-        stdin_fd = os.memfd_create("codex32-exec-stdin", os.MFD_CLOEXEC)
-        os.write(stdin_fd, body.stdin.encode())
-        os.lseek(stdin_fd, 0, os.SEEK_SET)
-    try:
-        result = await container.exec_run(
-            body.command, env=body.env, user=body.user, workdir=body.workdir, stdin=stdin_fd
-        )
-    finally:
-        if stdin_fd is not None:
-            os.close(stdin_fd)
-    return {
-        "exit_code": result.exit_code,
-        "stdout": result.output.decode(errors="replace"),
-        "stderr": result.error_output.decode(errors="replace"),
-    }
-
-
-def _set_window(fd: int, rows: int, cols: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-@router.websocket("/{ref}/exec")
-async def exec_interactive(
-    websocket: WebSocket,
-    ref: str,
-    cmd: Annotated[list[str] | None, Query()] = None,
-    tty: bool = True,
-    user: str | None = None,
-    workdir: str | None = None,
-    env: Annotated[list[str] | None, Query(description="KEY=VALUE")] = None,
-    rows: int = 24,
-    cols: int = 80,
-) -> None:
-    """Interactive exec: binary frames in are stdin, binary frames out the output;
-    text frames in: ``{"type": "resize", "rows": R, "cols": C}`` or ``{"type": "eof"}``;
-    the last frame out: ``{"type": "exit", "exit_code": N}`` (or ``{"type": "error", ...}``)."""
-    await websocket.accept()
-    try:
-        container = await _get(websocket, ref)
-        if not cmd:
-            raise ConfigError("exec needs a command", hint="pass ?cmd=sh&cmd=-c&cmd=...")
-        environment = dict(_env_pair(e) for e in env or [])
-        await _relay_exec(websocket, container, cmd, tty, user, workdir, environment, rows, cols)
-    except WebSocketDisconnect:
-        return
-    except Exception as exc:
-        error = from_exception(exc)
-        websocket.state.__setattr__("codex32_error", error.message)
-        with contextlib.suppress(Exception):
-            await websocket.send_text(
-                json.dumps({"type": "error", "status": error.status, **error.body()})
-            )
-            await websocket.close(code=1011 if error.status >= 500 else 1008)
-
-
-def _env_pair(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"env {text!r} is not KEY=VALUE")
-    return key, value
-
-
-async def _relay_exec(
-    websocket: WebSocket,
-    container: AsyncContainer,
-    command: list[str],
-    tty: bool,
-    user: str | None,
-    workdir: str | None,
-    env: dict[str, str],
-    rows: int,
-    cols: int,
-) -> None:
-    loop = asyncio.get_running_loop()
-    in_read, in_write = os.pipe2(os.O_CLOEXEC)
-    out_read, out_write = os.pipe2(os.O_CLOEXEC)
-    terminal: list[int] = []  # our own duplicate of the pty master, for resizes
-
-    def got_terminal(master: int) -> None:
-        terminal.append(os.dup(master))
-        _set_window(master, rows, cols)
-
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(out_read, "rb", buffering=0)
-    )
-    run = asyncio.ensure_future(
-        container.exec_run(
-            command,
-            env=env,
-            user=user,
-            workdir=workdir,
-            stdin=in_read,
-            stdout=out_write,
-            stderr=out_write,
-            tty=tty,
-            on_terminal=got_terminal if tty else None,
-        )
-    )
-    stdin_open = [True]
-
-    def close_stdin() -> None:
-        if stdin_open[0]:
-            stdin_open[0] = False
-            os.close(in_write)
-
-    async def pump_output() -> None:
-        while chunk := await reader.read(65536):
-            await websocket.send_bytes(chunk)
-
-    async def pump_input() -> None:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                close_stdin()
-                return
-            if message.get("bytes") is not None and stdin_open[0]:
-                await asyncio.to_thread(_write_all, in_write, message["bytes"])
-            elif message.get("text") is not None:
-                control = json.loads(message["text"])
-                if control.get("type") == "resize" and terminal:
-                    _set_window(terminal[0], int(control["rows"]), int(control["cols"]))
-                elif control.get("type") == "eof":
-                    close_stdin()
-
-    output = asyncio.ensure_future(pump_output())
-    inputs = asyncio.ensure_future(pump_input())
-    held = [out_write, in_read]  # closed once the exec is over (its relay uses them)
-    try:
-        result = await run
-        os.close(held.pop(0))
-        # What the command wrote before it ended; a child it left behind may hold the
-        # pipe open: give it a moment, not forever.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(output), timeout=2)
-        await websocket.send_text(json.dumps({"type": "exit", "exit_code": result.exit_code}))
-        await websocket.close(code=1000)
-    finally:
-        for task in (output, inputs):
-            task.cancel()
-        close_stdin()  # a caller gone: the command reads end-of-file (a shell exits)
-        transport.close()
-
-        def release(_done: object = None) -> None:
-            if run.done() and not run.cancelled():
-                run.exception()  # retrieved: reported to the caller already, or moot
-            for fd in [*held, *terminal]:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
-        if run.done():
-            release()
-        else:
-            run.add_done_callback(release)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except BrokenPipeError:
-            return  # the command closed its stdin
-        view = view[written:]

@@ -69,3 +69,4 @@ def service(
     code = running.stop()
     assert code in (0, -signal.SIGTERM), running.log()  # uvicorn re-raises the signal
     assert "Traceback" not in running.log(), running.log()
+    assert not running.socket.exists()  # a clean stop takes its socket file along

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from service.service_support import Service
+from service.service_support import Service, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -94,6 +94,7 @@ def test_lifecycle_verbs_through_the_service(service: Service, tmp_path: Path) -
     assert started.returncode == 0 and len(started.stdout.strip()) == 64
     try:
         assert _run(service, "ps", "-q").stdout.strip() == started.stdout.strip()[:12]
+        assert wait_for(lambda: _run(service, "logs", "rm-life").stdout == "hi\n")
         _same(service, "logs", "rm-life")
         _same(service, "inspect", "rm-life")
         exec_result = _run(service, "exec", "rm-life", "--", "sh", "-c", "echo in; exit 4")

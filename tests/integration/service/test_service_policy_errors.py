@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from codex32 import Codex32Error, ContainerConfig, ContainerEngine, LaunchError
 from service.service_support import API, Service, busybox, container, error_of
 
 pytestmark = pytest.mark.root
@@ -84,10 +87,13 @@ def test_script_image_outside_the_roots_is_refused(service: Service, scratch: Pa
 
 @pytest.mark.parametrize("swap", ["source", "parent"])
 def test_symlink_swapped_between_check_and_mount_is_not_followed(
-    service: Service, scratch: Path, swap: str
+    service: Service, engine: ContainerEngine, scratch: Path, swap: str
 ) -> None:
-    """The check passes on a real directory; a symlink to a secret put in its place (or
-    in its parent's) before the start makes the start fail: the secret is never bound."""
+    """The create's check passes on a real directory; then a symlink to a secret takes
+    its place (or its parent's). The service's start checks again (403); and a start
+    that got past a check before the swap (here: the engine's own, with no check at
+    all) binds the descriptor of the path resolved at create, opened refusing
+    symlinks, so it fails: the secret is never bound."""
     parent = scratch / "allowed" / f"swap-{swap}"
     source = parent / "data"
     source.mkdir(parents=True)
@@ -96,21 +102,24 @@ def test_symlink_swapped_between_check_and_mount_is_not_followed(
     (decoy_parent / "data").mkdir(parents=True)
     (decoy_parent / "data" / "file").write_text("SECRET\n")
     config = busybox("cat /data/file", volumes=[{"source": str(source), "target": "/data"}])
-    with service.client() as client, container(client, config, start=False) as cid:
-        if swap == "source":
-            source.rename(parent / "data.moved")
-            source.symlink_to(scratch / "secret")
-        else:
-            parent.rename(parent.with_name(parent.name + ".moved"))
-            parent.symlink_to(decoy_parent)
-        response = client.post(f"{API}/containers/{cid}/start")
-        assert response.status_code >= 400, response.text
-        body = error_of(response)
-        assert "symlink" in body["message"]
-        logs = client.get(f"{API}/containers/{cid}/logs").text
-        assert "SECRET" not in logs and "not for callers" not in logs
-    if parent.is_symlink():
-        parent.unlink()
+    try:
+        with service.client() as client, container(client, config, start=False) as cid:
+            if swap == "source":
+                source.rename(parent / "data.moved")
+                source.symlink_to(scratch / "secret")
+            else:
+                parent.rename(parent.with_name(parent.name + ".moved"))
+                parent.symlink_to(decoy_parent)
+            response = client.post(f"{API}/containers/{cid}/start")
+            assert response.status_code == 403, response.text
+            assert error_of(response)["rule"] == "volume_roots"
+            with pytest.raises(LaunchError, match="symlink"):
+                engine.containers.get(cid).start()
+            logs = client.get(f"{API}/containers/{cid}/logs").text
+            assert "SECRET" not in logs and "not for callers" not in logs
+    finally:
+        if parent.is_symlink():
+            parent.unlink()
 
 
 def test_not_found_answers(service: Service) -> None:
@@ -183,3 +192,59 @@ def test_unenforceable_limit_is_422(service: Service) -> None:
         assert "blkio.weight" in error_of(response)["message"]
         left = client.get(f"{API}/containers", params={"all": True}).json()
         assert not [c for c in left if c["status"] == "created"]  # the failed create is gone
+
+
+def test_an_internal_failure_is_a_500_without_a_traceback(
+    storage_dir: Path, scratch: Path, policy_file: Path
+) -> None:
+    """A container whose plan went missing on disk (not an engine error): the answer is
+    one JSON line; the traceback goes to the service's log only."""
+    workdir = scratch / "internal"
+    workdir.mkdir()
+    own = Service(storage_dir, workdir, policy=policy_file).start()
+    try:
+        with own.client() as client, container(client, busybox("true"), start=False) as cid:
+            (storage_dir / "containers" / cid / "plan.json").unlink()
+            response = client.get(f"{API}/containers/{cid}/export")
+            assert response.status_code == 500
+            body = error_of(response)
+            assert body["kind"] == "InternalError" and "FileNotFoundError" in body["message"]
+            assert "\n" not in body["message"] and 'File "' not in response.text
+        assert "Traceback" in own.log()  # for the operator
+    finally:
+        own.stop()
+
+
+def test_containers_made_outside_the_service_are_held_to_the_policy(
+    service: Service, engine: ContainerEngine
+) -> None:
+    """Root's CLI may make a MINIMAL container; a caller of the service may not start it,
+    restart it or exec in it (that would be more than the policy allows), only stop,
+    inspect or remove it."""
+    config = ContainerConfig(
+        image="busybox",
+        command=["sleep", "60"],
+        isolation="minimal",
+        network="none",
+        name="made-by-root",
+    )
+    made = engine.containers.run_detached(config)
+    try:
+        with service.client() as client:
+            base = f"{API}/containers/made-by-root"
+            for response in (
+                client.post(f"{base}/exec", json={"command": ["true"]}),
+                client.post(f"{base}/restart"),
+            ):
+                assert response.status_code == 403, response.text
+                assert error_of(response)["rule"] == "min_isolation"
+            with service.websocket(f"{base}/exec?cmd=sh") as ws:
+                frame = json.loads(ws.recv(timeout=10))
+                assert frame["status"] == 403 and frame["rule"] == "min_isolation"
+            assert client.get(base).status_code == 200
+            assert client.post(f"{base}/stop", params={"timeout": 1}).status_code == 204
+            assert client.post(f"{base}/start").status_code == 403
+            assert client.delete(base).status_code == 204
+    finally:
+        with contextlib.suppress(Codex32Error):
+            made.remove(force=True)
