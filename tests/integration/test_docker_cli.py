@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from docker_server import (
@@ -22,6 +25,7 @@ from docker_server import (
     run_in_terminal,
     wait_until,
 )
+from service.service_support import Service
 
 pytestmark = pytest.mark.root
 
@@ -270,3 +274,29 @@ def test_api_version_too_new_is_refused(docker: Docker, docker_socket: DockerSoc
     )
     assert result.returncode != 0
     assert "1.99 is too new" in result.stderr or "Maximum supported API version" in (result.stderr)
+
+
+def test_codex32_serve_answers_on_its_docker_socket(
+    storage_dir: Path, docker_socket: DockerSocket
+) -> None:
+    """The issue's "done when": `codex32 serve` (``python -m codex32.service``) starts the
+    Docker socket beside the native one, and `docker run --rm busybox echo hello` prints
+    hello through it; the socket goes when the service stops."""
+    workdir = docker_socket.path.parent / "serve"
+    workdir.mkdir()
+    path = workdir / "docker.sock"
+    service = Service(
+        storage_dir, workdir, extra_args=["--docker-socket", str(path), "--group", ""]
+    ).start()
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660
+        cli = Docker(CLIS[0], docker_socket)
+        cli.env["DOCKER_HOST"] = f"unix://{path}"
+        result = cli("run", "--rm", "busybox", "echo", "hello")
+        assert (result.returncode, result.stdout) == (0, "hello\n")
+        assert cli.names() == []
+    finally:
+        # uvicorn re-raises the stop signal once shut down: killed by SIGTERM is a clean stop
+        assert service.stop() in (0, -signal.SIGTERM), service.log()
+    assert not path.exists()
+    assert "Docker API on unix://" in service.log()
