@@ -140,8 +140,8 @@ def phases(run: Run) -> dict[str, float | None]:
     plan = next((e for e in run.events if e.label == "recv:plan" and e.pid != eng), None)
     first = plan.pid if plan else None  # the monitor before it daemonizes
     ready = run.find("interpreter_ready", pid=first) if first else None
-    imp_b = run.find("import:codex32._monitor", "B", pid=first) if first else None
-    imp_e = run.find("import:codex32._monitor", "E", pid=first) if first else None
+    imp_b = run.find("import:codex32._runtime.monitor", "B", pid=first) if first else None
+    imp_e = run.find("import:codex32._runtime.monitor", "E", pid=first) if first else None
     mon_start = run.find("Monitor.start", "B")
     monitor = mon_start.pid if mon_start else None  # the daemonized monitor
     child = run.find("_forkserver._child", "B")
@@ -172,7 +172,7 @@ def phases(run: Run) -> dict[str, float | None]:
     out["engine: launch prep (lock, reload config, plan)"] = _span(created, launch)
     out["fork server: pass fds, fork the monitor"] = _span(launch, child)
     out["spawn `python -S` (interpreter start-up)"] = _span(launch, ready)
-    out["import codex32._monitor"] = _span(imp_b, imp_e)
+    out["import codex32._runtime.monitor"] = _span(imp_b, imp_e)
     out["plan to monitor"] = _span(imp_e or child, plan)
     out["monitor: daemonize, fork stage2"] = _span(plan, stage2)
     out["stage2: unshare pid, mount, uts, ipc, net"] = _span(ns_b, ns_e)
@@ -260,7 +260,7 @@ def parse(path: str, engine_pid: int) -> list[Run]:
 
 
 class _PopenProxy(types.ModuleType):
-    """``subprocess`` as ``codex32._launch`` sees it, with helpers started under the probe."""
+    """``subprocess`` as ``codex32._runtime.launch`` sees it, helpers started under the probe."""
 
     def __init__(self, trace: str) -> None:
         super().__init__("subprocess")
@@ -281,7 +281,7 @@ class _PopenProxy(types.ModuleType):
 
 @contextlib.contextmanager
 def instrumented(trace: str) -> Iterator[probe.Tracer]:
-    import codex32._launch as launch_module
+    import codex32._runtime.launch as launch_module
 
     tracer = probe.Tracer(trace)
     tracer.wrap_sync()
@@ -407,9 +407,10 @@ def import_costs(bench: Bench, repeats: int = 5) -> dict[str, Any]:
     bare = [venv, "-X", "importtime", "-S", "-c", "pass"]
     site = [venv, "-X", "importtime", "-c", "pass"]
     for key, argv, baseline, run_env in (
-        ("monitor", [venv, "-X", "importtime", "-S", "-c", "import codex32._monitor"], bare, env),
-        ("forkserver", [venv, "-X", "importtime", "-S", "-c", "import codex32._forkserver"], bare,
-         env),
+        ("monitor", [venv, "-X", "importtime", "-S", "-c", "import codex32._runtime.monitor"],
+         bare, env),
+        ("forkserver", [venv, "-X", "importtime", "-S", "-c",
+                        "import codex32._runtime.forkserver"], bare, env),
         ("cli", [venv, "-X", "importtime", str(host.REPO / ".venv/bin/codex32"), "run", "--rm",
                  "busybox", "/bin/true"], site, dict(bench.env)),
     ):  # fmt: skip

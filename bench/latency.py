@@ -128,7 +128,7 @@ def variants(bench: Bench) -> list[Variant]:
                                   "--proc", "/proc", "--dev", "/dev", "/bin/true"],
                     spawner=bench.host)
         )  # fmt: skip
-    monitor_import = "import codex32._monitor"
+    monitor_import = "import codex32._runtime.monitor"
     found += [
         Variant("true", "floor: fork+exec /bin/true", "-",
                 argv=lambda: ["/bin/true"], spawner=bench.host),

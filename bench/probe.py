@@ -35,28 +35,28 @@ TRACE_ENV = "C32BENCH_TRACE"
 
 #: (module, attribute path) wrapped in the helper processes.
 CHILD_TARGETS: tuple[tuple[str, str], ...] = (
-    ("codex32._monitor", "_daemonize"),
-    ("codex32._monitor", "serve"),
-    ("codex32._monitor", "stage2"),
-    ("codex32._monitor", "_write_maps"),
-    ("codex32._monitor", "_reap"),
-    ("codex32._monitor", "Monitor.start"),
-    ("codex32._monitor", "Monitor._record_start"),
-    ("codex32._monitor", "Monitor.supervise"),
-    ("codex32._monitor", "Monitor.finish"),
-    ("codex32._monitor", "Monitor._wait_for_engine_to_let_go"),
+    ("codex32._runtime.monitor", "_daemonize"),
+    ("codex32._runtime.monitor", "serve"),
+    ("codex32._runtime.monitor", "stage2"),
+    ("codex32._runtime.monitor", "_write_maps"),
+    ("codex32._runtime.monitor", "_reap"),
+    ("codex32._runtime.monitor", "Monitor.start"),
+    ("codex32._runtime.monitor", "Monitor._record_start"),
+    ("codex32._runtime.monitor", "Monitor.supervise"),
+    ("codex32._runtime.monitor", "Monitor.finish"),
+    ("codex32._runtime.monitor", "Monitor._wait_for_engine_to_let_go"),
     ("codex32._network.endpoint", "EndpointFiles.release"),
-    ("codex32._forkserver", "_child"),
-    ("codex32._init", "Setup.__init__"),
-    ("codex32._init", "Setup.run"),
-    ("codex32._init", "Setup._unshare"),
-    ("codex32._init", "Setup._overlay"),
-    ("codex32._init", "Setup._bind"),
-    ("codex32._init", "Setup._mkdir"),
-    ("codex32._init", "Setup._pivot_root"),
-    ("codex32._init", "Setup._user"),
-    ("codex32._init", "Setup._seccomp"),
-    ("codex32._init", "Setup._exec"),
+    ("codex32._runtime.forkserver", "_child"),
+    ("codex32._runtime.init", "Setup.__init__"),
+    ("codex32._runtime.init", "Setup.run"),
+    ("codex32._runtime.init", "Setup._unshare"),
+    ("codex32._runtime.init", "Setup._overlay"),
+    ("codex32._runtime.init", "Setup._bind"),
+    ("codex32._runtime.init", "Setup._mkdir"),
+    ("codex32._runtime.init", "Setup._pivot_root"),
+    ("codex32._runtime.init", "Setup._user"),
+    ("codex32._runtime.init", "Setup._seccomp"),
+    ("codex32._runtime.init", "Setup._exec"),
     ("codex32._linux.syscalls", "unshare"),
     ("codex32._linux.syscalls", "sethostname"),
     ("codex32._linux.caps", "set_child_subreaper"),
@@ -81,31 +81,31 @@ CHILD_TARGETS: tuple[tuple[str, str], ...] = (
     ("codex32._linux.mounts", "readonly_paths"),
     ("codex32._linux.mounts", "enter_root"),
     ("codex32._linux.mounts", "remount_root_read_only"),
-    ("codex32._state", "StateStore.update"),
-    ("codex32._events", "append_event"),
+    ("codex32._store.state", "StateStore.update"),
+    ("codex32._store.events", "append_event"),
 )
 
 #: Wrapped in the bench process (the engine side).
 ENGINE_TARGETS: tuple[tuple[str, str], ...] = (
-    ("codex32._engine", "ContainerEngine._create"),
-    ("codex32._engine", "ContainerEngine._launch"),
-    ("codex32._engine", "ContainerEngine._run_attached"),
-    ("codex32._engine", "ContainerEngine._wait_removed"),
-    ("codex32._launch", "Launch.start"),
-    ("codex32._launch", "Launch.wait"),
-    ("codex32._launch", "Launch.detach"),
-    ("codex32._launch", "ForkServer.spawn"),
-    ("codex32._resources", "ContainerCgroups.prepare"),
-    ("codex32._resources", "ContainerCgroups.place"),
-    ("codex32._state", "StateStore.update"),
-    ("codex32._state", "StateStore.save"),
-    ("codex32._logs", "read_logs"),
-    ("codex32._networking", "Networking.prepare"),
-    ("codex32._networking", "Networking.attach"),
-    ("codex32._networking", "Networking._apply_nat"),
-    ("codex32._networking", "Networking.release"),
-    ("codex32._linux.network", "ensure_bridge"),
-    ("codex32._linux.network", "attach_container"),
+    ("codex32._engine.engine", "ContainerEngine._create"),
+    ("codex32._engine.engine", "ContainerEngine._launch"),
+    ("codex32._engine.engine", "ContainerEngine._run_attached"),
+    ("codex32._engine.engine", "ContainerEngine._wait_removed"),
+    ("codex32._runtime.launch", "Launch.start"),
+    ("codex32._runtime.launch", "Launch.wait"),
+    ("codex32._runtime.launch", "Launch.detach"),
+    ("codex32._runtime.launch", "ForkServer.spawn"),
+    ("codex32._cgroups.containers", "ContainerCgroups.prepare"),
+    ("codex32._cgroups.containers", "ContainerCgroups.place"),
+    ("codex32._store.state", "StateStore.update"),
+    ("codex32._store.state", "StateStore.save"),
+    ("codex32._store.logs", "read_logs"),
+    ("codex32._network.manager", "Networking.prepare"),
+    ("codex32._network.manager", "Networking.attach"),
+    ("codex32._network.manager", "Networking._apply_nat"),
+    ("codex32._network.manager", "Networking.release"),
+    ("codex32._linux.netlink", "ensure_bridge"),
+    ("codex32._linux.netlink", "attach_container"),
     ("codex32._cgroups.v1", "V1Driver.open"),
     ("codex32._cgroups.v1", "V1Driver.create"),
     ("codex32._cgroups.v1", "V1Cgroup.add_pid"),
@@ -114,7 +114,12 @@ ENGINE_TARGETS: tuple[tuple[str, str], ...] = (
     ("codex32._cgroups.v2", "V2Cgroup.add_pid"),
 )
 
-HELPER_MODULES = ("codex32._monitor", "codex32._forkserver", "codex32._exec", "codex32._export")
+HELPER_MODULES = (
+    "codex32._runtime.monitor",
+    "codex32._runtime.forkserver",
+    "codex32._runtime.exec",
+    "codex32._runtime.export",
+)
 
 
 class Tracer:
@@ -167,7 +172,7 @@ class Tracer:
     def wrap_sync(self) -> None:
         """Instants for every sync message, labelled with its type."""
         try:
-            sync: Any = importlib.import_module("codex32._sync")
+            sync: Any = importlib.import_module("codex32._runtime.protocol")
         except ImportError:
             return
         send, receive = sync.send, sync.receive

@@ -90,8 +90,8 @@ def breakdown_section(modes: list[dict[str, Any]], imports: dict[str, Any] | Non
     out = table(["phase (median ms)", *(f"{m['label']} (n={m['runs']})" for m in modes)], body)
     if imports:
         lines = []
-        for key, text in (("monitor", "`-S -c 'import codex32._monitor'`"),
-                          ("forkserver", "`-S -c 'import codex32._forkserver'`"),
+        for key, text in (("monitor", "`-S -c 'import codex32._runtime.monitor'`"),
+                          ("forkserver", "`-S -c 'import codex32._runtime.forkserver'`"),
                           ("cli", "a whole `codex32 run --rm busybox /bin/true`")):  # fmt: skip
             data = imports.get(key)
             if not data:

@@ -1,5 +1,5 @@
 """``python -m codex32``: the CLI (through its entry point, as the console script)."""
 
-from .cli.entry import main
+from codex32.cli.entry import main
 
 main()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._network.endpoint import EndpointFiles
-from ._state import StateStore
-from .errors import Codex32Error
+from codex32._network.endpoint import EndpointFiles
+from codex32._store.state import StateStore
+from codex32.errors import Codex32Error
 
 
 def main() -> int:

@@ -58,7 +58,12 @@ def _setup_processes() -> list[str]:
     out = subprocess.run(
         ["ps", "-eo", "pid=,stat=,comm=,args="], capture_output=True, text=True, check=True
     ).stdout
-    marks = ("c32mon-", "codex32-forksrv", "codex32._monitor", "codex32._forkserver")
+    marks = (
+        "c32mon-",
+        "codex32-forksrv",
+        "codex32._runtime.monitor",
+        "codex32._runtime.forkserver",
+    )
     ours = os.path.dirname(sys.executable)  # not another checkout's runs on this machine
     return [
         line.strip()

@@ -19,11 +19,18 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import CgroupError
-from ._fs import MOUNTINFO, PROC_CGROUP, CgroupFS, cgroup_mounts, host_path, own_cgroups
-from .driver import CgroupDriver
-from .v1 import MANAGED, V1Driver
-from .v2 import V2Driver
+from codex32._cgroups._fs import (
+    MOUNTINFO,
+    PROC_CGROUP,
+    CgroupFS,
+    cgroup_mounts,
+    host_path,
+    own_cgroups,
+)
+from codex32._cgroups.driver import CgroupDriver
+from codex32._cgroups.v1 import MANAGED, V1Driver
+from codex32._cgroups.v2 import V2Driver
+from codex32.errors import CgroupError
 
 Layout = Literal["v1", "v2", "hybrid", "none"]
 

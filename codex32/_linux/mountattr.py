@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 
-from .syscalls import _check, _libc
+from codex32._linux.syscalls import _check, _libc
 
 # linux/mount.h, linux/fcntl.h
 MOUNT_ATTR_RDONLY = 0x00000001

@@ -12,7 +12,12 @@ from __future__ import annotations
 import errno
 import os
 
-from .syscalls import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
+from codex32._linux.syscalls import (
+    RESOLVE_BENEATH,
+    RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
+    openat2,
+)
 
 O_PATH = 0o10000000
 _BENEATH = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS

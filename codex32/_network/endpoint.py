@@ -18,13 +18,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from .._state import StateStore, file_lock, is_same_process
-from ..errors import NetworkError
-from .etc_files import HOSTS, HostEntry, names_for, render_hosts, write_in_place
-from .ipam import IPAM
+from codex32._network.etc_files import HOSTS, HostEntry, names_for, render_hosts, write_in_place
+from codex32._network.ipam import IPAM
+from codex32._store.state import StateStore, file_lock, is_same_process
+from codex32.errors import NetworkError
 
 if TYPE_CHECKING:
-    from .._netconfig import PortMapping
+    from codex32.config.network import PortMapping
 
 log = logging.getLogger("codex32")
 
@@ -60,7 +60,7 @@ class Endpoint:
 
     @property
     def port_mappings(self) -> list[PortMapping]:
-        from .._netconfig import PortMapping  # pydantic: engine side only
+        from codex32.config.network import PortMapping  # pydantic: engine side only
 
         return [PortMapping.model_validate(p) for p in self.ports]
 
@@ -161,7 +161,7 @@ class EndpointFiles:
         if endpoint is None:
             return
         if endpoint.proxy_pid is not None and endpoint.proxy_alive():
-            from .._linux.ports import stop_process
+            from codex32._network.ports import stop_process
 
             stop_process(endpoint.proxy_pid)
         drop_links(endpoint.ifname_host, endpoint.ifname_ifb)
@@ -198,14 +198,14 @@ def _later(stamp: str, than: str) -> bool:
 
 
 def _netlink() -> ModuleType:
-    """:mod:`codex32._linux.network` (pyroute2), with site-packages added if need be."""
+    """:mod:`codex32._linux.netlink` (pyroute2), with site-packages added if need be."""
     try:
-        from .._linux import network
+        from codex32._linux import netlink as network
     except ImportError:
         import site
 
         site.main()  # python -S: the monitor's interpreter skipped them at start-up
-        from .._linux import network
+        from codex32._linux import netlink as network
     return network
 
 

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import NetworkError
+from codex32.errors import NetworkError
 
 DEFAULT_NETWORK_NAME = "bridge"
 DEFAULT_BRIDGE = "codex32-br0"

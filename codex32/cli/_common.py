@@ -94,7 +94,7 @@ def engine() -> ContainerEngine:
     from codex32.settings import Settings
 
     if state.host:
-        from ._remote import RemoteEngine
+        from codex32.cli._remote import RemoteEngine
 
         host = state.host
         return cast(ContainerEngine, guard(lambda: RemoteEngine(host)))

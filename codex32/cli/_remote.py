@@ -118,7 +118,7 @@ class RemoteContainer:
     """A container handle whose verbs are requests (``Container``'s shape)."""
 
     def __init__(self, client: Client, inspected: dict[str, Any]) -> None:
-        from codex32._state import ContainerRecord
+        from codex32 import ContainerRecord
 
         self._client = client
         self._inspected = inspected
@@ -192,7 +192,7 @@ class RemoteContainer:
         return code
 
     def stats(self) -> Any:
-        from codex32._resources import ContainerStats
+        from codex32 import ContainerStats
 
         data = self._client.request("GET", f"/containers/{self.id}/stats").json()
         data.pop("cpu_percent", None)
@@ -211,7 +211,7 @@ class RemoteContainer:
         since: float | None = None,
         follow: bool = True,
     ) -> Iterator[Any]:
-        from codex32._logs import LogEntry, parse_since
+        from codex32 import LogEntry, parse_since
 
         params: dict[str, Any] = {"format": "json", "follow": follow}
         if tail is not None:
@@ -238,7 +238,7 @@ class RemoteContainer:
         stderr: int | None = None,
         tty: bool = False,
     ) -> Any:
-        from codex32._engine import ExecResult
+        from codex32 import ExecResult
 
         if stdin is None and not tty:
             body = {"command": command, "env": env or {}, "user": user, "workdir": workdir}
@@ -246,7 +246,7 @@ class RemoteContainer:
             write_all(stdout, result["stdout"].encode())
             write_all(stderr, result["stderr"].encode())
             return ExecResult(result["exit_code"])
-        from ._remote_exec import interactive_exec
+        from codex32.cli._remote_exec import interactive_exec
 
         code = interactive_exec(self._client, self.id, command, env or {}, user, workdir,
                                  stdin, stdout, tty)  # fmt: skip
@@ -412,7 +412,7 @@ class RemoteNetworks:
     def create(
         self, name: str, subnet: str, *, gateway: str | None = None, masquerade: bool = False
     ) -> Any:
-        from codex32._network.ipam import NetworkDefinition
+        from codex32 import NetworkDefinition
 
         body = {"name": name, "subnet": subnet, "gateway": gateway, "masquerade": masquerade}
         return NetworkDefinition.from_json(
@@ -420,7 +420,7 @@ class RemoteNetworks:
         )
 
     def list(self) -> list[Any]:
-        from codex32._network.ipam import NetworkDefinition
+        from codex32 import NetworkDefinition
 
         return [
             NetworkDefinition.from_json(n) for n in self._client.request("GET", "/networks").json()
@@ -459,7 +459,7 @@ class RemoteEngine:
         filters: dict[str, list[str]] | None = None,
         follow: bool = False,
     ) -> Iterator[Any]:
-        from codex32._events import Event
+        from codex32 import Event
 
         params: dict[str, Any] = {"follow": follow}
         if since is not None:

@@ -10,8 +10,7 @@ import threading
 
 import codex32
 from codex32 import Codex32Error
-
-from ._remote import API, Client, write_all
+from codex32.cli._remote import API, Client, write_all
 
 
 def interactive_exec(

@@ -33,11 +33,11 @@ def main() -> None:
 
     remote = "--host" in sys.argv or "-H" in sys.argv or bool(os.environ.get("CODEX32_HOST"))
     if _verb(sys.argv[1:]) in _STARTING_VERBS and not remote:
-        from .._launch import prestart_fork_server
+        from codex32 import prestart_fork_server
 
         # On failure the engine tries again when it needs the server, and reports it.
         with contextlib.suppress(OSError):
             prestart_fork_server()
-    from .main import main as cli_main
+    from codex32.cli.main import main as cli_main
 
     cli_main()

@@ -12,12 +12,12 @@ from typing import Annotated
 
 import typer
 
-from . import network, verbs, views
-from ._common import state
-from ._usage import UsageError, UsageGroup
-from ._usage import report as report_usage_error
-from .run import Action, container_command
-from .serve import serve
+from codex32.cli import network, verbs, views
+from codex32.cli._common import state
+from codex32.cli._usage import UsageError, UsageGroup
+from codex32.cli._usage import report as report_usage_error
+from codex32.cli.run import Action, container_command
+from codex32.cli.serve import serve
 
 app = typer.Typer(
     name="codex32",

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ._common import each_ref, engine, guard, table
-from ._usage import UsageGroup
+from codex32.cli._common import each_ref, engine, guard, table
+from codex32.cli._usage import UsageGroup
 
 app = typer.Typer(
     name="network",

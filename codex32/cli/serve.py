@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import fail
+from codex32.cli._common import fail
 
 
 def serve(

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._common import each_ref, engine, guard
-from ._usage import UsageError
+from codex32.cli._common import each_ref, engine, guard
+from codex32.cli._usage import UsageError
 
 if TYPE_CHECKING:
     from codex32 import Container
@@ -47,7 +47,7 @@ def start(
         raise UsageError("you cannot start and attach multiple containers at once")
     import time
 
-    from .views import follow_output
+    from codex32.cli.views import follow_output
 
     container = guard(partial(engine().containers.get, containers[0]))
     # Only this start's output: a restarted container's log still holds earlier runs.
@@ -107,8 +107,24 @@ def remove(
     containers: Names,
     force: Annotated[bool, typer.Option("-f", "--force", help="Kill it if running.")] = False,
 ) -> None:
-    """Remove containers."""
-    _each(containers, lambda c: c.remove(force=force))
+    """Remove containers (with --force, also one whose record is damaged)."""
+    from codex32 import DamagedRecordError
+
+    eng = engine()
+
+    def apply(ref: str) -> object:
+        try:
+            container = eng.containers.get(ref)
+        except DamagedRecordError:
+            if not force:
+                raise
+            return eng.containers.remove_damaged(ref)
+        container.remove(force=force)
+        return None
+
+    failed = each_ref(containers, apply, lambda ref, _result: typer.echo(ref))
+    if failed:
+        raise typer.Exit(failed)
 
 
 def prune() -> None:
@@ -129,7 +145,7 @@ def exec_(
     """Run a command in a running container, confined as its command is."""
     import sys
 
-    from .run import parse_env, raw_terminal
+    from codex32.cli.run import parse_env, raw_terminal
 
     args = command[1:] if command[:1] == ["--"] else command
     target = guard(partial(engine().containers.get, container))

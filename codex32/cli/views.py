@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import ago, each_ref, engine, guard, table
+from codex32.cli._common import ago, each_ref, engine, guard, table
 
 if TYPE_CHECKING:
-    from codex32 import Container
-    from codex32._logs import LogEntry
+    from codex32 import Container, LogEntry
 
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -26,6 +25,9 @@ def list_containers(
 ) -> None:
     """List containers."""
     found = guard(partial(engine().containers.list, all=all_))
+    if all_:  # one damaged record is named, and the others still list
+        for damaged in guard(engine().containers.damaged):
+            typer.echo(f"codex32: warning: {damaged}", err=True)
     if quiet:
         for c in found:
             typer.echo(c.short_id)
@@ -92,7 +94,7 @@ def logs(
     ] = False,
 ) -> None:
     """Print a container's output (stdout to stdout, stderr to stderr)."""
-    from codex32._logs import parse_since
+    from codex32 import parse_since
 
     c = guard(partial(engine().containers.get, container))
     if tail != "all" and not tail.isdigit():
@@ -113,14 +115,12 @@ def _write_entry(entry: LogEntry, *, timestamps: bool, json_lines: bool) -> None
     The JSON has Docker's json-file fields, those of the container's log file:
     ``log`` is the text with its newline, ``time`` RFC 3339 with nanoseconds.
     """
-    from codex32._logs import format_entry
-
     if json_lines:
         record = {"time": entry.time_text, "stream": entry.stream, "log": entry.text}
         sys.stdout.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
         return
     stream = sys.stderr if entry.stream == "stderr" else sys.stdout
-    stream.write(format_entry(entry, timestamps))
+    stream.write(entry.format(timestamps))
 
 
 def _raise(exc: Exception) -> None:
@@ -156,11 +156,10 @@ def events(
     json_output: Json = False,
 ) -> None:
     """Print engine events (create, start, die, stop, kill, destroy, ...)."""
-    from codex32._events import parse_filters
-    from codex32._logs import parse_since
+    from codex32 import parse_event_filters, parse_since
 
     eng = engine()
-    filters = guard(partial(parse_filters, filter_ or []))
+    filters = guard(partial(parse_event_filters, filter_ or []))
     now = time.time()
     start = guard(partial(parse_since, since, now)) if since else None
     end = guard(partial(parse_since, until, now)) if until else None
@@ -191,7 +190,7 @@ def images(json_output: Json = False) -> None:
 
 
 def build(name: Annotated[str, typer.Argument(help="Template to (re)build.")]) -> None:
-    """Build a rootfs template from its recipe in rootfs-templates/."""
+    """Build a rootfs template from its recipe (shipped, or in $CODEX32_TEMPLATES_DIR)."""
     guard(partial(engine().images.build, name))
 
 
@@ -270,20 +269,20 @@ def doctor(json_output: Json = False) -> None:
 
     ``--json``: the same facts as one object, for scripts and monitoring.
     """
-    from codex32._cgroups.detect import CgroupHostInfo
-
     report = guard(engine().info)
     if json_output:
         typer.echo(json.dumps(report, indent=2))
         return
     cgroup = report["cgroup"]
-    fields = ("layout", "driver", "v1_controllers", "v2_controllers", "unified_mountpoint")
-    info = CgroupHostInfo(**{k: cgroup[k] for k in fields})
-    typer.echo(info.describe())
+    typer.echo(cgroup["description"])
     if cgroup["usable_controllers"] is not None:
         typer.echo(f"controllers usable for containers: {', '.join(cgroup['usable_controllers'])}")
     else:
         typer.echo(f"no cgroup driver: {cgroup['unavailable']}")
+    typer.echo("limits (enforceable on this host; --limits best-effort drops the others):")
+    table([["LIMIT", "ENFORCEABLE", "WHY"]]
+          + [[row["limit"], "yes" if row["enforceable"] else "no", row["reason"]]
+             for row in cgroup["limits"]])  # fmt: skip
     typer.echo(f"cgroup parent: {cgroup['parent']}")
     typer.echo(f"storage: {report['storage_dir']}")
     typer.echo(f"templates: {report['templates_dir']}")

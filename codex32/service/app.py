@@ -21,13 +21,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from codex32 import AsyncContainerEngine, IsolationType, init_engine, shutdown_engine
-
-from .audit import AuditLog
-from .auth import ERROR_KEY, AuthMiddleware
-from .errors import ApiError, from_exception, validation_message
-from .policy import Policy
-from .servers import ServerStarter, ServiceContext, start_all, stop_all
-from .settings import ServiceSettings
+from codex32.service.audit import AuditLog
+from codex32.service.auth import ERROR_KEY, AuthMiddleware
+from codex32.service.errors import ApiError, from_exception, validation_message
+from codex32.service.policy import Policy
+from codex32.service.servers import ServerStarter, ServiceContext, start_all, stop_all
+from codex32.service.settings import ServiceSettings
 
 log = logging.getLogger("codex32.service")
 
@@ -89,11 +88,11 @@ def create_app(
     )
     _install_error_handlers(app)
     _system_routes(app)
-    from .routes.containers import router as containers
-    from .routes.events import router as events
-    from .routes.exec import router as exec_routes
-    from .routes.images import router as images
-    from .routes.networks import router as networks
+    from codex32.service.routes.containers import router as containers
+    from codex32.service.routes.events import router as events
+    from codex32.service.routes.exec import router as exec_routes
+    from codex32.service.routes.images import router as images
+    from codex32.service.routes.networks import router as networks
 
     for router in (containers, exec_routes, images, networks, events):
         app.include_router(router, prefix=API)
@@ -130,8 +129,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     from pydantic import ValidationError
 
     from codex32 import Codex32Error
-
-    from .errors import ApiProblemError
+    from codex32.service.errors import ApiProblemError
 
     for expected in (Codex32Error, ApiProblemError, ValidationError, TimeoutError, ValueError):
         app.add_exception_handler(expected, engine_error)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .sockets import Peer
+from codex32.service.sockets import Peer
 
 
 class AuditLog:

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from codex32 import ConfigError
-
-from .audit import AuditLog
-from .sockets import Peer, peer_from_scope
+from codex32.service.audit import AuditLog
+from codex32.service.sockets import Peer, peer_from_scope
 
 log = logging.getLogger("codex32.service")
 

@@ -23,8 +23,7 @@ from codex32 import (
     NetworkError,
     StateError,
 )
-
-from .policy import PolicyDenied
+from codex32.service.policy import PolicyDenied
 
 log = logging.getLogger("codex32.service")
 

@@ -48,7 +48,7 @@ class Limits(BaseModel):
     @field_validator("memory_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
-        from codex32.config import parse_size
+        from codex32.config.container import parse_size
 
         return parse_size(value) if isinstance(value, str) else value
 
@@ -83,7 +83,7 @@ class Policy(BaseModel):
     @field_validator("allowed_capabilities", mode="before")
     @classmethod
     def _caps(cls, value: Any) -> Any:
-        from codex32.config import ALL_CAPABILITIES
+        from codex32.config.container import ALL_CAPABILITIES
 
         names = set()
         for cap in value:

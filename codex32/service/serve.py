@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from codex32 import ConfigError
-
-from .app import create_app
-from .auth import init_token, load_token
-from .policy import Policy
-from .servers import RunningServer, ServiceContext
-from .settings import ServiceSettings
-from .sockets import UvicornServer, tcp_listener, unix_listener, uvicorn_config
+from codex32.service.app import create_app
+from codex32.service.auth import init_token, load_token
+from codex32.service.policy import Policy
+from codex32.service.servers import RunningServer, ServiceContext
+from codex32.service.settings import ServiceSettings
+from codex32.service.sockets import UvicornServer, tcp_listener, unix_listener, uvicorn_config
 
 log = logging.getLogger("codex32.service")
 

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from codex32 import AsyncContainerEngine
-
-from .audit import AuditLog
-from .policy import Policy
-from .settings import ServiceSettings
+from codex32.service.audit import AuditLog
+from codex32.service.policy import Policy
+from codex32.service.settings import ServiceSettings
 
 log = logging.getLogger("codex32.service")
 

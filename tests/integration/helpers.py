@@ -115,7 +115,7 @@ def mountinfo(text: str) -> dict[str, MountEntry]:
 
 def cap_mask(names: frozenset[str] | set[str]) -> int:
     """The bit mask of capability names, numbered as in linux/capability.h."""
-    from codex32._caps import CAPABILITY_NUMBERS
+    from codex32.config.capabilities import CAPABILITY_NUMBERS
 
     mask = 0
     for name in names:
@@ -243,13 +243,13 @@ def _listing(path: Path) -> frozenset[str]:
 #: How a container's monitor names itself (prctl PR_SET_NAME, ``_monitor.serve``):
 #: ``c32mon-`` and 8 hex digits of the id. The stage2 and PID 1 it forks inherit the
 #: name, PID 1 until it execs. Monitors are forked by the fork server, so their
-#: command line is the server's (``-m codex32._forkserver``): only the name tells.
+#: command line is the server's (``-m codex32._runtime.forkserver``): only the name tells.
 MONITOR_NAME_PREFIX = "c32mon-"
 #: The engine's fork server: one per engine, long-lived by design, so never counted.
 FORK_SERVER_NAME = "codex32-forksrv"
-#: A monitor started without the fork server (``-m codex32._monitor``), until it
+#: A monitor started without the fork server (``-m codex32._runtime.monitor``), until it
 #: has named itself.
-MONITOR_MODULE = "codex32._monitor"
+MONITOR_MODULE = "codex32._runtime.monitor"
 
 
 def is_session_name(name: str) -> bool:

@@ -31,7 +31,7 @@ from lifecycle_support import (
 )
 
 from codex32 import Container, ContainerEngine, ContainerNotFoundError, ContainerState
-from codex32._logs import parse_time
+from codex32._store.logs import parse_time
 
 pytestmark = pytest.mark.root
 

@@ -44,8 +44,8 @@ from codex32 import (
     init_engine,
     shutdown_engine,
 )
-from codex32._events import Event
-from codex32._state import process_start_time
+from codex32._store.events import Event
+from codex32._store.state import process_start_time
 
 pytestmark = pytest.mark.root
 
@@ -412,7 +412,7 @@ def _links() -> str:
 def test_init_engine_reconciles_after_a_crash(
     engine: ContainerEngine, containers: Containers, storage_dir: Path
 ) -> None:
-    from codex32._linux.network import host_ifname
+    from codex32._linux.netlink import host_ifname
 
     container = containers.started(sh("exit 0", name="lifecycle-reconciled"))
     assert container.wait(timeout=10) == 0

@@ -33,8 +33,8 @@ from codex32 import (
     ContainerEngine,
     ContainerState,
 )
-from codex32._events import Event
-from codex32._logs import parse_time
+from codex32._store.events import Event
+from codex32._store.logs import parse_time
 
 pytestmark = pytest.mark.root
 

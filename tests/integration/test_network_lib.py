@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from codex32._linux import network
+from codex32._linux import netlink as network
 from codex32.errors import NetworkError
 
 BRIDGE = "c32tbr0"

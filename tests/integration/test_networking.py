@@ -31,8 +31,8 @@ from codex32 import (
     LaunchError,
     NetworkError,
 )
-from codex32._linux.nat import current_ruleset
-from codex32._linux.network import ifb_ifname
+from codex32._linux.netlink import ifb_ifname
+from codex32._linux.nftables import current_ruleset
 
 pytestmark = pytest.mark.root
 
@@ -166,7 +166,7 @@ def proxies() -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"codex32._portproxy" in f.read():
+                if b"codex32._network.portproxy" in f.read():
                     found.append(int(entry))
     return found
 

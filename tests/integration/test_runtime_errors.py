@@ -1,8 +1,8 @@
 """Bad input is refused before anything is created; a failed launch leaves nothing.
 
 "Nothing" is checked each time: no container directory or name in the storage
-directory, no host mount naming it, no set-up or monitor process (``codex32._init``,
-``codex32._monitor``) of this test run.
+directory, no host mount naming it, no set-up or monitor process (``codex32._runtime.init``,
+``codex32._runtime.monitor``) of this test run.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 One container per level prints its namespaces, its capability sets, no_new_privs,
 seccomp mode, id maps, network devices and hostname; the tests compare that with the
-host's view (the test process) and with the table in ``codex32._profiles``. The
-expected capability masks are computed from ``codex32._caps``. Capability changes,
+host's view (the test process) and with the table in ``codex32._plan.profiles``. The
+expected capability masks are computed from ``codex32.config.capabilities``. Capability changes,
 host-side uid checks and the masked / read-only kernel paths use containers of their
 own. Nothing here writes to anything the host shares with a MINIMAL container.
 """
@@ -36,13 +36,13 @@ from helpers import (
 )
 
 from codex32 import ContainerConfig, ContainerEngine, IsolationType, RunResult, Volume
-from codex32._caps import (
+from codex32._plan.profiles import READONLY_PATHS
+from codex32.config.capabilities import (
     ALL_CAPABILITIES,
     CAPABILITY_NUMBERS,
     DOCKER_DEFAULT_CAPABILITIES,
     HOST_DANGEROUS_CAPABILITIES,
 )
-from codex32._profiles import READONLY_PATHS
 
 pytestmark = pytest.mark.root
 

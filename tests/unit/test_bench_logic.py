@@ -57,15 +57,26 @@ def test_oci_config_matches_standard() -> None:
 
 
 def test_the_oci_capabilities_are_the_engines_standard_set() -> None:
-    from codex32._caps import DOCKER_DEFAULT_CAPABILITIES
+    from codex32.config.capabilities import DOCKER_DEFAULT_CAPABILITIES
 
     assert frozenset(oci.DOCKER_CAPABILITIES) == DOCKER_DEFAULT_CAPABILITIES
 
 
 def test_helper_argv_runs_engine_helpers_under_the_probe() -> None:
-    argv = ["/py", "-S", "-m", "codex32._monitor", "5"]
-    assert probe.helper_argv(argv) == ["/py", "-S", "-m", "bench.probe", "codex32._monitor", "5"]
-    assert probe.helper_argv(["/py", "-m", "codex32._restart"]) == ["/py", "-m", "codex32._restart"]
+    argv = ["/py", "-S", "-m", "codex32._runtime.monitor", "5"]
+    assert probe.helper_argv(argv) == [
+        "/py",
+        "-S",
+        "-m",
+        "bench.probe",
+        "codex32._runtime.monitor",
+        "5",
+    ]
+    assert probe.helper_argv(["/py", "-m", "codex32._engine.restart"]) == [
+        "/py",
+        "-m",
+        "codex32._engine.restart",
+    ]
 
 
 def _trace(tmp_path: Path, lines: list[tuple[int, int, str, str]]) -> str:

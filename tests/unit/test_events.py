@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from codex32._events import (
+from codex32._store.events import (
     Event,
     EventHooks,
     EventWatcher,
     append_event,
     follow_events,
-    parse_filters,
+    parse_event_filters,
     read_events,
     rotated_path,
 )
@@ -58,7 +58,7 @@ def deadline(seconds: float) -> Callable[[], bool]:
 APPENDER = """
 import sys, time
 from pathlib import Path
-from codex32._events import Event, append_event
+from codex32._store.events import Event, append_event
 path, writer, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 limit = {"max_bytes": int(sys.argv[4])} if len(sys.argv) > 4 else {}
 sys.stdin.readline()
@@ -196,12 +196,14 @@ def test_concurrent_appends_across_rotations(events_file: Path) -> None:
 
 
 def test_parse_filters() -> None:
-    assert parse_filters(["event=die", "container=bot", "event=oom", " type = container "]) == {
+    assert parse_event_filters(
+        ["event=die", "container=bot", "event=oom", " type = container "]
+    ) == {
         "event": ["die", "oom"],
         "container": ["bot"],
         "type": ["container"],
     }
-    assert parse_filters([]) == {}
+    assert parse_event_filters([]) == {}
 
 
 @pytest.mark.parametrize(
@@ -215,7 +217,7 @@ def test_parse_filters() -> None:
 )
 def test_parse_filters_errors(value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        parse_filters([value])
+        parse_event_filters([value])
 
 
 def test_read_with_filters(events_file: Path) -> None:
@@ -344,7 +346,7 @@ def test_a_failing_callback_is_logged_and_does_not_stop_the_others(
     hooks.on("die", lambda e: seen.append("first"))
     hooks.on("die", broken)
     hooks.on("*", lambda e: seen.append("last"))
-    with caplog.at_level(logging.ERROR, logger="codex32._events"):
+    with caplog.at_level(logging.ERROR, logger="codex32._store.events"):
         hooks.dispatch(event("die", exitCode="1"))
     assert seen == ["first", "last"]
     (record,) = caplog.records

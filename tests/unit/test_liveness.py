@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from codex32._engine import _liveness
-from codex32._state import ContainerRecord, ContainerState, process_start_time
+from codex32._engine.engine import _liveness
+from codex32._store.state import ContainerRecord, ContainerState, process_start_time
 
 ALIVE = (os.getpid(), process_start_time(os.getpid()))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from codex32._logs import (
+from codex32._store.logs import (
     MAX_LINE_SIZE,
     LogEntry,
     LogWriter,

@@ -14,8 +14,8 @@ import pytest
 from pydantic import ValidationError
 
 from codex32 import ContainerConfig, IsolationType, PortMapping
-from codex32._linux.nat import MasqueradedNetwork, masquerade_ruleset
-from codex32._netconfig import format_rate, parse_rate
+from codex32._images.image import ImageConfig
+from codex32._linux.nftables import MasqueradedNetwork, masquerade_ruleset
 from codex32._network.endpoint import ENDPOINT_FILE, Endpoint
 from codex32._network.etc_files import (
     FALLBACK_NAMESERVERS,
@@ -25,18 +25,14 @@ from codex32._network.etc_files import (
     render_resolv_conf,
     write_in_place,
 )
-from codex32._networking import Networking
-from codex32._plan import ContainerPaths, build_plan
-from codex32._profiles import resolve_profile
-from codex32._state import ContainerRecord, StateStore, process_start_time
-from codex32._templates import Template
+from codex32._network.manager import Networking
+from codex32._plan.plan import ContainerPaths, build_plan
+from codex32._plan.profiles import resolve_profile
+from codex32._store.state import ContainerRecord, StateStore, process_start_time
+from codex32.config.network import format_rate, parse_rate
 from codex32.errors import NetworkError
 
-TEMPLATE = Template(
-    name="t",
-    recipe_dir=Path("/nonexistent"),
-    description="",
-    build_script="build.sh",
+TEMPLATE = ImageConfig(
     command=("sh",),
     env={},
     workdir="/",

@@ -16,8 +16,8 @@ from typing import Any
 import pyseccomp
 import pytest
 
-from codex32._caps import ALL_CAPABILITIES, DOCKER_DEFAULT_CAPABILITIES
 from codex32._linux import seccomp
+from codex32.config.capabilities import ALL_CAPABILITIES, DOCKER_DEFAULT_CAPABILITIES
 
 if os.uname().machine != "x86_64":
     pytest.skip("the BPF checks below use x86_64 syscall numbers", allow_module_level=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from codex32._state import StateStore
+from codex32._store.state import StateStore
 from codex32.errors import ContainerNotFoundError
 
 ID_A = "0a" + "1" * 62

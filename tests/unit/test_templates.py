@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from codex32._templates import TemplateStore
+from codex32._images.templates import TemplateStore
 
 
 def _recipe(recipes: Path) -> None:

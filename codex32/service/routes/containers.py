@@ -14,9 +14,8 @@ from fastapi import APIRouter, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from codex32 import AsyncContainer, ContainerConfig, ContainerState
-
-from ..errors import ApiProblemError, from_exception
-from ..servers import ServiceContext
+from codex32.service.errors import ApiProblemError, from_exception
+from codex32.service.servers import ServiceContext
 
 router = APIRouter(prefix="/containers", tags=["containers"])
 
@@ -43,7 +42,7 @@ async def allowed_container(request: Request | WebSocket, ref: str) -> AsyncCont
 def _since(value: str | None) -> float | None:
     if value is None or value == "":
         return None
-    from codex32._logs import parse_since
+    from codex32 import parse_since
 
     try:
         return parse_since(value, time.time())
@@ -259,7 +258,6 @@ async def logs(
     entries = container.stream_logs(
         stdout=stdout, stderr=stderr, tail=_tail(tail), since=_since(since), follow=follow
     )
-    from codex32._logs import format_entry
 
     async def body() -> AsyncIterator[bytes]:
         async for entry in entries:
@@ -267,7 +265,7 @@ async def logs(
                 line = {"time": entry.time_text, "stream": entry.stream, "log": entry.text}
                 yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
             else:
-                yield format_entry(entry, timestamps).encode()
+                yield entry.format(timestamps).encode()
 
     media = "application/x-ndjson" if format == "json" else "text/plain; charset=utf-8"
     return StreamingResponse(body(), media_type=media)

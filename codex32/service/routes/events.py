@@ -15,8 +15,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 
-from ..errors import ApiProblemError, from_exception
-from ..servers import ServiceContext
+from codex32.service.errors import ApiProblemError, from_exception
+from codex32.service.servers import ServiceContext
 
 router = APIRouter(tags=["events"])
 
@@ -26,7 +26,7 @@ Filters = Annotated[
 
 
 def _times(since: str | None, until: str | None) -> tuple[float | None, float | None]:
-    from codex32._logs import parse_since
+    from codex32 import parse_since
 
     now = time.time()
     try:
@@ -39,10 +39,10 @@ def _times(since: str | None, until: str | None) -> tuple[float | None, float | 
 
 
 def _filters(values: list[str] | None) -> dict[str, list[str]]:
-    from codex32._events import parse_filters
+    from codex32 import parse_event_filters
 
     try:
-        return parse_filters(values or [])
+        return parse_event_filters(values or [])
     except ValueError as exc:
         raise ApiProblemError(400, str(exc), kind="ValueError") from None
 

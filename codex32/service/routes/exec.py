@@ -15,9 +15,8 @@ from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field
 
 from codex32 import AsyncContainer, ConfigError
-
-from ..errors import from_exception
-from .containers import allowed_container
+from codex32.service.errors import from_exception
+from codex32.service.routes.containers import allowed_container
 
 router = APIRouter(prefix="/containers", tags=["exec"])
 

@@ -10,9 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from codex32 import ContainerImage
-
-from ..errors import from_exception
-from ..servers import ServiceContext
+from codex32.service.errors import from_exception
+from codex32.service.servers import ServiceContext
 
 router = APIRouter(tags=["images"])
 

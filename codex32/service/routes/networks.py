@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict
 
-from ..servers import ServiceContext
+from codex32.service.servers import ServiceContext
 
 router = APIRouter(prefix="/networks", tags=["networks"])
 

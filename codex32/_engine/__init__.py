@@ -1,0 +1,1 @@
+"""ContainerEngine and Container: the wiring of the layers below."""

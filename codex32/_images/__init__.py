@@ -1,0 +1,1 @@
+"""Root filesystems: rootfs templates today; OCI images next."""

@@ -1,0 +1,1 @@
+"""Pure compilation: isolation profiles and config into a plan; seccomp policy."""

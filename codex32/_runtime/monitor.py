@@ -1,0 +1,565 @@
+"""The container monitor (Podman's conmon): stage1 of the set-up process.
+
+It starts the container (forking stage2, writing id maps, relaying the engine's
+go-ahead), then stays as its parent for its whole life, detached from whoever
+started it: it reaps PID 1, writes the container's stdout/stderr to its log
+(Docker's json-file format, rotated), records the exit in state.json, appends the
+``start``/``oom``/``die``/``destroy`` events (``oom`` as each OOM kill happens), removes
+``--rm`` containers and applies the restart policy. It imports the standard library
+and small codex32 modules only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import termios
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from codex32._cgroups.final import final_figures, remove_cgroup
+from codex32._cgroups.oom import OomWatch, oom_kill_count
+from codex32._linux.caps import set_child_subreaper, set_process_name
+from codex32._linux.process import pid_of_pidfd
+from codex32._linux.pty import copy_window_size, write_all
+from codex32._runtime import protocol as _sync
+from codex32._runtime.init import stage2
+from codex32._store.events import Event, append_event
+from codex32._store.logs import LogWriter
+from codex32._store.state import (
+    ContainerRecord,
+    ContainerState,
+    StateStore,
+    process_start_time,
+)
+from codex32.errors import Codex32Error
+
+_BACKOFF_START = 0.1
+_BACKOFF_MAX = 60.0
+_BACKOFF_RESET_AFTER = 10.0  # a run this long resets the back-off, as Docker does
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """What the engine tells the monitor besides the plan."""
+
+    container_id: str
+    name: str
+    storage_dir: str
+    attach: bool
+    tty: bool
+    log_max_size: int | None
+    log_max_files: int
+    auto_remove: bool
+    restart_policy: str
+    restart_max: int
+    # The engine's settings (Settings.to_env): a restart is started with the same ones.
+    engine_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_message(cls, data: dict[str, Any]) -> MonitorConfig:
+        return cls(**data)
+
+
+def _write_maps(pid: int, plan: dict[str, Any]) -> None:
+    for kind, key in (("uid_map", "uid_mappings"), ("gid_map", "gid_mappings")):
+        lines = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in plan[key])
+        with open(f"/proc/{pid}/{kind}", "w") as f:
+            f.write(lines)
+
+
+def _reap(pid: int) -> int:
+    """waitpid, retried on EINTR; 0 if it is not our child any more."""
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+
+
+def _kill_and_reap(pid: int | None) -> None:
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+
+
+def _exit_code(status: int) -> tuple[int, int]:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return 128 + sig, sig
+    return os.WEXITSTATUS(status), 0
+
+
+class Monitor:
+    """One container's supervisor."""
+
+    def __init__(self, plan: dict[str, Any], config: MonitorConfig, engine: socket.socket):
+        self.plan = plan
+        self.config = config
+        self.engine: socket.socket | None = engine
+        self.store = StateStore(Path(config.storage_dir))
+        self.directory = self.store.directory(config.container_id)
+        self.events_path = Path(config.storage_dir) / "events.jsonl"
+        self.pid1: int | None = None
+        self.cgroup_paths: dict[str, str] = {}
+        self.oom_baseline = 0
+        self.oom_reported = 0  # the counter's value up to which ``oom`` events were appended
+        self.started_at = 0.0
+
+    # -- talking to the engine (which may go away at any time) ------------------
+
+    def _tell(self, message: _sync.Message) -> None:
+        if self.engine is None:
+            return
+        try:
+            _sync.send(self.engine, message)
+        except OSError:
+            self._forget_engine()
+
+    def _forget_engine(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def _event(self, action: str, **attributes: str) -> None:
+        event = Event(
+            time=time.time(),
+            type="container",
+            action=action,
+            id=self.config.container_id,
+            name=self.config.name,
+            attributes=attributes,
+        )
+        with contextlib.suppress(OSError):
+            append_event(self.events_path, event)
+
+    # -- start -----------------------------------------------------------------
+
+    def _console_from_pid1(self) -> bool:
+        """PID 1 makes its terminal from its own devpts (plans made before it could not)."""
+        return any(step.get("op") == "console" for step in self.plan.get("steps", []))
+
+    def _stdio(self) -> tuple[int, int, int | None, int | None]:
+        """The container's (stdout, stderr) write ends and the monitor's read ends."""
+        if self.config.tty:
+            if self._console_from_pid1():  # the read end comes with the console message
+                null = os.open(os.devnull, os.O_RDWR)
+                return null, null, None, None
+            master, slave = os.openpty()
+            copy_window_size(1, master)
+            return slave, slave, master, None
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        return out_w, err_w, out_r, err_r
+
+    def start(self) -> bool:
+        """Run the launch handshake; True once the container's command is running."""
+        out_w, err_w, self.out_r, self.err_r = self._stdio()
+        ours, theirs = _sync.socket_pair()
+        stage2_pid = os.fork()
+        if stage2_pid == 0:
+            ours.close()
+            if self.engine is not None:
+                self.engine.close()
+            if self.config.tty:
+                if self.out_r is not None:  # a host terminal (a plan without console)
+                    os.setsid()
+                    fcntl.ioctl(out_w, termios.TIOCSCTTY, 0)
+                os.dup2(out_w, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            for fd in {out_w, err_w, self.out_r, self.err_r} - {None, 0, 1, 2}:
+                assert fd is not None
+                os.close(fd)
+            stage2(self.plan, theirs)
+        theirs.close()
+        os.close(out_w)
+        if err_w != out_w:
+            os.close(err_w)
+        try:
+            while self.pid1 is None:
+                message, fds = _sync.receive_with_fds(ours)
+                pid1 = None
+                try:  # PID 1 comes as a pidfd: its pid is the kernel's word, not a number sent
+                    if message and message.get("type") == "pid" and len(fds) == 1:
+                        pid1 = pid_of_pidfd(fds[0])
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                if message is None:
+                    self._tell(_sync.error_message("namespaces", 0, "set-up process died"))
+                    return False
+                kind = message.get("type")
+                if kind == "map_request":
+                    try:
+                        _write_maps(stage2_pid, self.plan)
+                    except OSError as exc:
+                        self._tell(_sync.error_message("uid_map", exc.errno or 0, str(exc)))
+                        return False
+                    _sync.send(ours, {"type": "map_done"})
+                elif kind == "pid" and pid1 is not None:
+                    self.pid1 = pid1
+                else:
+                    self._tell(message)
+                    return False
+            _reap(stage2_pid)
+            stage2_pid = 0
+            self._tell({"type": "created", "pid": self.pid1})
+            reply = _sync.receive(self.engine) if self.engine else None
+            if not reply or reply.get("type") != "proceed":
+                _kill_and_reap(self.pid1)
+                self.pid1 = None
+                return False
+            _sync.send(ours, {"type": "proceed"})
+            outcome = self._outcome(ours)
+            if outcome is not None:
+                self._tell(outcome)
+                _reap(self.pid1)
+                self.pid1 = None
+                return False
+            self._record_start()
+            self._tell({"type": "started", "pid": self.pid1})
+            return True
+        except BaseException:
+            _kill_and_reap(self.pid1)
+            self.pid1 = None
+            raise
+        finally:
+            ours.close()
+            if stage2_pid:
+                _kill_and_reap(stage2_pid)
+
+    def _outcome(self, sock: socket.socket) -> _sync.Message | None:
+        """PID 1's error, or None once it has exec'd; takes its terminal on the way."""
+        while True:
+            message, fds = _sync.receive_with_fds(sock)
+            if message is None or message.get("type") != "console":
+                for fd in fds:
+                    os.close(fd)
+                return message
+            if not fds:
+                return _sync.error_message("console", 0, "no terminal came with the console")
+            self.out_r = fds[0]
+            for fd in fds[1:]:
+                os.close(fd)
+            copy_window_size(1, self.out_r)
+            _sync.send(sock, {"type": "console_done"})
+
+    def _record_start(self) -> None:
+        assert self.pid1 is not None
+        pid = self.pid1
+        started = time.time()
+
+        def change(record: ContainerRecord) -> None:
+            record.status = ContainerState.RUNNING
+            record.pid = pid
+            record.pid_start_time = process_start_time(pid)
+            record.monitor_pid = os.getpid()
+            record.monitor_start_time = process_start_time(os.getpid())
+            record.started_at = started
+            record.finished_at = None
+            record.exit_code = None
+            record.signal = 0
+            record.error = None
+            record.oom_killed = False
+            record.memory_peak_bytes = record.cpu_usage_ns = None
+            record.oom_kills = 0
+            record.died_unseen = False
+            record.keep_after_exit = False
+
+        record = self.store.update(self.config.container_id, change)
+        self.started_at = started
+        self.cgroup_paths = dict(record.cgroup_paths)
+        self.oom_baseline = self.oom_reported = oom_kill_count(self.cgroup_paths)
+        self._event("start")
+
+    # -- run -------------------------------------------------------------------
+
+    def supervise(self) -> int:
+        """Copy output into the log until PID 1 exits; return its wait status.
+
+        Meanwhile each OOM kill in the container (a child's, with PID 1 alive) is
+        reported when the kernel signals it, as Docker's ``oom`` event is.
+        """
+        assert self.pid1 is not None
+        log = LogWriter(
+            self.directory / "container.log", self.config.log_max_size, self.config.log_max_files
+        )
+        selector = selectors.DefaultSelector()
+        pidfd = os.pidfd_open(self.pid1)
+        selector.register(pidfd, selectors.EVENT_READ, "exit")
+        streams = {self.out_r: "stdout", self.err_r: "stderr"}
+        for fd, stream in streams.items():
+            if fd is not None:
+                selector.register(fd, selectors.EVENT_READ, stream)
+        if self.engine is not None:
+            selector.register(self.engine, selectors.EVENT_READ, "engine")
+        if self.config.attach and self.config.tty:
+            with contextlib.suppress(OSError, ValueError):
+                selector.register(0, selectors.EVENT_READ, "stdin")
+        oom = OomWatch.open(self.cgroup_paths)
+        if oom is not None:
+            selector.register(oom.fileno(), selectors.EVENT_READ, "oom")
+            self._report_oom(oom_kill_count(self.cgroup_paths))  # one before we watched
+        open_streams = {s for fd, s in streams.items() if fd is not None}
+        status: int | None = None
+        try:
+            while status is None or open_streams:
+                timeout = 2.0 if status is not None else (oom.timeout() if oom else None)
+                ready = selector.select(timeout)
+                if oom is not None:
+                    notified = any(key.data == "oom" for key, _ in ready)
+                    count = oom.count(notified)
+                    if count is not None:
+                        self._report_oom(count)
+                    elif notified:  # the cgroup is gone: a v2 fd would poll ready for ever
+                        _unwatch(selector, oom)
+                        oom = None
+                if not ready and status is not None:
+                    break  # a descendant outside the pid namespace holds the pipe open
+                for key, _ in ready:
+                    what = key.data
+                    if what == "oom":
+                        continue
+                    if what == "exit":
+                        status = _reap(self.pid1)
+                        selector.unregister(pidfd)
+                        _unwatch(selector, oom)  # ``finish`` reports what is left
+                        oom = None
+                    elif what == "engine":
+                        if not self._engine_alive():
+                            selector.unregister(key.fileobj)
+                            self._forget_engine()
+                    elif what == "stdin":
+                        self._pump_stdin(selector)
+                    elif not self._pump_output(key.fd, what, log):
+                        selector.unregister(key.fd)
+                        open_streams.discard(what)
+        finally:
+            log.close()
+            os.close(pidfd)
+            if oom is not None:
+                oom.close()
+            selector.close()
+        return status if status is not None else 0
+
+    def _report_oom(self, count: int) -> None:
+        """An ``oom`` event for each kill the counter shows that none was appended for;
+        ``OOMKilled`` is set at once, as Docker's ``inspect`` shows it on a running
+        container."""
+        if count > self.oom_reported and self.pid1 is not None:
+
+            def mark(record: ContainerRecord) -> None:
+                record.oom_killed = True
+
+            with contextlib.suppress(OSError, Codex32Error):
+                self.store.update(self.config.container_id, mark)
+        for _ in range(count - self.oom_reported):
+            self._event("oom")
+        self.oom_reported = max(self.oom_reported, count)
+
+    def _engine_alive(self) -> bool:
+        assert self.engine is not None
+        try:
+            return bool(self.engine.recv(1, socket.MSG_PEEK))
+        except OSError:
+            return False
+
+    def _pump_output(self, fd: int, stream: str, log: LogWriter) -> bool:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: the pty's last holder closed it
+            data = b""
+        if not data:
+            return False
+        log.write(stream, data)
+        if self.config.attach:
+            target = 2 if stream == "stderr" else 1
+            with contextlib.suppress(OSError):
+                write_all(target, data)
+        return True
+
+    def _pump_stdin(self, selector: selectors.BaseSelector) -> None:
+        data = b""
+        with contextlib.suppress(OSError):
+            data = os.read(0, 65536)
+        if not data:
+            selector.unregister(0)
+            return
+        if self.out_r is not None:
+            with contextlib.suppress(OSError):
+                write_all(self.out_r, data)
+
+    # -- exit ------------------------------------------------------------------
+
+    def finish(self, status: int) -> None:
+        """Record the exit, tell the engine, then remove or restart as configured."""
+        code, sig = _exit_code(status)
+        finished = time.time()
+        count = max(oom_kill_count(self.cgroup_paths), self.oom_reported)
+        oom = count > self.oom_baseline  # any kill since the start, as Docker's OOMKilled
+        figures = final_figures(self.cgroup_paths)
+
+        def change(record: ContainerRecord) -> None:
+            record.status = ContainerState.EXITED
+            record.exit_code = code
+            record.signal = sig
+            record.finished_at = finished
+            record.oom_killed = oom
+            record.oom_kills = count - self.oom_baseline
+            record.memory_peak_bytes = figures.memory_peak_bytes
+            record.cpu_usage_ns = figures.cpu_usage_ns
+
+        try:
+            record = self.store.update(self.config.container_id, change)
+        except (OSError, Codex32Error):
+            return  # removed meanwhile (rm --force): nothing left to record
+        self._report_oom(count)  # kills not reported live (PID 1's own, often): once each
+        self._event("die", exitCode=str(code))
+        self._tell({"type": "exited", "exit_code": code, "signal": sig})
+        remove_cgroup(self.cgroup_paths)  # its figures are in the record (Docker's, runc's)
+        if self._should_restart(record, code, finished):
+            self._restart(record, finished)
+            return
+        if self.config.auto_remove and not record.keep_after_exit:
+            self._wait_for_engine_to_let_go()
+            try:
+                if (self.directory / "network.json").exists():  # lease, hosts, links
+                    self._release_network(record.id)
+            finally:
+                with contextlib.suppress(OSError):
+                    self.store.delete(record)
+                self._event("destroy")
+
+    def _release_network(self, container_id: str) -> None:
+        """Give back the endpoint; whatever fails is logged, and ``reconcile`` retries."""
+        try:
+            # Imported here: a monitor started as a fresh interpreter (the CLI's)
+            # should not carry ipaddress, hashlib... for its whole life. The fork
+            # server imports it up front, so forked monitors share it.
+            from codex32._network.endpoint import EndpointFiles
+
+            EndpointFiles(Path(self.config.storage_dir), self.store).release(container_id)
+        except Exception as exc:  # the removal goes on: a lease left is reconciled later
+            print(f"codex32: network release of {container_id[:12]} failed: {exc}",
+                  file=sys.stderr)  # fmt: skip
+
+    def _should_restart(self, record: ContainerRecord, code: int, finished: float) -> bool:
+        policy = self.config.restart_policy
+        if policy == "no" or record.stopped_by_user:
+            return False
+        if policy == "on-failure":
+            if code == 0:
+                return False
+            return self.config.restart_max == 0 or record.restart_count < self.config.restart_max
+        return policy in ("always", "unless-stopped")
+
+    def _restart(self, record: ContainerRecord, finished: float) -> None:
+        ran = finished - self.started_at
+        count = 0 if ran >= _BACKOFF_RESET_AFTER else record.restart_count
+        delay = min(_BACKOFF_START * (2**count), _BACKOFF_MAX)
+
+        def change(r: ContainerRecord) -> None:
+            if not r.stopped_by_user:
+                r.status = ContainerState.RESTARTING
+
+        if self.store.update(self.config.container_id, change).stopped_by_user:
+            return
+        self._forget_engine()
+        time.sleep(delay)
+
+        def give_up(r: ContainerRecord) -> None:
+            if r.status is ContainerState.RESTARTING:
+                r.status = ContainerState.EXITED
+
+        current = self.store.load(self.config.container_id)
+        if current.stopped_by_user or current.status is not ContainerState.RESTARTING:
+            self.store.update(self.config.container_id, give_up)
+            return
+        with open(self.directory / "restart.log", "ab") as log:  # why a restart failed
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "codex32._engine.restart",
+                    self.config.storage_dir,
+                    record.id,
+                ],
+                env={**os.environ, **self.config.engine_env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                check=False,
+            )
+        if result.returncode != 0:
+            self.store.update(self.config.container_id, give_up)
+
+    def _wait_for_engine_to_let_go(self) -> None:
+        """An attached engine reads the log after the exit; wait until it hangs up."""
+        if self.engine is None:
+            return
+        self.engine.settimeout(30)
+        with contextlib.suppress(OSError):
+            while self.engine.recv(4096):
+                pass
+        self._forget_engine()
+
+
+def _unwatch(selector: selectors.BaseSelector, oom: OomWatch | None) -> None:
+    """Stop watching for OOM kills (closing the v1 eventfd drops its registration)."""
+    if oom is not None:
+        selector.unregister(oom.fileno())
+        oom.close()
+
+
+def _daemonize() -> None:
+    """Fork once more, so that the monitor is nobody's child but init's (as conmon)."""
+    if os.fork() != 0:
+        os._exit(0)
+
+
+def serve(engine: socket.socket, *, daemonize: bool = True) -> int:
+    """Receive the plan on ``engine``, daemonize, start and supervise the container.
+
+    ``daemonize=False``: the caller is a fork server's child, which the server reaps;
+    a second fork to leave the starter's process tree would only cost time.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    first = _sync.receive(engine)
+    if not first or first.get("type") != "plan":
+        return 125
+    config = MonitorConfig.from_message(first["monitor"])
+    if daemonize:
+        _daemonize()
+    set_child_subreaper()
+    set_process_name(f"c32mon-{config.container_id[:8]}")
+    monitor = Monitor(first["plan"], config, engine)
+    try:
+        if not monitor.start():
+            return 125
+    except OSError as exc:
+        monitor._tell(_sync.error_message("setup", exc.errno or 0, str(exc)))
+        return 125
+    monitor.finish(monitor.supervise())
+    return 0
+
+
+def main() -> int:
+    """Entry point of ``python -S -m codex32._runtime.monitor FD`` (see ``_sync``)."""
+    return serve(socket.socket(fileno=int(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Container records on disk, standard library only: state, logs, events."""
