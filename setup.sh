@@ -56,20 +56,23 @@ fi
 
 # The docker CLI comes with Debian's docker.io, whose install would start a dockerd: keep
 # it from starting (policy-rc.d) and from being socket-activated later.
-if ! dpkg-query -W -f='${Status}' "$DOCKER_CLIENT" 2>/dev/null | grep -q "install ok installed"; then
-    echo "==> installing $DOCKER_CLIENT (for its docker CLI; dockerd is not started)"
-    policy=/usr/sbin/policy-rc.d
-    made_policy=0
+install_docker_client() {
+    local policy=/usr/sbin/policy-rc.d made_policy=0 status=0
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && made_policy=1
     fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=900 update -qq
-    apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "$DOCKER_CLIENT"
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 update -q &&
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q \
+            --no-install-recommends "$DOCKER_CLIENT" || status=$?
     if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi
     if [ -d /run/systemd/system ]; then
-        systemctl disable --now docker.socket docker.service >/dev/null 2>&1 || true
+        systemctl disable --now docker.socket docker.service || true
     fi
+    return "$status"
+}
+if ! dpkg-query -W -f='${Status}' "$DOCKER_CLIENT" 2>/dev/null | grep -q "install ok installed"; then
+    step "installing $DOCKER_CLIENT (its docker CLI only; dockerd is not started)" \
+        install_docker_client
 fi
 
 # Debian's interpreter, not a pyenv shim: it starts in ~10 ms, and every container
