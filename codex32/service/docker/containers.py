@@ -266,6 +266,15 @@ async def wait(request: web.Request) -> web.StreamResponse:
             except ContainerNotFoundError:
                 break
             except Exception as exc:
+                # Docker's wait does not fail while the container lives: a verb's state
+                # change in between (a restart under way) is waited out.
+                try:
+                    await container.reload()
+                except ContainerNotFoundError:
+                    break
+                if container.state in _LIVE:
+                    await asyncio.sleep(0.05)
+                    continue
                 error = str(exc)
                 break
     if condition == "removed":
