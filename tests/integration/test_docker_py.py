@@ -353,3 +353,13 @@ def test_containers_made_elsewhere_are_held_to_the_policy(
         assert caught.value.status_code == 403
     assert container.attrs["State"]["Status"] == "created"
     container.remove()
+
+
+def test_a_terminal_makes_raw_streams(client: Client) -> None:
+    """With a terminal, logs and exec output are the terminal's bytes, unframed."""
+    c = client.containers.run("busybox", ["sh", "-c", "echo hi; sleep 30"], detach=True,
+                              tty=True)  # fmt: skip
+    wait_until(lambda: c.logs() == b"hi\r\n", what="the terminal's output in the log")
+    result = c.exec_run(["sh", "-c", "tty; echo out"], tty=True)
+    lines = result.output.decode().splitlines()
+    assert result.exit_code == 0 and lines[0].startswith("/dev/pts/") and lines[1] == "out"
