@@ -6,13 +6,16 @@ one allowed volume root."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import pty
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -136,6 +139,8 @@ def run_in_terminal(
     """Run ``argv`` on a pseudo-terminal, type each of ``typed`` once the output so far
     has settled, and return everything it printed and its exit code."""
     pid, master = pty.fork()
+    if pid != 0:  # the terminal's size, which docker -t hands on to the container
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 31, 101, 0, 0))
     if pid == 0:  # the child: exec at once (nothing of pytest's state is touched)
         try:
             os.execvpe(argv[0], argv, env)

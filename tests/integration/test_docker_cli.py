@@ -125,11 +125,12 @@ def test_run_it_through_a_terminal(any_docker: Docker) -> None:
     run = run_in_terminal(
         [any_docker.binary, "run", "-it", "--rm", "busybox", "sh"],
         any_docker.env,
-        [b"echo typed-$((6*7))\r", b"tty; exit 5\r"],
+        [b"echo typed-$((6*7))\r", b"stty size; tty; exit 5\r"],
     )
     text = run.output.decode(errors="replace")
     assert "typed-42" in text, text
     assert "/dev/pts/" in text, text
+    assert "31 101" in text, text  # the CLI's terminal size, sent by resize
     assert run.exit_code == 5
     assert any_docker.names() == []
 
@@ -174,6 +175,7 @@ def test_exec_it_through_a_terminal(any_docker: Docker) -> None:
     )
     text = run.output.decode(errors="replace")
     assert "in-5" in text, text
+    assert "31 101" in text, text  # stty size: the exec's terminal was sized
     assert run.exit_code == 4
 
 

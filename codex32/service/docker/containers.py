@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
+import struct
+import termios
 import time
 from typing import Any
 
@@ -455,9 +459,31 @@ async def export(request: web.Request) -> web.StreamResponse:
 
 
 async def resize(request: web.Request) -> web.StreamResponse:
-    """Accepted: the terminal of a container is sized by its monitor (see the docs)."""
-    await backend_of(request).container(request.match_info["id"])
+    """Size a container's terminal (``docker run -t`` sends its own size at the start and
+    on each change). Its monitor holds the master side; PID 1's stdin is the terminal
+    itself, and a size set on either side is the pair's (the kernel signals SIGWINCH)."""
+    container = await backend_of(request).container(request.match_info["id"])
+    height = query_int(request, "h") or 0
+    width = query_int(request, "w") or 0
+    pid = container.record.pid
+    if container.state is ContainerState.RUNNING and pid and height > 0 and width > 0:
+        await asyncio.to_thread(_size_terminal_of, pid, height, width)
     return web.Response(status=200)
+
+
+def _size_terminal_of(pid: int, height: int, width: int) -> None:
+    """TIOCSWINSZ on PID 1's stdin when it is a terminal (else nothing: no -t)."""
+    try:
+        fd = os.open(f"/proc/{pid}/fd/0", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if os.isatty(fd):
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 async def prune(request: web.Request) -> web.StreamResponse:
