@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import stat
 import struct
 import termios
 import time
@@ -472,18 +473,30 @@ async def resize(request: web.Request) -> web.StreamResponse:
 
 
 def _size_terminal_of(pid: int, height: int, width: int) -> None:
-    """TIOCSWINSZ on PID 1's stdin when it is a terminal (else nothing: no -t)."""
+    """TIOCSWINSZ on PID 1's stdin when it is a pseudo-terminal (else nothing: no -t).
+
+    The descriptor is the container's: only a pty (by device number) is opened, read
+    only and non-blocking, so that no other file it may hold is opened by root."""
+    link = f"/proc/{pid}/fd/0"
     try:
-        fd = os.open(f"/proc/{pid}/fd/0", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        seen = os.stat(link)
+        if not _is_pty(seen):
+            return
+        fd = os.open(link, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return
     try:
-        if os.isatty(fd):
+        if os.fstat(fd).st_rdev == seen.st_rdev:
             fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
     except OSError:
         pass
     finally:
         os.close(fd)
+
+
+def _is_pty(info: os.stat_result) -> bool:
+    """A pseudo-terminal's slave side: the UNIX98 pty majors 136-143."""
+    return stat.S_ISCHR(info.st_mode) and 136 <= os.major(info.st_rdev) <= 143
 
 
 async def prune(request: web.Request) -> web.StreamResponse:
