@@ -15,6 +15,8 @@ cd "$(dirname "$0")"
 PACKAGES=(busybox-static tini libcap-dev libseccomp2 python3 python3-venv python3-dev gcc
           iproute2 util-linux procps nftables qemu-system-x86 linux-image-amd64
           crun runc bubblewrap postgresql)
+# docker.io: only its docker CLI, which the Docker-socket tests drive (no dockerd is run).
+DOCKER_CLIENT=docker.io
 # Extra packages named by the caller (e.g. the cgroup v2 VM tools), space separated.
 read -r -a EXTRA <<< "${CODEX32_EXTRA_PACKAGES:-}"
 
@@ -51,6 +53,27 @@ if [ ${#missing[@]} -gt 0 ]; then
             apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends "$@"
     }
     step "installing Debian packages: ${missing[*]}" apt_install "${missing[@]}"
+fi
+
+# The docker CLI comes with Debian's docker.io, whose install would start a dockerd: keep
+# it from starting (policy-rc.d) and from being socket-activated later.
+install_docker_client() {
+    local policy=/usr/sbin/policy-rc.d made_policy=0 status=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && made_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 update -q &&
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q \
+            --no-install-recommends "$DOCKER_CLIENT" || status=$?
+    if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now docker.socket docker.service || true
+    fi
+    return "$status"
+}
+if ! dpkg-query -W -f='${Status}' "$DOCKER_CLIENT" 2>/dev/null | grep -q "install ok installed"; then
+    step "installing $DOCKER_CLIENT (its docker CLI only; dockerd is not started)" \
+        install_docker_client
 fi
 
 # Debian's interpreter, not a pyenv shim: it starts in ~10 ms, and every container

@@ -164,8 +164,11 @@ class AsyncContainer:
     async def reload(self) -> None:
         await self._threads.call(self.sync.reload)
 
-    async def start(self) -> None:
-        await self._threads.call(self.sync.start)
+    async def start(
+        self, *, stdin: int | None = None, stdout: int | None = None, stderr: int | None = None
+    ) -> None:
+        """Start; with descriptors, attached to them (see ``Container.start``)."""
+        await self._threads.call(self.sync.start, stdin=stdin, stdout=stdout, stderr=stderr)
 
     async def stop(self, timeout: float | None = None) -> None:
         await self._threads.wait_call(self.sync.stop, timeout)

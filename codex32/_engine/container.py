@@ -82,9 +82,23 @@ class Container:
         """Re-read the state, checked against the kernel."""
         self._record = records.refresh(self._engine, self.id)
 
-    def start(self, *, restarting: bool = False) -> None:
-        """Start a created or exited container, detached; return once it runs."""
-        launching.start(self._engine, self, restarting=restarting)
+    def start(
+        self,
+        *,
+        restarting: bool = False,
+        stdin: FileArg = None,
+        stdout: FileArg = None,
+        stderr: FileArg = None,
+    ) -> None:
+        """Start a created or exited container; return once it runs.
+
+        Detached by default. With ``stdout`` (and ``stdin``, ``stderr``) descriptors the
+        monitor also writes the output to them, and feeds ``stdin`` to the command, until
+        the container exits: Docker's attach-then-start (``docker run`` without ``-d``).
+        """
+        launching.start(
+            self._engine, self, restarting=restarting, stdin=stdin, stdout=stdout, stderr=stderr
+        )
 
     def stop(self, timeout: float | None = None) -> None:
         """Send the stop signal, then SIGKILL after ``timeout`` seconds (a no-op if not running)."""

@@ -124,7 +124,15 @@ def launch_container(
     return launch
 
 
-def start(engine: ContainerEngine, container: Container, *, restarting: bool) -> None:
+def start(
+    engine: ContainerEngine,
+    container: Container,
+    *,
+    restarting: bool,
+    stdin: FileArg = None,
+    stdout: FileArg = None,
+    stderr: FileArg = None,
+) -> None:
     with engine._store.operation(container.id):
         record = records.refresh(engine, container.id)
         if record.status is ContainerState.RUNNING:
@@ -146,8 +154,14 @@ def start(engine: ContainerEngine, container: Container, *, restarting: bool) ->
                 r.restart_count = 0
 
         engine._store.update(container.id, prepare)
+        attach = stdout is not None
         launch = launch_container(
-            engine, container, attach=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            engine,
+            container,
+            attach=attach,
+            stdin=stdin if attach else None,
+            stdout=stdout if attach else subprocess.DEVNULL,
+            stderr=stderr if attach and stderr is not None else subprocess.DEVNULL,
         )
         launch.detach()
     if restarting:
