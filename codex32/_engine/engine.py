@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import IO, Any, Generic, Literal, TypeVar, cast
 
 from codex32._cgroups.containers import ContainerCgroups, ContainerStats
-from codex32._images.templates import Template, TemplateStore
+from codex32._engine.images import ImageCollection, RootSource, apply_image_defaults, image_meta
+from codex32._images.templates import TemplateStore
 from codex32._network.manager import NetworkCollection, Networking
-from codex32._plan.plan import ContainerPaths, Plan, Step, build_plan
+from codex32._plan.plan import ContainerPaths, Plan, Step, build_plan, command_args
 from codex32._plan.profiles import Profile, resolve_profile
 from codex32._runtime.launch import (
     MONITOR_ENV,
@@ -43,7 +44,6 @@ from codex32._store.events import Event, EventHooks, EventWatcher, follow_events
 from codex32._store.logs import LogEntry
 from codex32._store.state import ContainerRecord, ContainerState, StateStore, is_same_process
 from codex32.config.container import ContainerConfig, signal_name
-from codex32.config.images import ContainerImage
 from codex32.config.network import HOST, resolve_network
 from codex32.errors import (
     CgroupError,
@@ -338,34 +338,6 @@ class ContainerCollection:
         return sorted(containers, key=lambda c: c.record.created_at)
 
 
-class ImageCollection:
-    """``engine.images``: the rootfs templates."""
-
-    def __init__(self, engine: ContainerEngine) -> None:
-        self._templates = engine._templates
-
-    def list(self) -> list[ContainerImage]:
-        """Every template, built or not."""
-        return [self.get(name) for name in self._templates.names()]
-
-    def get(self, name: str) -> ContainerImage:
-        """One template's description."""
-        template = self._templates.get(name)
-        return ContainerImage(
-            name=template.name,
-            description=template.description,
-            built=self._templates.is_built(template),
-            path=str(self._templates.rootfs(template)),
-            recipe=str(template.recipe_dir),
-            command=list(template.command),
-        )
-
-    def build(self, name: str, *, quiet: bool = False) -> ContainerImage:
-        """(Re)build a template from its recipe."""
-        self._templates.build(self._templates.get(name), quiet=quiet)
-        return self.get(name)
-
-
 class ContainerEngine:
     """The engine: containers and images under one storage directory."""
 
@@ -461,24 +433,20 @@ class ContainerEngine:
     def plan(self, config: ContainerConfig, container_id: str = "0" * 64) -> Plan:
         """The set-up plan for ``config`` (nothing is created; templates may be built)."""
         config = _script_image(config)
-        template = self._templates.get(config.image)
         profile = self.profile(config)
-        return self._plan(container_id, config, profile, template, lower=self._lower(template))
+        source = self.images.root_for(config, None)
+        return self._plan(container_id, config, profile, source)
 
     def _plan(
-        self,
-        container_id: str,
-        config: ContainerConfig,
-        profile: Profile,
-        template: Template,
-        lower: Path,
+        self, container_id: str, config: ContainerConfig, profile: Profile, source: RootSource
     ) -> Plan:
         directory = self._store.directory(container_id)
         paths = ContainerPaths(
             rootfs=str(directory / "rootfs"),
             upper=str(directory / "upper"),
             work=str(directory / "work"),
-            lower=(str(lower),),
+            lower=source.lower,
+            lower_base=source.lower_base,
         )
         program = None
         if profile.seccomp:
@@ -489,30 +457,29 @@ class ContainerEngine:
             config.name or container_id[:12],
             config,
             profile,
-            template.image_config(),
+            source.image_config,
             paths,
             hostname=config.hostname or container_id[:12],
             seccomp_program=program,
             network_files=self._networking.files(container_id, profile.network),
         )
 
-    def _lower(self, template: Template, profile: Profile | None = None) -> Path:
-        if profile is not None and profile.userns:
-            return self._templates.shifted_rootfs(template, self.settings.userns_uid_base)
-        return self._templates.rootfs(template)
-
     # -- create --------------------------------------------------------------
 
     def _create(self, config: ContainerConfig) -> Container:
         _require_root()
         config, warnings = self._enforceable(_script_image(config))
-        template = self._templates.get(config.image)
         profile = self.profile(config)
         self._store.ensure_layout()
         if profile.userns:
             _check_traversable(self.settings.storage_dir, self.settings.userns_uid_base)
-        self._templates.ensure_built(template)
-        lower = self._lower(template, profile)
+        source = self.images.root_for(config, profile, build=True)
+        config = apply_image_defaults(config, source.image_config)
+        if not command_args(config, source.image_config):
+            raise ConfigError(
+                f"image {config.image} has no Entrypoint or Cmd, and no command was given",
+                hint="give the command after the image",
+            )
         container_id = secrets.token_hex(32)
         name = config.name or container_id[:12]
         directory = self._store.directory(container_id)
@@ -532,9 +499,10 @@ class ContainerEngine:
                     for sub in ("upper", "work"):
                         os.chown(directory / sub, base, base)
                 self._store.save_config(container_id, config.model_dump(mode="json"))
+                _write_json(directory / "image.json", image_meta(source))
                 hostname = config.hostname or container_id[:12]
                 self._networking.prepare(container_id, name, hostname, config, profile.network)
-                plan = self._plan(container_id, config, profile, template, lower)
+                plan = self._plan(container_id, config, profile, source)
                 (directory / "plan.json").write_text(plan.describe())
                 self._store.save(record)
         except BaseException:
@@ -1130,7 +1098,8 @@ class ContainerEngine:
         plan = Plan.from_json((self._store.directory(container.id) / "plan.json").read_text())
         overlay = next(step for step in plan.steps if step["op"] == "overlay")
         shift = plan.uid_mappings[0]["hostID"] if plan.uid_mappings else 0
-        spec = {k: overlay[k] for k in ("lower", "upper", "userxattr")} | {"id_shift": shift}
+        spec = {k: overlay.get(k) for k in ("lower", "lower_base", "upper", "userxattr")}
+        spec["id_shift"] = shift
         tmp = path.with_name(f".{path.name}.codex32-tmp")
         try:
             with open(tmp, "wb") as out:
@@ -1374,6 +1343,12 @@ def _script_image(config: ContainerConfig) -> ContainerConfig:
             "command": ["python3", f"{SCRIPT_DIR}/{script.name}", *config.command],
         }
     )
+
+
+def _write_json(path: Path, data: object) -> None:
+    import json
+
+    path.write_text(json.dumps(data))
 
 
 def _require_root() -> None:

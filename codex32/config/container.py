@@ -462,8 +462,11 @@ class ContainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, max_length=NAME_MAX, pattern=NAME_PATTERN)
-    image: str = Field(min_length=1, description="rootfs template name")
+    image: str = Field(min_length=1, description="rootfs template name or image reference")
     command: list[str] = Field(default_factory=list)
+    #: None: the image's Entrypoint; a list (``[]`` for ``--entrypoint ""``) replaces it
+    #: and, as in Docker, drops the image's Cmd.
+    entrypoint: list[str] | None = None
     env: dict[EnvName, str] = Field(default_factory=dict)
     working_dir: str | None = None
     user: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9_.-]+(:[a-zA-Z0-9_.-]+)?$")
@@ -489,6 +492,8 @@ class ContainerConfig(BaseModel):
     # None: the isolation level's default (see _netconfig); rates in bit/s.
     network: str | None = None
     ports: list[PortMapping] = Field(default_factory=list)
+    #: ``-P``: publish every port the image exposes on a free host port.
+    publish_all: bool = False
     network_egress_rate: int | None = None
     network_ingress_rate: int | None = None
 
