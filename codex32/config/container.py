@@ -527,8 +527,17 @@ class ContainerConfig(BaseModel):
     @field_validator("image")
     @classmethod
     def _image_name(cls, value: str) -> str:
-        if not re.fullmatch(NAME_PATTERN, value) and not value.startswith("/"):
-            raise ValueError(f"image {value!r} is not a template name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
+        # A template name, a bot's .py path, or an image reference / id (the engine
+        # parses references: [REGISTRY/]NAME[:TAG][@sha256:DIGEST]).
+        if (
+            not re.fullmatch(NAME_PATTERN, value)
+            and not value.startswith("/")
+            and not re.fullmatch(r"[a-zA-Z0-9][\w.:/@\[\]-]*", value)
+        ):
+            raise ValueError(
+                f"image {value!r} is neither a template name ([a-zA-Z0-9][a-zA-Z0-9_.-]*) "
+                "nor an image reference ([REGISTRY/]NAME[:TAG][@DIGEST])"
+            )
         return value
 
     @field_validator("command")

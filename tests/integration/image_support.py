@@ -1,0 +1,200 @@
+"""Real peers for the image tests: Debian's docker-registry on 127.0.0.1, images made
+by umoci and skopeo from the busybox template's tree, hostile layers made with tarfile."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+TOOLS = ("docker-registry", "skopeo", "umoci", "htpasswd")
+
+
+def missing_tools() -> list[str]:
+    return [t for t in TOOLS if shutil.which(t) is None]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Registry:
+    """A running registry: ``host`` is ``127.0.0.1:PORT``."""
+
+    host: str
+    process: subprocess.Popen[bytes]
+    user: str | None = None
+    password: str | None = None
+
+    def creds_args(self) -> list[str]:
+        return [f"--dest-creds={self.user}:{self.password}"] if self.user else []
+
+
+@contextlib.contextmanager
+def run_registry(workdir: Path, *, user: str | None = None) -> Iterator[Registry]:
+    """Start ``docker-registry`` on a free 127.0.0.1 port with storage in ``workdir``
+    (basic auth when ``user`` is given; its password is ``user + "-pw"``)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    auth = ""
+    password = None
+    if user:
+        password = f"{user}-pw"
+        line = subprocess.run(["htpasswd", "-Bbn", user, password], capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        (workdir / "htpasswd").write_text(line + "\n")
+        auth = f"auth:\n  htpasswd:\n    realm: codex32-test\n    path: {workdir / 'htpasswd'}\n"
+    config = workdir / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {workdir / 'data'}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n" + auth
+    )
+    log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1)
+                break
+            except httpx.HTTPError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "docker-registry did not start: " + (workdir / "registry.log").read_text()
+                    ) from None
+                time.sleep(0.1)
+        yield Registry(f"127.0.0.1:{port}", process, user, password)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def make_oci_image(layout: Path, tag: str, rootfs: Path, *, cmd: list[str],
+                   entrypoint: list[str] | None = None, env: list[str] | None = None,
+                   workdir: str | None = None, user: str | None = None,
+                   extra: dict[str, str] | None = None) -> str:  # fmt: skip
+    """An OCI layout image made by umoci from ``rootfs`` (then ``extra`` files as a
+    second layer); returns ``oci:LAYOUT:TAG`` for skopeo."""
+    if not (layout / "index.json").exists():
+        subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
+    image = f"{layout}:{tag}"
+    subprocess.run(["umoci", "new", "--image", image], check=True)
+    bundle = layout.parent / f"bundle-{tag}"
+    shutil.rmtree(bundle, ignore_errors=True)
+    subprocess.run(["umoci", "unpack", "--image", image, str(bundle)], check=True,
+                   capture_output=True)  # fmt: skip
+    shutil.rmtree(bundle / "rootfs")
+    shutil.copytree(rootfs, bundle / "rootfs", symlinks=True)
+    subprocess.run(["umoci", "repack", "--image", image, str(bundle)], check=True,
+                   capture_output=True)  # fmt: skip
+    if extra:
+        for path, content in extra.items():
+            target = bundle / "rootfs" / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+        subprocess.run(["umoci", "repack", "--image", image, str(bundle)], check=True,
+                       capture_output=True)  # fmt: skip
+    shutil.rmtree(bundle)
+    args = ["umoci", "config", "--image", image]
+    args += [f"--config.cmd={c}" for c in cmd] or ["--clear=config.cmd"]
+    for e in entrypoint or []:
+        args.append(f"--config.entrypoint={e}")
+    for e in env or []:
+        args.append(f"--config.env={e}")
+    if workdir:
+        args.append(f"--config.workingdir={workdir}")
+    if user:
+        args.append(f"--config.user={user}")
+    subprocess.run(args, check=True)
+    return f"oci:{layout}:{tag}"
+
+
+def skopeo_copy(source: str, dest: str, *extra: str) -> None:
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", *extra, source,
+                    dest], check=True, capture_output=True)  # fmt: skip
+
+
+# -- hand-made layers -----------------------------------------------------------------
+
+
+def tar_layer(entries: list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in entries:
+            info, data = entry if isinstance(entry, tuple) else (entry, b"")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    return buffer.getvalue()
+
+
+def entry(name: str, kind: bytes = tarfile.REGTYPE, *, data: bytes = b"", mode: int = 0o644,
+          link: str = "", uid: int = 0, gid: int = 0) -> tuple[tarfile.TarInfo, bytes]:  # fmt: skip
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.linkname = link
+    info.uid, info.gid = uid, gid
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = 1, 3
+    return info, data
+
+
+def write_docker_archive(path: Path, layers: list[bytes], *, tag: str,
+                         cmd: list[str] | None = None) -> None:  # fmt: skip
+    """A ``docker save``-style archive of uncompressed ``layers`` (for hostile cases)."""
+    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": cmd or ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }).encode()  # fmt: skip
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    with tarfile.open(path, "w") as tar:
+
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        add(config_name, config)
+        names = []
+        for diff_id, layer in zip(diff_ids, layers, strict=True):
+            name = f"{diff_id[7:]}/layer.tar"
+            add(name, layer)
+            names.append(name)
+        add("manifest.json", json.dumps(
+            [{"Config": config_name, "RepoTags": [tag], "Layers": names}]).encode())  # fmt: skip
+
+
+def files_in(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*")}
+
+
+def blobs_and_layers(storage: Path) -> tuple[set[str], set[str]]:
+    root = storage / "images"
+    blobs = {p.name for p in (root / "blobs" / "sha256").iterdir()} if root.exists() else set()
+    layers = {p.name for p in (root / "layers").iterdir()} if root.exists() else set()
+    return blobs, layers
+
+
