@@ -196,8 +196,13 @@ class ImageStore:
                         "skipped_devices": result.skipped,
                     }
                     _write_atomic(target.parent / "layer.json", json.dumps(meta).encode())
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()  # only if nothing else of the layer is there
+            if isinstance(exc, LayerError) and shift == 0:
+                # A refused blob is not kept: nothing may later take it as checked.
+                self.blob_path(layer.blob).unlink(missing_ok=True)
             raise
         return target
 

@@ -103,16 +103,14 @@ class _Meter:
 
 def open_layer(path: str, max_window: int = 1 << 27) -> IO[bytes]:
     """The layer blob at ``path``, decompressed (gzip, zstd or none, by its magic)."""
-    raw = open(path, "rb")  # noqa: SIM115 - handed to the caller with the stream
-    head = raw.read(4)
-    raw.seek(0)
+    with open(path, "rb") as probe:
+        head = probe.read(4)
     if head.startswith(_GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")
+    raw = open(path, "rb")  # noqa: SIM115 - handed to the caller (closed with the reader)
     if head == _ZSTD_MAGIC:
-        reader = zstandard.ZstdDecompressor(max_window_size=max_window).stream_reader(
-            raw, read_across_frames=True, closefd=True
-        )
-        return reader
+        decompressor = zstandard.ZstdDecompressor(max_window_size=max_window)
+        return decompressor.stream_reader(raw, read_across_frames=True, closefd=True)
     return raw
 
 

@@ -196,5 +196,3 @@ def blobs_and_layers(storage: Path) -> tuple[set[str], set[str]]:
     blobs = {p.name for p in (root / "blobs" / "sha256").iterdir()} if root.exists() else set()
     layers = {p.name for p in (root / "layers").iterdir()} if root.exists() else set()
     return blobs, layers
-
-
