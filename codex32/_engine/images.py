@@ -239,7 +239,9 @@ class ImageCollection:
             if full in (*record.names, *record.digests):
                 by_name = full
         users = self._users(record.id)
-        if by_name and len(record.names) + len(record.digests) > 1:
+        # Docker's rule: a tag is only untagged while the image has another tag (its
+        # pinned digests do not count); the last one deletes the image.
+        if by_name and (len(record.names) > 1 or by_name in record.digests and record.names):
             self.store.untag(by_name)
             return [f"untagged {parse_reference(by_name).familiar()}"]
         if users and not force:

@@ -196,3 +196,18 @@ def blobs_and_layers(storage: Path) -> tuple[set[str], set[str]]:
     blobs = {p.name for p in (root / "blobs" / "sha256").iterdir()} if root.exists() else set()
     layers = {p.name for p in (root / "layers").iterdir()} if root.exists() else set()
     return blobs, layers
+
+
+def derive_image(layout: Path, base: str, tag: str, files: dict[str, bytes]) -> None:
+    """Tag ``tag``: image ``base`` plus one layer with ``files`` (umoci unpack/repack)."""
+    bundle = layout.parent / f"bundle-{tag}"
+    shutil.rmtree(bundle, ignore_errors=True)
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:{base}", str(bundle)], check=True,
+                   capture_output=True)  # fmt: skip
+    for path, content in files.items():
+        target = bundle / "rootfs" / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    subprocess.run(["umoci", "repack", "--image", f"{layout}:{tag}", str(bundle)], check=True,
+                   capture_output=True)  # fmt: skip
+    shutil.rmtree(bundle)
