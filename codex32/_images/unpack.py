@@ -106,7 +106,7 @@ def open_layer(path: str, max_window: int = 1 << 27) -> IO[bytes]:
     with open(path, "rb") as probe:
         head = probe.read(4)
     if head.startswith(_GZIP_MAGIC):
-        return gzip.open(path, "rb")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     raw = open(path, "rb")  # noqa: SIM115 - handed to the caller (closed with the reader)
     if head == _ZSTD_MAGIC:
         decompressor = zstandard.ZstdDecompressor(max_window_size=max_window)

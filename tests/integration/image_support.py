@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -55,8 +54,9 @@ def run_registry(workdir: Path, *, user: str | None = None) -> Iterator[Registry
     password = None
     if user:
         password = f"{user}-pw"
-        line = subprocess.run(["htpasswd", "-Bbn", user, password], capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
+        line = subprocess.run(
+            ["htpasswd", "-Bbn", user, password], capture_output=True, text=True, check=True
+        ).stdout.strip()
         (workdir / "htpasswd").write_text(line + "\n")
         auth = f"auth:\n  htpasswd:\n    realm: codex32-test\n    path: {workdir / 'htpasswd'}\n"
     config = workdir / "config.yml"
@@ -90,10 +90,18 @@ def run_registry(workdir: Path, *, user: str | None = None) -> Iterator[Registry
         log.close()
 
 
-def make_oci_image(layout: Path, tag: str, rootfs: Path, *, cmd: list[str],
-                   entrypoint: list[str] | None = None, env: list[str] | None = None,
-                   workdir: str | None = None, user: str | None = None,
-                   extra: dict[str, str] | None = None) -> str:  # fmt: skip
+def make_oci_image(
+    layout: Path,
+    tag: str,
+    rootfs: Path,
+    *,
+    cmd: list[str],
+    entrypoint: list[str] | None = None,
+    env: list[str] | None = None,
+    workdir: str | None = None,
+    user: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> str:
     """An OCI layout image made by umoci from ``rootfs`` (then ``extra`` files as a
     second layer); returns ``oci:LAYOUT:TAG`` for skopeo."""
     if not (layout / "index.json").exists():
@@ -102,19 +110,22 @@ def make_oci_image(layout: Path, tag: str, rootfs: Path, *, cmd: list[str],
     subprocess.run(["umoci", "new", "--image", image], check=True)
     bundle = layout.parent / f"bundle-{tag}"
     shutil.rmtree(bundle, ignore_errors=True)
-    subprocess.run(["umoci", "unpack", "--image", image, str(bundle)], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["umoci", "unpack", "--image", image, str(bundle)], check=True, capture_output=True
+    )
     shutil.rmtree(bundle / "rootfs")
     shutil.copytree(rootfs, bundle / "rootfs", symlinks=True)
-    subprocess.run(["umoci", "repack", "--image", image, str(bundle)], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["umoci", "repack", "--image", image, str(bundle)], check=True, capture_output=True
+    )
     if extra:
         for path, content in extra.items():
             target = bundle / "rootfs" / path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content)
-        subprocess.run(["umoci", "repack", "--image", image, str(bundle)], check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["umoci", "repack", "--image", image, str(bundle)], check=True, capture_output=True
+        )
     shutil.rmtree(bundle)
     args = ["umoci", "config", "--image", image]
     args += [f"--config.cmd={c}" for c in cmd] or ["--clear=config.cmd"]
@@ -131,8 +142,11 @@ def make_oci_image(layout: Path, tag: str, rootfs: Path, *, cmd: list[str],
 
 
 def skopeo_copy(source: str, dest: str, *extra: str) -> None:
-    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", *extra, source,
-                    dest], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", *extra, source, dest],
+        check=True,
+        capture_output=True,
+    )
 
 
 # -- hand-made layers -----------------------------------------------------------------
@@ -148,8 +162,16 @@ def tar_layer(entries: list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]) ->
     return buffer.getvalue()
 
 
-def entry(name: str, kind: bytes = tarfile.REGTYPE, *, data: bytes = b"", mode: int = 0o644,
-          link: str = "", uid: int = 0, gid: int = 0) -> tuple[tarfile.TarInfo, bytes]:  # fmt: skip
+def entry(
+    name: str,
+    kind: bytes = tarfile.REGTYPE,
+    *,
+    data: bytes = b"",
+    mode: int = 0o644,
+    link: str = "",
+    uid: int = 0,
+    gid: int = 0,
+) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = mode
@@ -160,15 +182,19 @@ def entry(name: str, kind: bytes = tarfile.REGTYPE, *, data: bytes = b"", mode: 
     return info, data
 
 
-def write_docker_archive(path: Path, layers: list[bytes], *, tag: str,
-                         cmd: list[str] | None = None) -> None:  # fmt: skip
+def write_docker_archive(
+    path: Path, layers: list[bytes], *, tag: str, cmd: list[str] | None = None
+) -> None:
     """A ``docker save``-style archive of uncompressed ``layers`` (for hostile cases)."""
     diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": cmd or ["sh"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }).encode()  # fmt: skip
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": cmd or ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }
+    ).encode()
     config_name = hashlib.sha256(config).hexdigest() + ".json"
     with tarfile.open(path, "w") as tar:
 
@@ -183,8 +209,10 @@ def write_docker_archive(path: Path, layers: list[bytes], *, tag: str,
             name = f"{diff_id[7:]}/layer.tar"
             add(name, layer)
             names.append(name)
-        add("manifest.json", json.dumps(
-            [{"Config": config_name, "RepoTags": [tag], "Layers": names}]).encode())  # fmt: skip
+        add(
+            "manifest.json",
+            json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": names}]).encode(),
+        )
 
 
 def files_in(path: Path) -> set[str]:
@@ -202,12 +230,18 @@ def derive_image(layout: Path, base: str, tag: str, files: dict[str, bytes]) -> 
     """Tag ``tag``: image ``base`` plus one layer with ``files`` (umoci unpack/repack)."""
     bundle = layout.parent / f"bundle-{tag}"
     shutil.rmtree(bundle, ignore_errors=True)
-    subprocess.run(["umoci", "unpack", "--image", f"{layout}:{base}", str(bundle)], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:{base}", str(bundle)],
+        check=True,
+        capture_output=True,
+    )
     for path, content in files.items():
         target = bundle / "rootfs" / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
-    subprocess.run(["umoci", "repack", "--image", f"{layout}:{tag}", str(bundle)], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["umoci", "repack", "--image", f"{layout}:{tag}", str(bundle)],
+        check=True,
+        capture_output=True,
+    )
     shutil.rmtree(bundle)

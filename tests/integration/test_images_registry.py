@@ -36,9 +36,15 @@ def layout(engine: ContainerEngine, tmp_path_factory: pytest.TempPathFactory) ->
     """An OCI layout with images v1, v2 (same base layer), user, entry, big."""
     rootfs = Path(engine.images.build("busybox", quiet=True).path)
     path = tmp_path_factory.mktemp("layout") / "oci"
-    make_oci_image(path, "v1", rootfs, cmd=["sh", "-c", "echo default-cmd"],
-                   env=["GREETING=from-image", "KEEP=kept"], workdir="/home/bot",
-                   extra={"/etc/motd": "second layer\n"})  # fmt: skip
+    make_oci_image(
+        path,
+        "v1",
+        rootfs,
+        cmd=["sh", "-c", "echo default-cmd"],
+        env=["GREETING=from-image", "KEEP=kept"],
+        workdir="/home/bot",
+        extra={"/etc/motd": "second layer\n"},
+    )
     derive_image(path, "v1", "v2", {"/etc/motd": b"v2\n"})
     subprocess.run(["umoci", "config", "--image", f"{path}:v2", "--config.cmd=sh"], check=True)
     make_oci_image(path, "user", rootfs, cmd=["id", "-u"], user="1000:1000")
@@ -63,11 +69,19 @@ def pulled(engine: ContainerEngine, registry: Registry) -> str:
     return name
 
 
-def run_out(engine: ContainerEngine, image: str, command: list[str] | None = None,
-            **options: object) -> str:  # fmt: skip
+def run_out(
+    engine: ContainerEngine, image: str, command: list[str] | None = None, **options: object
+) -> str:
     options.setdefault("isolation", IsolationType.STANDARD)
-    config = ContainerConfig(image=image, command=command or [], auto_remove=True,
-                             network="none", **options)  # type: ignore[arg-type]  # fmt: skip
+    config = ContainerConfig.model_validate(
+        {
+            "image": image,
+            "command": command or [],
+            "auto_remove": True,
+            "network": "none",
+            **options,
+        }
+    )
     return output_of(engine, config)
 
 
@@ -75,10 +89,13 @@ def run_out(engine: ContainerEngine, image: str, command: list[str] | None = Non
 def test_pulled_image_runs_at_every_level(
     engine: ContainerEngine, pulled: str, level: IsolationType
 ) -> None:
-    script = ("echo $GREETING $KEEP; pwd; cat /etc/motd; stat -c %u:%g /bin/busybox; "
-              "cat /proc/self/uid_map | awk '{print $2}'; echo written > /tmp/w && cat /tmp/w")  # fmt: skip
-    out = run_out(engine, pulled, ["sh", "-c", script], isolation=level,
-                  env={"GREETING": "from-run"}).split("\n")  # fmt: skip
+    script = (
+        "echo $GREETING $KEEP; pwd; cat /etc/motd; stat -c %u:%g /bin/busybox; "
+        "cat /proc/self/uid_map | awk '{print $2}'; echo written > /tmp/w && cat /tmp/w"
+    )
+    out = run_out(
+        engine, pulled, ["sh", "-c", script], isolation=level, env={"GREETING": "from-run"}
+    ).split("\n")
     assert out[:4] == ["from-run kept", "/home/bot", "second layer", "0:0"], out
     host_root = engine.settings.userns_uid_base if level is IsolationType.STRICT else 0
     assert out[4] == str(host_root)
@@ -132,8 +149,9 @@ def test_layers_shared_on_disk(engine: ContainerEngine, registry: Registry, pull
         try:
             steps = json.loads((engine._store.directory(container.id) / "plan.json").read_text())
             overlay = next(s for s in steps["steps"] if s["op"] == "overlay")
-            plans.append({os.path.realpath(os.path.join(overlay["lower_base"], p))
-                          for p in overlay["lower"]})  # fmt: skip
+            plans.append(
+                {os.path.realpath(os.path.join(overlay["lower_base"], p)) for p in overlay["lower"]}
+            )
         finally:
             container.remove(force=True)
     assert str(diff) in plans[0] & plans[1]
@@ -162,15 +180,23 @@ def test_index_picks_the_host_platform(engine: ContainerEngine, registry: Regist
     other = "arm64" if here["architecture"] != "arm64" else "amd64"
 
     def descriptor(response: httpx.Response, arch: str) -> dict[str, object]:
-        return {"mediaType": accept, "size": len(response.content),
-                "digest": response.headers["Docker-Content-Digest"],
-                "platform": {"os": "linux", "architecture": arch}}  # fmt: skip
+        return {
+            "mediaType": accept,
+            "size": len(response.content),
+            "digest": response.headers["Docker-Content-Digest"],
+            "platform": {"os": "linux", "architecture": arch},
+        }
 
     def put(tag: str, manifests: list[dict[str, object]]) -> None:
-        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                 "manifests": manifests}  # fmt: skip
-        reply = httpx.put(f"{base}/{tag}", content=json.dumps(index),
-                          headers={"Content-Type": index["mediaType"]})  # type: ignore[dict-item]  # fmt: skip
+        index = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        }
+        kind = "application/vnd.oci.image.index.v1+json"
+        reply = httpx.put(
+            f"{base}/{tag}", content=json.dumps(index), headers={"Content-Type": kind}
+        )
         assert reply.status_code == 201, reply.text
 
     put("multi", [descriptor(v2, other), descriptor(v1, here["architecture"])])
@@ -185,15 +211,15 @@ def test_interrupted_pull_resumes(engine: ContainerEngine, registry: Registry) -
     image = f"{registry.host}/test/bb:big"
     seen: dict[str, int] = {}
 
-    class Interrupted(Exception):
+    class PullCutError(Exception):
         pass
 
     def interrupt(digest: str, done: int, total: int) -> None:
         if total > 4 << 20 and done > 2 << 20:
             seen[digest] = done
-            raise Interrupted
+            raise PullCutError
 
-    with pytest.raises(Interrupted):
+    with pytest.raises(PullCutError):
         engine.images.pull(image, insecure=True, progress=interrupt)
     with pytest.raises(ImageError):
         engine.images.get(image)  # no partial image
@@ -242,7 +268,7 @@ def test_rmi_refuses_a_used_image_then_removes(
             engine.images.remove(other)
     finally:
         container.remove(force=True)
-    blobs_before, layers_before = blobs_and_layers(engine.settings.storage_dir)
+    blobs_before, _ = blobs_and_layers(engine.settings.storage_dir)
     removed = engine.images.remove(other)
     assert any(r.startswith("deleted sha256:") for r in removed)
     with pytest.raises(ImageError, match="no image named"):
@@ -254,14 +280,15 @@ def test_rmi_refuses_a_used_image_then_removes(
     assert v1["RootFS"]["Layers"][0][7:] in layers_after
 
 
-def test_basic_auth_and_login(engine: ContainerEngine, layout: Path,
-                              tmp_path_factory: pytest.TempPathFactory) -> None:  # fmt: skip
+def test_basic_auth_and_login(
+    engine: ContainerEngine, layout: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     with run_registry(tmp_path_factory.mktemp("authreg"), user="bot") as reg:
         skopeo_copy(f"oci:{layout}:v2", f"docker://{reg.host}/private/bb:1", *reg.creds_args())
         image = f"{reg.host}/private/bb:1"
         with pytest.raises(ImageError, match="asks for a login"):
             engine.images.pull(image, insecure=True)
-        with pytest.raises(ImageError, match="login to .* failed"):
+        with pytest.raises(ImageError, match=r"login to .* failed"):
             engine.images.login(reg.host, "bot", "wrong", insecure=True)
         engine.images.login(reg.host, "bot", "bot-pw", insecure=True)
         auth = engine.settings.storage_dir / "auth.json"

@@ -12,15 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from codex32 import ContainerEngine, ImageError
-from codex32._images.unpack import LayerError, UnpackLimits, unpack_layer
 from image_support import (
     blobs_and_layers,
     entry,
     tar_layer,
     write_docker_archive,
 )
+
+from codex32 import ContainerEngine, ImageError
+from codex32._images.unpack import LayerError, UnpackLimits, unpack_layer
 
 pytestmark = pytest.mark.root
 
@@ -38,8 +38,7 @@ def area(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
 
 def unpack(blob: Path, data: bytes, dest: Path, **limits: int | bool) -> list[str]:
     blob.write_bytes(data)
-    return unpack_layer(str(blob), str(dest), layer="L1",
-                        limits=UnpackLimits(**limits)).skipped  # type: ignore[arg-type]  # fmt: skip
+    return unpack_layer(str(blob), str(dest), layer="L1", limits=UnpackLimits(**limits)).skipped  # type: ignore[arg-type]
 
 
 def refused(blob: Path, data: bytes, dest: Path, **limits: int | bool) -> str:
@@ -66,10 +65,12 @@ def test_absolute_path_refused(area: tuple[Path, Path, Path]) -> None:
 
 def test_entry_through_symlink_refused_and_symlink_kept(area: tuple[Path, Path, Path]) -> None:
     blob, dest, outside = area
-    layer = tar_layer([
-        entry("escape", tarfile.SYMTYPE, link=str(outside)),
-        entry("escape/victim", data=b"pwned"),
-    ])  # fmt: skip
+    layer = tar_layer(
+        [
+            entry("escape", tarfile.SYMTYPE, link=str(outside)),
+            entry("escape/victim", data=b"pwned"),
+        ]
+    )
     message = refused(blob, layer, dest)
     assert "'escape/victim'" in message and "symlink" in message
     assert (outside / "victim").read_text() == "original\n"
@@ -78,10 +79,12 @@ def test_entry_through_symlink_refused_and_symlink_kept(area: tuple[Path, Path, 
 
 def test_relative_symlink_out_refused(area: tuple[Path, Path, Path]) -> None:
     blob, dest, outside = area
-    layer = tar_layer([
-        entry("up", tarfile.SYMTYPE, link="../outside"),
-        entry("up/victim", data=b"pwned"),
-    ])  # fmt: skip
+    layer = tar_layer(
+        [
+            entry("up", tarfile.SYMTYPE, link="../outside"),
+            entry("up/victim", data=b"pwned"),
+        ]
+    )
     refused(blob, layer, dest)
     assert (outside / "victim").read_text() == "original\n"
 
@@ -89,10 +92,12 @@ def test_relative_symlink_out_refused(area: tuple[Path, Path, Path]) -> None:
 def test_symlink_then_file_replaces_link_not_target(area: tuple[Path, Path, Path]) -> None:
     """A file entry named as an existing symlink replaces the link, never writes through."""
     blob, dest, outside = area
-    layer = tar_layer([
-        entry("victim", tarfile.SYMTYPE, link=str(outside / "victim")),
-        entry("victim", data=b"replaced"),
-    ])  # fmt: skip
+    layer = tar_layer(
+        [
+            entry("victim", tarfile.SYMTYPE, link=str(outside / "victim")),
+            entry("victim", data=b"replaced"),
+        ]
+    )
     unpack(blob, layer, dest)
     assert (dest / "victim").read_text() == "replaced"
     assert not (dest / "victim").is_symlink()
@@ -105,18 +110,21 @@ def test_hard_link_outside_refused(area: tuple[Path, Path, Path]) -> None:
         blob, tar_layer([entry("h", tarfile.LNKTYPE, link=str(outside / "victim"))]), dest
     )
     assert "'h'" in message and "absolute path" in message
-    message = refused(blob, tar_layer([entry("h", tarfile.LNKTYPE, link="../outside/victim")]),
-                      dest)  # fmt: skip
+    message = refused(
+        blob, tar_layer([entry("h", tarfile.LNKTYPE, link="../outside/victim")]), dest
+    )
     assert "'..'" in message
     assert os.stat(outside / "victim").st_nlink == 1
 
 
 def test_hard_link_through_symlink_refused(area: tuple[Path, Path, Path]) -> None:
     blob, dest, outside = area
-    layer = tar_layer([
-        entry("out", tarfile.SYMTYPE, link=str(outside)),
-        entry("h", tarfile.LNKTYPE, link="out/victim"),
-    ])  # fmt: skip
+    layer = tar_layer(
+        [
+            entry("out", tarfile.SYMTYPE, link=str(outside)),
+            entry("h", tarfile.LNKTYPE, link="out/victim"),
+        ]
+    )
     message = refused(blob, layer, dest)
     assert "'h'" in message and "symlink" in message
     assert os.stat(outside / "victim").st_nlink == 1
@@ -141,10 +149,12 @@ def test_device_nodes_skipped_unless_asked(area: tuple[Path, Path, Path]) -> Non
 
 def test_setuid_kept_inside_mapping_only(area: tuple[Path, Path, Path]) -> None:
     blob, dest, _ = area
-    layer = tar_layer([
-        entry("inside", data=b"x", mode=0o4755, uid=0),
-        entry("outside", data=b"x", mode=0o6755, uid=70000, gid=70000),
-    ])  # fmt: skip
+    layer = tar_layer(
+        [
+            entry("inside", data=b"x", mode=0o4755, uid=0),
+            entry("outside", data=b"x", mode=0o6755, uid=70000, gid=70000),
+        ]
+    )
     unpack(blob, layer, dest, id_range=65536)
     inside, out = os.lstat(dest / "inside"), os.lstat(dest / "outside")
     assert inside.st_mode & 0o7777 == 0o4755 and inside.st_uid == 0
@@ -162,12 +172,14 @@ def test_shifted_owners(area: tuple[Path, Path, Path]) -> None:
 
 def test_whiteouts_and_opaque_dirs(area: tuple[Path, Path, Path]) -> None:
     blob, dest, _ = area
-    layer = tar_layer([
-        entry("etc", tarfile.DIRTYPE, mode=0o755),
-        entry("etc/.wh.passwd"),
-        entry("var", tarfile.DIRTYPE, mode=0o755),
-        entry("var/.wh..wh..opq"),
-    ])  # fmt: skip
+    layer = tar_layer(
+        [
+            entry("etc", tarfile.DIRTYPE, mode=0o755),
+            entry("etc/.wh.passwd"),
+            entry("var", tarfile.DIRTYPE, mode=0o755),
+            entry("var/.wh..wh..opq"),
+        ]
+    )
     unpack(blob, layer, dest)
     whiteout = os.lstat(dest / "etc" / "passwd")
     assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == os.makedev(0, 0)
