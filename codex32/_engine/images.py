@@ -22,7 +22,7 @@ from codex32._images import oci
 from codex32._images.auth import credentials_for, remove_credentials, save_credentials
 from codex32._images.image import ImageConfig
 from codex32._images.reference import parse_reference
-from codex32._images.store import ImageRecord, ImageStore
+from codex32._images.store import ImageRecord, ImageStore, LayerRef
 from codex32._images.templates import Template, TemplateStore
 from codex32._images.unpack import UnpackLimits
 from codex32._plan.profiles import Profile
@@ -241,7 +241,7 @@ class ImageCollection:
         users = self._users(record.id)
         # Docker's rule: a tag is only untagged while the image has another tag (its
         # pinned digests do not count); the last one deletes the image.
-        if by_name and (len(record.names) > 1 or by_name in record.digests and record.names):
+        if by_name and (len(record.names) > 1 or (by_name in record.digests and record.names)):
             self.store.untag(by_name)
             return [f"untagged {parse_reference(by_name).familiar()}"]
         if users and not force:
@@ -280,6 +280,97 @@ class ImageCollection:
                 base = overlay.get("lower_base") or "/"
                 used.update(os.path.join(base, lower) for lower in overlay["lower"])
         return used
+
+    # -- commit -------------------------------------------------------------------------
+
+    def commit(self, container: str, reference: str) -> ContainerImage:
+        """A container's changes (its upper directory) as a new layer on its image, named
+        ``reference``. The new image's config is the container's, as ``docker commit``:
+        its command, entrypoint, environment, working directory and user."""
+        import time
+
+        ref = parse_reference(reference)
+        if ref.digest:
+            raise ImageError("commit names a tag, not a digest", hint="give NAME[:TAG]")
+        handle = self._engine.containers.get(container)
+        directory = self._engine._store.directory(handle.id)
+        config = handle.config
+        meta: dict[str, Any] = {}
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            meta = json.loads((directory / "image.json").read_text())
+        plan = json.loads((directory / "plan.json").read_text())
+        shift = plan["uid_mappings"][0]["hostID"] if plan["uid_mappings"] else 0
+        self.store.ensure_layout()
+        tmp = self.store.root / "blobs" / "tmp"
+        layers: builtins.list[LayerRef] = []
+        if meta.get("id"):
+            base = self.store.get_by_id(str(meta["id"]))
+            image_json = json.loads(json.dumps(base.config))
+            layers = list(base.layers)
+        else:  # a template's container: the template's tree becomes the base layer
+            template = self._templates.get(config.image)
+            image_json = {
+                "architecture": oci.host_platform()["architecture"],
+                "os": "linux",
+                "config": {
+                    "Cmd": list(template.command),
+                    "Env": [f"{k}={v}" for k, v in template.env.items()],
+                    "WorkingDir": template.workdir,
+                },
+                "rootfs": {"type": "layers", "diff_ids": []},
+                "history": [{"created_by": f"codex32 template {template.name}"}],
+            }
+            layers.append(self._add_tree_layer(self._templates.rootfs(template), tmp, 0))
+        layers.append(self._add_tree_layer(directory / "upper", tmp, shift))
+        run = image_json.setdefault("config", {})
+        if config.command:
+            run["Cmd"] = list(config.command)
+        if config.entrypoint is not None:
+            run["Entrypoint"] = list(config.entrypoint)
+        if config.env:
+            env = dict(str(e).partition("=")[::2] for e in run.get("Env") or [])
+            env.update(config.env)
+            run["Env"] = [f"{k}={v}" for k, v in env.items()]
+        if config.working_dir:
+            run["WorkingDir"] = config.working_dir
+        if config.user:
+            run["User"] = config.user
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        image_json["created"] = now
+        image_json["rootfs"] = {"type": "layers", "diff_ids": [x.diff_id for x in layers]}
+        history = image_json.setdefault("history", [])
+        history.append({"created": now, "created_by": f"codex32 commit {handle.name}"})
+        config_raw = json.dumps(image_json, separators=(",", ":")).encode()
+        config_digest = self.store.add_blob_bytes(config_raw)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": oci.OCI_MANIFEST,
+            "config": {
+                "mediaType": oci.OCI_CONFIG,
+                "digest": config_digest,
+                "size": len(config_raw),
+            },
+            "layers": [
+                {"mediaType": x.media_type, "digest": x.blob, "size": x.size} for x in layers
+            ],
+        }
+        manifest_digest = self.store.add_blob_bytes(json.dumps(manifest).encode())
+        return self._image_view(self.store.put_image(manifest_digest, config_digest, layers, [ref]))
+
+    def _add_tree_layer(self, tree: Path, tmp: Path, shift: int) -> LayerRef:
+        import secrets
+
+        from codex32._images.commit import write_layer
+
+        out = tmp / f"commit-{secrets.token_hex(6)}"
+        try:
+            built = write_layer(tree, out, shift=shift)
+            self.store.commit_blob(out, built.blob, "committed layer")
+        finally:
+            out.unlink(missing_ok=True)
+        layer = LayerRef(built.blob, built.diff_id, oci.OCI_LAYER_GZIP, built.size)
+        self.store.ensure_layer(layer, f"committed layer {built.blob[:19]}")
+        return layer
 
     # -- login --------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from codex32.cli import network, verbs, views
+from codex32.cli import images, network, verbs, views
 from codex32.cli._common import state
 from codex32.cli._usage import UsageError, UsageGroup
 from codex32.cli._usage import report as report_usage_error
@@ -85,7 +85,6 @@ app.command("list", hidden=True)(views.list_containers)
 app.command("inspect")(views.inspect)
 app.command("logs")(views.logs)
 app.command("events")(views.events)
-app.command("images")(views.images)
 app.command("build")(views.build)
 app.command("pause")(verbs.pause)
 app.command("unpause")(verbs.unpause)
@@ -94,6 +93,7 @@ app.command("top")(views.top)
 app.command("doctor")(views.doctor)
 app.command("info", hidden=True)(views.doctor)
 app.add_typer(network.app, name="network")
+images.register(app)
 
 
 def main() -> None:
