@@ -448,11 +448,7 @@ class ImageCollection:
                 directory = self.store.ensure_layer(
                     layer, f"{index + 1}/{len(record.layers)} ({layer.blob[:19]}) of {name}", shift
                 )
-            layer_names.append(
-                self.store.short_link(directory)
-                if profile is not None
-                else str(directory.relative_to(self.store.root))
-            )
+            layer_names.append(self.store.short_link(directory))
         layer_names.reverse()  # overlay lists the top layer first
         options = len("lowerdir=" + ":".join(layer_names)) + 3 * 200
         if options > MOUNT_OPTIONS_MAX:

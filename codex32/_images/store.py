@@ -211,6 +211,8 @@ class ImageStore:
         relative = directory.relative_to(self.root)
         short = hashlib.sha256(str(relative).encode()).hexdigest()[:20]
         link = self.root / "l" / short
+        if not link.parent.is_dir():
+            self.ensure_layout()
         if not link.is_symlink():
             tmp = link.with_name(f".{short}-{secrets.token_hex(4)}")
             os.symlink(os.path.join("..", relative), tmp)
