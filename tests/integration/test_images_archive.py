@@ -24,15 +24,29 @@ pytestmark = [
 def layout(engine: ContainerEngine, tmp_path_factory: pytest.TempPathFactory) -> Path:
     rootfs = Path(engine.images.build("busybox", quiet=True).path)
     path = tmp_path_factory.mktemp("archives") / "oci"
-    make_oci_image(path, "1.0", rootfs, cmd=["cat", "/etc/motd"], env=["FROM=archive"],
-                   extra={"/etc/motd": "from an archive\n"})  # fmt: skip
+    make_oci_image(
+        path,
+        "1.0",
+        rootfs,
+        cmd=["cat", "/etc/motd"],
+        env=["FROM=archive"],
+        extra={"/etc/motd": "from an archive\n"},
+    )
     return path
 
 
-def run(engine: ContainerEngine, image: str, command: list[str] | None = None,
-        level: IsolationType = IsolationType.STANDARD) -> str:  # fmt: skip
-    return output_of(engine, ContainerConfig(image=image, command=command or [], isolation=level,
-                                             auto_remove=True, network="none"))  # fmt: skip
+def run(
+    engine: ContainerEngine,
+    image: str,
+    command: list[str] | None = None,
+    level: IsolationType = IsolationType.STANDARD,
+) -> str:
+    return output_of(
+        engine,
+        ContainerConfig(
+            image=image, command=command or [], isolation=level, auto_remove=True, network="none"
+        ),
+    )
 
 
 def skopeo(*args: str) -> str:
@@ -40,8 +54,9 @@ def skopeo(*args: str) -> str:
 
 
 @pytest.mark.parametrize("level", LEVELS, ids=[level.value for level in LEVELS])
-def test_docker_archive_loads_and_runs(engine: ContainerEngine, layout: Path, tmp_path: Path,
-                                       level: IsolationType) -> None:  # fmt: skip
+def test_docker_archive_loads_and_runs(
+    engine: ContainerEngine, layout: Path, tmp_path: Path, level: IsolationType
+) -> None:
     archive = tmp_path / "docker.tar"
     skopeo("copy", "--quiet", f"oci:{layout}:1.0", f"docker-archive:{archive}:trader/bot:1.2")
     (image,) = engine.images.load(archive)
@@ -98,13 +113,18 @@ WRITABLE = (IsolationType.MINIMAL, IsolationType.STANDARD)
 
 
 @pytest.mark.parametrize("level", WRITABLE, ids=[level.value for level in WRITABLE])
-def test_commit_makes_a_layer(engine: ContainerEngine, layout: Path, tmp_path: Path,
-                              level: IsolationType) -> None:  # fmt: skip
+def test_commit_makes_a_layer(
+    engine: ContainerEngine, layout: Path, tmp_path: Path, level: IsolationType
+) -> None:
     archive = tmp_path / "base.tar"
     skopeo("copy", "--quiet", f"oci:{layout}:1.0", f"docker-archive:{archive}:commit/base:1")
     engine.images.load(archive)
-    config = ContainerConfig(image="commit/base:1", isolation=level, network="none",
-                             command=["sh", "-c", "echo committed > /data.txt; rm /etc/motd"])  # fmt: skip
+    config = ContainerConfig(
+        image="commit/base:1",
+        isolation=level,
+        network="none",
+        command=["sh", "-c", "echo committed > /data.txt; rm /etc/motd"],
+    )
     container = engine.containers.create(config)
     try:
         container.start()
@@ -116,16 +136,21 @@ def test_commit_makes_a_layer(engine: ContainerEngine, layout: Path, tmp_path: P
     layers = engine.images.inspect(tag)["RootFS"]["Layers"]
     assert len(layers) == len(engine.images.inspect("commit/base:1")["RootFS"]["Layers"]) + 1
     assert image.tags == [tag]
-    out = run(engine, tag, ["sh", "-c", "cat /data.txt; stat -c %u /data.txt; ls /etc/motd || true"],
-              level=level)  # fmt: skip
+    out = run(
+        engine,
+        tag,
+        ["sh", "-c", "cat /data.txt; stat -c %u /data.txt; ls /etc/motd || true"],
+        level=level,
+    )
     assert out.startswith("committed\n0\n"), out  # owner shifted back to the image's 0
     assert "motd" not in out.split("\n")[2]  # the whiteout hides it
     engine.images.remove(tag)
 
 
 def test_commit_of_a_template_container(engine: ContainerEngine) -> None:
-    container = engine.containers.create(ContainerConfig(
-        image="busybox", command=["sh", "-c", "echo hi > /hello"], network="none"))  # fmt: skip
+    container = engine.containers.create(
+        ContainerConfig(image="busybox", command=["sh", "-c", "echo hi > /hello"], network="none")
+    )
     try:
         container.start()
         assert container.wait(30) == 0
@@ -152,6 +177,8 @@ def test_many_layers_fit_one_overlay(engine: ContainerEngine, tmp_path: Path) ->
     absolute = ":".join(f"{overlay['lower_base']}/{p}" for p in overlay["lower"])
     assert len(absolute) > 4096
     for level in LEVELS:
-        assert run(engine, "many/layers:100", ["sh", "-c", "cat /layer0 /layer98"],
-                   level=level) == "0\n98\n"  # fmt: skip
+        assert (
+            run(engine, "many/layers:100", ["sh", "-c", "cat /layer0 /layer98"], level=level)
+            == "0\n98\n"
+        )
     engine.images.remove("many/layers:100")
