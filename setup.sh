@@ -11,9 +11,13 @@ cd "$(dirname "$0")"
 # the anchors `make bench` compares against;
 # qemu-system-x86 + linux-image-amd64 (a stock kernel in /boot; the running kernel is not
 # changed): the cgroup v2 tests boot it with virtme-ng, since this host's controllers are v1.
+# Images: docker-registry (the tests' registry), skopeo and umoci (the tests make and copy
+# images with them), apache2-utils (htpasswd for the registry's basic auth), mmdebstrap
+# (`codex32 build debian`).
 PACKAGES=(busybox-static tini libcap-dev libseccomp2 python3 python3-venv python3-dev gcc
           iproute2 util-linux procps nftables qemu-system-x86 linux-image-amd64
-          crun runc bubblewrap)
+          crun runc bubblewrap
+          docker-registry skopeo umoci apache2-utils mmdebstrap)
 # Extra packages named by the caller (e.g. the cgroup v2 VM tools), space separated.
 read -r -a EXTRA <<< "${CODEX32_EXTRA_PACKAGES:-}"
 
@@ -30,8 +34,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "==> installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    apt-get -o DPkg::Lock::Timeout=900 update -qq
+    apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 # Debian's interpreter, not a pyenv shim: it starts in ~10 ms, and every container
