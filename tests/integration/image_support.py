@@ -183,7 +183,12 @@ def entry(
 
 
 def write_docker_archive(
-    path: Path, layers: list[bytes], *, tag: str, cmd: list[str] | None = None
+    path: Path,
+    layers: list[bytes],
+    *,
+    tag: str,
+    cmd: list[str] | None = None,
+    extra_config: dict[str, object] | None = None,
 ) -> None:
     """A ``docker save``-style archive of uncompressed ``layers`` (for hostile cases)."""
     diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
@@ -191,7 +196,7 @@ def write_docker_archive(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Cmd": cmd or ["sh"]},
+            "config": {"Cmd": cmd or ["sh"], **(extra_config or {})},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         }
     ).encode()

@@ -182,3 +182,42 @@ def test_many_layers_fit_one_overlay(engine: ContainerEngine, tmp_path: Path) ->
             == "0\n98\n"
         )
     engine.images.remove("many/layers:100")
+
+
+def test_exposed_ports_stop_signal_and_healthcheck(engine: ContainerEngine, tmp_path: Path) -> None:
+    rootfs = Path(engine.images.build("busybox", quiet=True).path)
+    base = tmp_path / "base.tar"
+    with tarfile.open(base, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    health = {"Test": ["CMD", "true"], "Interval": 1000000000}
+    archive = tmp_path / "ports.tar"
+    write_docker_archive(
+        archive,
+        [base.read_bytes()],
+        tag="ports/img:1",
+        extra_config={
+            "ExposedPorts": {"8080/tcp": {}, "5353/udp": {}},
+            "StopSignal": "SIGINT",
+            "Labels": {"team": "bots"},
+            "Healthcheck": health,
+        },
+    )
+    engine.images.load(archive)
+    given = ContainerConfig(
+        image="ports/img:1", publish_all=True, stop_signal="SIGUSR1", ports=["18080:8080"]
+    )
+    plain = ContainerConfig(image="ports/img:1")
+    made = [engine.containers.create(c) for c in (given, plain)]
+    try:
+        with_ports, without = (c.config for c in made)
+        published = {(p.container_port, p.protocol): p.host_port for p in with_ports.ports}
+        assert published[(8080, "tcp")] == 18080  # -p wins over -P for that port
+        assert published[(5353, "udp")] > 0
+        assert with_ports.stop_signal == "SIGUSR1" and without.stop_signal == "SIGINT"
+        assert without.ports == []
+        meta = json.loads((engine._store.directory(made[1].id) / "image.json").read_text())
+        assert meta["healthcheck"] == health and meta["labels"] == {"team": "bots"}
+    finally:
+        for container in made:
+            container.remove(force=True)
+    engine.images.remove("ports/img:1")
