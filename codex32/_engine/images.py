@@ -397,12 +397,11 @@ class ImageCollection:
                     f"cannot reach registry {registry}: {exc}",
                     hint="for a plain-HTTP registry pass --insecure-registry",
                 ) from None
-            if (
-                answer.status_code == 401
-                and "bearer" in answer.headers.get("WWW-Authenticate", "").lower()
-            ):
-                pass  # a token registry (Docker Hub): the token service checks at pull
-            elif answer.status_code != 200:
+            challenge = answer.headers.get("WWW-Authenticate", "")
+            if answer.status_code == 401 and challenge.lower().startswith("bearer"):
+                # A token registry (Docker Hub): its token service checks the password.
+                answer = _token_login(challenge, username, password)
+            if answer.status_code != 200:
                 raise ImageError(
                     f"login to {registry} failed (HTTP {answer.status_code})",
                     hint="check the user name and password",
@@ -463,6 +462,23 @@ class ImageCollection:
             record.id,
             name,
         )
+
+
+def _token_login(challenge: str, username: str, password: str) -> Any:
+    """Ask the token service named in a Bearer challenge for a token with these
+    credentials (what ``docker login`` does against Docker Hub)."""
+    import re
+
+    import httpx
+
+    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    if "realm" not in params:
+        raise ImageError(f"the registry's challenge names no token service: {challenge!r}")
+    query = {"service": params.get("service", ""), "account": username}
+    try:
+        return httpx.get(params["realm"], params=query, auth=(username, password), timeout=30)
+    except httpx.HTTPError as exc:
+        raise ImageError(f"cannot reach the token service {params['realm']}: {exc}") from None
 
 
 def _maybe_id(name: str) -> bool:

@@ -24,7 +24,8 @@ else
     echo "debian template: neither mmdebstrap nor debootstrap is installed; apt-get install mmdebstrap" >&2
     exit 1
 fi
-echo "  [2/2] tidying: apt lists and caches"
+echo "  [2/2] tidying: device nodes (a container's /dev is its own), apt lists and caches"
+find "$dest/dev" -mindepth 1 -delete
 rm -rf "$dest"/var/lib/apt/lists/* "$dest"/var/cache/apt/*.bin "$dest"/var/cache/apt/archives/*.deb
 : > "$dest/etc/resolv.conf"
 echo "debian" > "$dest/etc/hostname"

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -45,7 +46,9 @@ class Registry:
 
 
 @contextlib.contextmanager
-def run_registry(workdir: Path, *, user: str | None = None) -> Iterator[Registry]:
+def run_registry(
+    workdir: Path, *, user: str | None = None, token: TokenService | None = None
+) -> Iterator[Registry]:
     """Start ``docker-registry`` on a free 127.0.0.1 port with storage in ``workdir``
     (basic auth when ``user`` is given; its password is ``user + "-pw"``)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +62,9 @@ def run_registry(workdir: Path, *, user: str | None = None) -> Iterator[Registry
         ).stdout.strip()
         (workdir / "htpasswd").write_text(line + "\n")
         auth = f"auth:\n  htpasswd:\n    realm: codex32-test\n    path: {workdir / 'htpasswd'}\n"
+    if token is not None:
+        auth = (f"auth:\n  token:\n    realm: {token.realm}\n    service: {token.service}\n"
+                f"    issuer: {token.issuer}\n    rootcertbundle: {token.cert}\n")  # fmt: skip
     config = workdir / "config.yml"
     config.write_text(
         "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
@@ -250,3 +256,105 @@ def derive_image(layout: Path, base: str, tag: str, files: dict[str, bytes]) -> 
         capture_output=True,
     )
     shutil.rmtree(bundle)
+
+
+# -- Docker Hub's token authentication: the registry checks tokens a token service signs --
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _libtrust_key_id(cert: Path) -> str:
+    """The ``kid`` the registry derives from a certificate's key (docker/libtrust)."""
+    import base64
+
+    pem = subprocess.run(["openssl", "x509", "-in", str(cert), "-pubkey", "-noout"],
+                         capture_output=True, check=True).stdout  # fmt: skip
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pem,
+                         capture_output=True, check=True).stdout  # fmt: skip
+    encoded = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode().rstrip("=")
+    return ":".join(encoded[i : i + 4] for i in range(0, len(encoded), 4))
+
+
+@dataclass
+class TokenService:
+    """A token service as Docker Hub's (``GET /token?service=&scope=``, Basic auth),
+    signing RS256 JWTs with a key whose certificate the registry trusts."""
+
+    realm: str
+    service: str
+    issuer: str
+    cert: Path
+    requests: list[dict[str, str]]
+
+
+@contextlib.contextmanager
+def run_token_service(workdir: Path, user: str, password: str) -> Iterator[TokenService]:
+    import base64
+    import http.server
+    import threading
+    import urllib.parse
+
+    key, cert = workdir / "token.key", workdir / "token.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=codex32-token"],
+                   check=True, capture_output=True)  # fmt: skip
+    kid = _libtrust_key_id(cert)
+    requests: list[dict[str, str]] = []
+    service, issuer = "codex32-test-registry", "codex32-test-issuer"
+
+    def sign(claims: dict[str, object]) -> str:
+        header = {"typ": "JWT", "alg": "RS256", "kid": kid}
+        signing_input = (
+            f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        )
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)],
+                                   input=signing_input.encode(), capture_output=True,
+                                   check=True).stdout  # fmt: skip
+        return f"{signing_input}.{_b64url(signature)}"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            query = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(self.path).query))
+            requests.append(query)
+            auth = self.headers.get("Authorization", "")
+            granted: list[dict[str, object]] = []
+            if auth.startswith("Basic "):
+                given = base64.b64decode(auth[6:]).decode()
+                if given != f"{user}:{password}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                for scope in query.get("scope", "").split(" "):
+                    kind, _, rest = scope.partition(":")
+                    name, _, actions = rest.rpartition(":")
+                    if kind == "repository":
+                        granted.append({"type": kind, "name": name,
+                                        "actions": actions.split(",")})  # fmt: skip
+            now = int(time.time())
+            token = sign({"iss": issuer, "sub": user if granted else "", "aud": service,
+                          "exp": now + 300, "nbf": now - 10, "iat": now,
+                          "jti": os.urandom(8).hex(), "access": granted})  # fmt: skip
+            body = json.dumps({"token": token, "access_token": token}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield TokenService(f"http://127.0.0.1:{server.server_address[1]}/token", service,
+                           issuer, cert, requests)  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -20,6 +20,7 @@ from image_support import (
     make_oci_image,
     missing_tools,
     run_registry,
+    run_token_service,
     skopeo_copy,
 )
 
@@ -298,4 +299,33 @@ def test_basic_auth_and_login(
             assert run_out(engine, image, ["cat", "/etc/motd"]) == "v2\n"
         finally:
             assert engine.images.logout(reg.host)
+            engine.images.remove(image)
+
+
+def test_token_auth_as_docker_hub(
+    engine: ContainerEngine, layout: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The registry trusts tokens signed by a token service (Docker Hub's scheme): the
+    client follows the Bearer challenge, with the saved credentials once logged in."""
+    work = tmp_path_factory.mktemp("tokenreg")
+    with (
+        run_token_service(work, "hub", "hub-pw") as tokens,
+        run_registry(work / "registry", token=tokens) as reg,
+    ):
+        image = f"{reg.host}/private/tok:1"
+        skopeo_copy(f"oci:{layout}:v2", f"docker://{image}", "--dest-creds=hub:hub-pw")
+        with pytest.raises(ImageError, match="not authorized"):
+            engine.images.pull(image, insecure=True)  # an anonymous token grants nothing
+        with pytest.raises(ImageError, match=r"login to .* failed \(HTTP 401\)"):
+            engine.images.login(reg.host, "hub", "wrong", insecure=True)
+        engine.images.login(reg.host, "hub", "hub-pw", insecure=True)
+        try:
+            tokens.requests.clear()
+            assert image in engine.images.pull(image, insecure=True).tags
+            assert {"service": tokens.service, "scope": "repository:private/tok:pull"} in (
+                tokens.requests
+            )
+            assert run_out(engine, image, ["cat", "/etc/motd"]) == "v2\n"
+        finally:
+            engine.images.logout(reg.host)
             engine.images.remove(image)

@@ -262,3 +262,21 @@ def test_hostile_archive_leaves_nothing(engine: ContainerEngine, tmp_path: Path)
     assert not bad_blob.exists()
     engine.images.prune()
     assert blobs_and_layers(engine.settings.storage_dir)[1] <= before[1]
+
+
+def test_shifted_template_copy_skips_device_nodes(tmp_path: Path) -> None:
+    """A template tree with /dev/zero in it: the STRICT copy must not read it forever."""
+    from codex32._images.templates import TemplateStore
+
+    recipes = tmp_path / "recipes" / "devs"
+    recipes.mkdir(parents=True)
+    (recipes / "template.toml").write_text('build = "build.sh"\ncommand = ["sh"]\n')
+    (recipes / "build.sh").write_text(
+        'mkdir -p "$1/dev" "$1/bin" && mknod "$1/dev/zero" c 1 5 && mkfifo "$1/dev/fifo" '
+        '&& echo x > "$1/bin/file"\n'
+    )
+    store = TemplateStore(tmp_path / "recipes", tmp_path / "storage")
+    template = store.get("devs")
+    copy = store.shifted_rootfs(template, 100000)
+    assert sorted(os.listdir(copy / "dev")) == []
+    assert os.lstat(copy / "bin" / "file").st_uid == 100000
