@@ -368,7 +368,8 @@ class ImageStore:
             for layer_dir in (self.root / "layers").iterdir():
                 if "sha256:" + layer_dir.name in diff_ids:
                     continue
-                if any(os.path.realpath(d).startswith(str(layer_dir) + "/") for d in used_dirs):
+                real = os.path.realpath(layer_dir) + "/"
+                if any(d.startswith(real) for d in used_dirs):
                     continue
                 shutil.rmtree(layer_dir)
                 removed.append("layer sha256:" + layer_dir.name)

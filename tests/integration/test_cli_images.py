@@ -85,6 +85,8 @@ def test_image_verbs(storage_dir: Path, registry: Registry, tmp_path: Path) -> N
     loaded = codex32(storage_dir, "load", "-i", str(archive))
     assert loaded.returncode == 0 and image in loaded.stdout, loaded.stderr
     assert codex32(storage_dir, "rmi", image).returncode == 0
+    pruned = codex32(storage_dir, "image", "prune")
+    assert pruned.returncode == 0, pruned.stderr
     assert codex32(storage_dir, "logout", registry.host).returncode == 0
 
 

@@ -221,3 +221,39 @@ def test_exposed_ports_stop_signal_and_healthcheck(engine: ContainerEngine, tmp_
         for container in made:
             container.remove(force=True)
     engine.images.remove("ports/img:1")
+
+
+def test_whiteouts_and_opaque_dirs_in_a_running_container(
+    engine: ContainerEngine, tmp_path: Path
+) -> None:
+    """OCI's deletions, applied by the kernel's overlay at every level (STRICT reads the
+    user.overlay.opaque copy through userxattr)."""
+    rootfs = Path(engine.images.build("busybox", quiet=True).path)
+    base = tmp_path / "base.tar"
+    with tarfile.open(base, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    first = tar_layer(
+        [
+            entry("data", tarfile.DIRTYPE, mode=0o755),
+            entry("data/old", data=b"old\n"),
+            entry("gone", data=b"gone\n"),
+        ]
+    )
+    second = tar_layer(
+        [
+            entry("data", tarfile.DIRTYPE, mode=0o755),
+            entry("data/.wh..wh..opq"),
+            entry("data/new", data=b"new\n"),
+            entry(".wh.gone"),
+        ]
+    )
+    archive = tmp_path / "deletions.tar"
+    write_docker_archive(archive, [base.read_bytes(), first, second], tag="oci/deletions:1")
+    engine.images.load(archive)
+    for level in LEVELS:
+        out = run(
+            engine, "oci/deletions:1", ["sh", "-c", "ls /data; ls /gone 2>&1 || true"], level=level
+        )
+        assert out.splitlines()[0] == "new", (level, out)
+        assert "No such file" in out.splitlines()[1], (level, out)
+    engine.images.remove("oci/deletions:1")
