@@ -422,10 +422,12 @@ class ImageCollection:
         name = config.image
         record = None if name in self._templates.names() else self.store.find(name)
         if record is None:
-            if name not in self._templates.names() and (
-                "/" in name or ":" in name or _maybe_id(name)
-            ):
-                self._record(name)  # raises: no such image
+            if name not in self._templates.names():
+                known = ", ".join(self._templates.names()) or "none"
+                raise ImageError(
+                    f"no rootfs template or image named {name!r}",
+                    hint=f"templates: {known}; `codex32 pull` or `codex32 load` adds an image",
+                )
             template = self._templates.get(name)
             if build:
                 self._templates.ensure_built(template)
