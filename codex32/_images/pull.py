@@ -8,8 +8,13 @@ point leaves no image, and nothing a later pull trusts without checking.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from codex32._images import oci
@@ -48,8 +53,13 @@ def pull_image(
 
     def fetch(layer: LayerRef) -> None:
         partial = store.partial_path(layer.blob)
-        client.download(repo, layer.blob, partial, layer.size, progress)
-        store.commit_blob(partial, layer.blob, f"{ref}: layer {layer.blob[:19]}")
+        # One download per blob at a time: a concurrent pull of the same blob waits,
+        # then finds it in the store (two writers would interleave in the partial).
+        with _locked(partial.with_name(partial.name + ".lock")):
+            if store.has_blob(layer.blob):
+                return
+            client.download(repo, layer.blob, partial, layer.size, progress)
+            store.commit_blob(partial, layer.blob, f"{ref}: layer {layer.blob[:19]}")
 
     if missing:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
@@ -68,3 +78,13 @@ def pull_image(
         if digest != top_digest:
             names.append(Reference(ref.registry, ref.repository, None, digest))
     return store.put_image(digest, config_digest, layers, names)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # the file stays (unlinking it would let a third process in); prune
