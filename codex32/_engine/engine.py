@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import IO, Any, Generic, Literal, TypeVar, cast
 
 from codex32._cgroups.containers import ContainerCgroups, ContainerStats
-from codex32._engine.images import ImageCollection, RootSource, apply_image_defaults, image_meta
+from codex32._engine.image_defaults import RootSource, apply_image_defaults, image_meta
+from codex32._engine.images import ImageCollection
 from codex32._images.templates import TemplateStore
 from codex32._network.manager import NetworkCollection, Networking
 from codex32._plan.plan import ContainerPaths, Plan, Step, build_plan, command_args

@@ -12,17 +12,15 @@ import builtins
 import contextlib
 import json
 import os
-import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from codex32._engine.image_defaults import RootSource
 from codex32._images import oci
 from codex32._images.auth import credentials_for, remove_credentials, save_credentials
-from codex32._images.image import ImageConfig
 from codex32._images.reference import parse_reference
-from codex32._images.store import ImageRecord, ImageStore, LayerRef
+from codex32._images.store import ImageRecord, ImageStore
 from codex32._images.templates import Template, TemplateStore
 from codex32._images.unpack import UnpackLimits
 from codex32._plan.profiles import Profile
@@ -36,18 +34,6 @@ if TYPE_CHECKING:
 #: The kernel takes at most one page of mount options.
 MOUNT_OPTIONS_MAX = 4096
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class RootSource:
-    """What a container's root is made of: the image's config and its lower layers
-    (top first, as overlay's ``lowerdir``), relative to ``lower_base`` when set."""
-
-    image_config: ImageConfig
-    lower: tuple[str, ...]
-    lower_base: str | None = None
-    image_id: str | None = None
-    reference: str = ""
 
 
 def limits_from_env(id_range: int) -> UnpackLimits:
@@ -285,92 +271,10 @@ class ImageCollection:
 
     def commit(self, container: str, reference: str) -> ContainerImage:
         """A container's changes (its upper directory) as a new layer on its image, named
-        ``reference``. The new image's config is the container's, as ``docker commit``:
-        its command, entrypoint, environment, working directory and user."""
-        import time
+        ``reference``; the new image's config is the container's, as ``docker commit``."""
+        from codex32._engine.image_commit import commit_container
 
-        ref = parse_reference(reference)
-        if ref.digest:
-            raise ImageError("commit names a tag, not a digest", hint="give NAME[:TAG]")
-        handle = self._engine.containers.get(container)
-        directory = self._engine._store.directory(handle.id)
-        config = handle.config
-        meta: dict[str, Any] = {}
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            meta = json.loads((directory / "image.json").read_text())
-        plan = json.loads((directory / "plan.json").read_text())
-        shift = plan["uid_mappings"][0]["hostID"] if plan["uid_mappings"] else 0
-        self.store.ensure_layout()
-        tmp = self.store.root / "blobs" / "tmp"
-        layers: builtins.list[LayerRef] = []
-        if meta.get("id"):
-            base = self.store.get_by_id(str(meta["id"]))
-            image_json = json.loads(json.dumps(base.config))
-            layers = list(base.layers)
-        else:  # a template's container: the template's tree becomes the base layer
-            template = self._templates.get(config.image)
-            image_json = {
-                "architecture": oci.host_platform()["architecture"],
-                "os": "linux",
-                "config": {
-                    "Cmd": list(template.command),
-                    "Env": [f"{k}={v}" for k, v in template.env.items()],
-                    "WorkingDir": template.workdir,
-                },
-                "rootfs": {"type": "layers", "diff_ids": []},
-                "history": [{"created_by": f"codex32 template {template.name}"}],
-            }
-            layers.append(self._add_tree_layer(self._templates.rootfs(template), tmp, 0))
-        layers.append(self._add_tree_layer(directory / "upper", tmp, shift))
-        run = image_json.setdefault("config", {})
-        if config.command:
-            run["Cmd"] = list(config.command)
-        if config.entrypoint is not None:
-            run["Entrypoint"] = list(config.entrypoint)
-        if config.env:
-            env = dict(str(e).partition("=")[::2] for e in run.get("Env") or [])
-            env.update(config.env)
-            run["Env"] = [f"{k}={v}" for k, v in env.items()]
-        if config.working_dir:
-            run["WorkingDir"] = config.working_dir
-        if config.user:
-            run["User"] = config.user
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        image_json["created"] = now
-        image_json["rootfs"] = {"type": "layers", "diff_ids": [x.diff_id for x in layers]}
-        history = image_json.setdefault("history", [])
-        history.append({"created": now, "created_by": f"codex32 commit {handle.name}"})
-        config_raw = json.dumps(image_json, separators=(",", ":")).encode()
-        config_digest = self.store.add_blob_bytes(config_raw)
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": oci.OCI_MANIFEST,
-            "config": {
-                "mediaType": oci.OCI_CONFIG,
-                "digest": config_digest,
-                "size": len(config_raw),
-            },
-            "layers": [
-                {"mediaType": x.media_type, "digest": x.blob, "size": x.size} for x in layers
-            ],
-        }
-        manifest_digest = self.store.add_blob_bytes(json.dumps(manifest).encode())
-        return self._image_view(self.store.put_image(manifest_digest, config_digest, layers, [ref]))
-
-    def _add_tree_layer(self, tree: Path, tmp: Path, shift: int) -> LayerRef:
-        import secrets
-
-        from codex32._images.commit import write_layer
-
-        out = tmp / f"commit-{secrets.token_hex(6)}"
-        try:
-            built = write_layer(tree, out, shift=shift)
-            self.store.commit_blob(out, built.blob, "committed layer")
-        finally:
-            out.unlink(missing_ok=True)
-        layer = LayerRef(built.blob, built.diff_id, oci.OCI_LAYER_GZIP, built.size)
-        self.store.ensure_layer(layer, f"committed layer {built.blob[:19]}")
-        return layer
+        return self._image_view(commit_container(self, container, reference))
 
     # -- login --------------------------------------------------------------------------
 
@@ -487,56 +391,3 @@ def _maybe_id(name: str) -> bool:
     return name.startswith("sha256:") or (
         len(name) >= 12 and all(c in "0123456789abcdef" for c in name)
     )
-
-
-def apply_image_defaults(config: ContainerConfig, image: ImageConfig) -> ContainerConfig:
-    """What Docker takes from the image into the container's own config at create: its
-    StopSignal (unless given), and a host port for each ExposedPort with ``-P``."""
-    update: dict[str, Any] = {}
-    if image.stop_signal and "stop_signal" not in config.model_fields_set:
-        update["stop_signal"] = image.stop_signal
-    if config.publish_all and image.exposed_ports:
-        from codex32.config.network import PortMapping
-
-        taken = {(p.container_port, p.protocol) for p in config.ports}
-        ports = list(config.ports)
-        for exposed in image.exposed_ports:
-            number, _, protocol = exposed.partition("/")
-            protocol = protocol or "tcp"
-            if (
-                not number.isdigit()
-                or (int(number), protocol) in taken
-                or protocol not in ("tcp", "udp")
-            ):
-                continue
-            ports.append(
-                PortMapping(
-                    host_port=_free_port(protocol), container_port=int(number), protocol=protocol
-                )
-            )
-        update["ports"] = ports
-    if not update:
-        return config
-    return config.model_copy(update=update)
-
-
-def _free_port(protocol: str) -> int:
-    """An ephemeral port free now (Docker's -P picks from the same range)."""
-    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("0.0.0.0", 0))
-        return int(probe.getsockname()[1])
-
-
-def image_meta(source: RootSource) -> dict[str, Any]:
-    """What the container's directory keeps of its image (``image.json``): the id for
-    ``rmi``'s check, the healthcheck and labels for the executor and ``inspect``."""
-    image = source.image_config
-    return {
-        "id": source.image_id,
-        "reference": source.reference,
-        "labels": image.labels,
-        "healthcheck": image.healthcheck,
-        "exposed_ports": list(image.exposed_ports),
-        "stop_signal": image.stop_signal,
-    }
