@@ -108,8 +108,8 @@ def make_oci_image(
     user: str | None = None,
     extra: dict[str, str] | None = None,
 ) -> str:
-    """An OCI layout image made by umoci from ``rootfs`` (then ``extra`` files as a
-    second layer); returns ``oci:LAYOUT:TAG`` for skopeo."""
+    """An OCI layout image made by umoci from ``rootfs`` plus ``extra`` files; returns
+    ``oci:LAYOUT:TAG`` for skopeo. (``derive_image`` adds a layer to an image.)"""
     if not (layout / "index.json").exists():
         subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
     image = f"{layout}:{tag}"
