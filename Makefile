@@ -1,24 +1,37 @@
 # Two commands do all set-up on a fresh Debian 12 machine (as root):
 #   make run    set up, build the templates, run the sample bot in a STANDARD container
 #   make test   set up, then ruff, mypy and the whole test suite
+#   make serve  set up, then run the host service in the foreground (/run/codex32/codex32.sock)
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 CODEX32 := $(BIN)/codex32
 export CODEX32_STORAGE_DIR ?= /var/lib/codex32
 
-.PHONY: setup run test lint typecheck unit integration bench clean
+.PHONY: setup run serve test lint typecheck unit integration bench clean
+
+TEMPLATES := busybox python
 
 setup:
-	./setup.sh
+	@./setup.sh
 
+# One line per template built; a build's full output only when it fails.
 run: setup
-	$(CODEX32) build busybox
-	$(CODEX32) build python
+	@n=0; for t in $(TEMPLATES); do n=$$((n + 1)); \
+		echo "==> building template $$t [$$n/$(words $(TEMPLATES))]"; \
+		log=$$(mktemp "$${TMPDIR:-/tmp}/codex32-build.XXXXXX"); \
+		if ! $(CODEX32) build $$t >"$$log" 2>&1; then \
+			echo "make run: building template $$t failed; full output in $$log:" >&2; \
+			tail -n 25 "$$log" | sed 's/^/    /' >&2; exit 1; fi; \
+		rm -f "$$log"; done
+	@echo "==> running bots/sample_bot.py in a STANDARD container"
 	@# --network none: the sample needs no network, and the default bridge would be
 	@# created in this machine's real network namespace.
-	$(CODEX32) run --rm --isolation standard --network none -v $(CURDIR)/bots:/bots:ro \
+	@$(CODEX32) run --rm --isolation standard --network none -v $(CURDIR)/bots:/bots:ro \
 		python -- python3 /bots/sample_bot.py --beats 3 --interval 0.5
+
+serve: setup
+	$(CODEX32) serve
 
 lint: setup
 	$(BIN)/ruff check codex32 tests bench

@@ -95,9 +95,34 @@ class StateError(ContainerError):
     """A verb that the container's current state does not allow."""
 
 
+class DamagedRecordError(ContainerError):
+    """A container's ``state.json`` that cannot be trusted (not JSON, wrong shape, an
+    id that is not its directory's): listed as damaged, removable with ``rm -f``."""
+
+
 class CgroupError(Codex32Error):
     """A cgroup could not be created, configured or removed."""
 
 
 class NetworkError(Codex32Error):
     """A network, address or link could not be set up or removed."""
+
+
+def printable(text: object, limit: int = 1000) -> str:
+    """``text`` made safe to print as the engine's own words: one line, no control or
+    format characters (terminal escapes, a forged second line, bidi overrides), each
+    shown escaped instead, and at most ``limit`` characters.
+
+    An error message may carry what a container wrote (a name from its /etc/passwd,
+    a path in its root); the engine must never print that as if it said it.
+    """
+    out = []
+    for char in str(text):
+        if char.isprintable():
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(f"\\u{ord(char):04x}")
+    cleaned = "".join(out)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."

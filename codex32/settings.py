@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from codex32.config.container import IsolationType, default_isolation
@@ -13,14 +14,15 @@ DEFAULT_STORAGE_DIR = "/var/lib/codex32"
 
 
 def _find_templates_dir() -> Path:
-    """The recipes: $CODEX32_TEMPLATES_DIR, the checkout's rootfs-templates/, or /usr/share."""
+    """The recipes: $CODEX32_TEMPLATES_DIR, else the ones shipped in the package.
+
+    Package data (``codex32/rootfs-templates``), found through importlib.resources,
+    so a wheel or ``pipx install`` works from any directory, as the checkout does.
+    """
     explicit = os.environ.get("CODEX32_TEMPLATES_DIR")
     if explicit:
         return Path(explicit)
-    checkout = Path(__file__).resolve().parent.parent / "rootfs-templates"
-    if checkout.is_dir():
-        return checkout
-    return Path("/usr/share/codex32/rootfs-templates")
+    return Path(str(resources.files("codex32").joinpath("rootfs-templates")))
 
 
 @dataclass(frozen=True)

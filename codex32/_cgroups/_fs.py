@@ -335,7 +335,12 @@ def procs_recursive(fs: CgroupFS, directory: str) -> list[int]:
     procs = os.path.join(directory, "cgroup.procs")
     if not fs.exists(procs):
         return []
-    found = fs.read_pids(procs, "pids")
+    try:
+        found = fs.read_pids(procs, "pids")
+    except CgroupError as exc:  # removed meanwhile (the monitor gives it back at exit)
+        if exc.errno in (errno_module.ENOENT, errno_module.ENODEV):
+            return []
+        raise
     for child in fs.subdirs(directory):
         found.extend(procs_recursive(fs, os.path.join(directory, child)))
     return found

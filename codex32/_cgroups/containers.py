@@ -8,17 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from codex32._cgroups.detect import detect_driver
-from codex32._cgroups.driver import LIMIT_CONTROLLERS, Cgroup, CgroupDriver, CgroupStats, requested
-from codex32.config.container import ResourceLimits
+from codex32._cgroups.detect import CgroupHostInfo, detect_driver, host_info
+from codex32._cgroups.devices import DeviceRule
+from codex32._cgroups.driver import (
+    LIMIT_CONTROLLERS,
+    Cgroup,
+    CgroupDriver,
+    CgroupStats,
+    parse_cpu_list,
+    requested,
+)
+from codex32.config.container import DEFAULT_PIDS_LIMIT, ResourceLimits
 from codex32.errors import CgroupError
 
 log = logging.getLogger("codex32")
-
-_V2_NAMES = {"blkio": "io"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,44 @@ class ContainerStats:
         return 100.0 * (self.cpu_usage_ns - earlier.cpu_usage_ns) / (elapsed * 1e9)
 
 
+@dataclass(frozen=True)
+class CgroupReport:
+    """What this host's cgroups offer containers, as ``codex32 doctor`` shows it."""
+
+    host: CgroupHostInfo
+    usable_controllers: list[str] | None  # None: no driver (see ``unavailable``)
+    unavailable: str | None
+    parent: str
+    limits: list[tuple[str, bool, str]]  # (limit, enforceable, why)
+
+
+@dataclass(frozen=True)
+class LimitProbe:
+    """Which limits this host can enforce (``codex32 doctor``, checked at create)."""
+
+    unsupported: dict[str, str]  # limit field -> why it cannot be enforced
+    cpus: frozenset[int]  # the CPUs a --cpuset-cpus may name
+
+    def rows(self) -> list[tuple[str, bool, str]]:
+        """``(limit, enforceable, why)`` for every limit, for doctor."""
+        return [
+            (field, field not in self.unsupported, self.unsupported.get(field, "ok"))
+            for field in LIMIT_CONTROLLERS
+        ]
+
+
+def _dead_probe(name: str) -> bool:
+    """A probe cgroup (``probe-PID-HEX``) left by an engine process that died in it."""
+    parts = name.split("-")
+    if len(parts) != 3 or parts[0] != "probe" or not parts[1].isdigit():
+        return False
+    return not os.path.exists(f"/proc/{parts[1]}")
+
+
+def _cpu_text(cpus: frozenset[int]) -> str:
+    return ",".join(map(str, sorted(cpus))) or "none"
+
+
 def set_limits(limits: ResourceLimits) -> list[str]:
     """The ResourceLimits fields that are set (and so must be enforced)."""
     return requested(limits)
@@ -58,6 +105,7 @@ class ContainerCgroups:
         self._parent = parent
         self._driver = driver
         self._error: CgroupError | None = None
+        self._probe: LimitProbe | None = None
 
     def driver(self) -> CgroupDriver | None:
         """The host's driver, or ``None`` (with the reason in ``unavailable``)."""
@@ -74,27 +122,83 @@ class ContainerCgroups:
         self.driver()
         return str(self._error) if self._error else None
 
-    def missing_controllers(self, limits: ResourceLimits) -> dict[str, str]:
-        """Each set limit whose controller the host lacks -> that controller."""
+    def report(self) -> CgroupReport:
+        """The host's cgroup facts, the usable controllers and each limit's verdict."""
         driver = self.driver()
-        have = driver.controllers() if driver else frozenset()
-        missing = {}
-        for field in set_limits(limits):
-            controller = LIMIT_CONTROLLERS[field]
-            if controller not in have and _V2_NAMES.get(controller) not in have:
-                missing[field] = controller
-        return missing
+        return CgroupReport(
+            host=host_info(),
+            usable_controllers=sorted(driver.controllers()) if driver is not None else None,
+            unavailable=self.unavailable,
+            parent=self._parent,
+            limits=self.probe().rows(),
+        )
 
-    def prepare(self, container_id: str, limits: ResourceLimits) -> Cgroup | None:
+    def probe(self) -> LimitProbe:
+        """What each limit needs, checked on a throw-away cgroup (made and removed here).
+
+        Per file, not per controller: a host may have the blkio controller without a
+        weight file (no BFQ), the memory controller without swap accounting. Done
+        once per engine object, before a container's directory, process or cgroup
+        exists, so an unenforceable limit is refused (or dropped) at create.
+        """
+        if self._probe is not None:
+            return self._probe
+        driver = self.driver()
+        if driver is None:
+            reason = f"no cgroup driver: {self.unavailable}"
+            return LimitProbe(dict.fromkeys(LIMIT_CONTROLLERS, reason), frozenset())
+        name = f"probe-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            cgroup = driver.create(name)
+        except CgroupError as exc:
+            self._probe = LimitProbe(dict.fromkeys(LIMIT_CONTROLLERS, str(exc)), frozenset())
+            return self._probe
+        try:
+            self._probe = LimitProbe(cgroup.unsupported(), cgroup.usable_cpus())
+        finally:
+            cgroup.destroy(kill=True)
+        return self._probe
+
+    def lacks_controller(self, controller: str) -> bool:
+        """Whether the host has no driver, or the driver no *controller* (v1 name)."""
+        driver = self.driver()
+        have = driver.controllers() if driver is not None else frozenset()
+        return controller not in have and not (controller == "blkio" and "io" in have)
+
+    def unenforceable(self, limits: ResourceLimits) -> dict[str, str]:
+        """Each set limit this host cannot enforce -> why (one line)."""
+        fields = set_limits(limits)
+        if not fields:
+            return {}
+        probe = self.probe()
+        found = {f: probe.unsupported[f] for f in fields if f in probe.unsupported}
+        if limits.cpuset_cpus is not None and "cpuset_cpus" not in found:
+            outside = parse_cpu_list(limits.cpuset_cpus) - probe.cpus
+            if outside:
+                found["cpuset_cpus"] = (
+                    f"CPU(s) {', '.join(map(str, sorted(outside)))} are not available to the "
+                    f"engine's cgroup (it may use {_cpu_text(probe.cpus)})"
+                )
+        return found
+
+    def prepare(
+        self,
+        container_id: str,
+        limits: ResourceLimits,
+        devices: Sequence[DeviceRule] | None = None,
+    ) -> Cgroup | None:
         """Make the container's cgroup afresh with its limits, still empty.
 
         Called as a start begins, so that the directories and limit files are written
         while the container's processes are being forked; :meth:`place` then only
-        moves PID 1 in. The cgroup of an earlier run (kept after the exit, for
-        ``stats`` and OOM checks) is removed first, with anything left in it: limits
+        moves PID 1 in. A cgroup of an earlier run (the monitor removes it at the exit;
+        one survives a monitor that died) is removed first, with anything in it: limits
         are only ever written, never cleared, so a reused cgroup could keep a rule the
         config no longer has (a throttle on a device number that now names another disk).
-        ``None`` when the host has no cgroup driver.
+        A config without a pids limit gets ``DEFAULT_PIDS_LIMIT`` (a fork bomb's stop).
+        ``devices``: the allow list of device nodes (everything else denied), or
+        ``None`` to keep the host's (MINIMAL). ``None`` when the host has no cgroup
+        driver.
         """
         driver = self.driver()
         if driver is None:
@@ -102,7 +206,11 @@ class ContainerCgroups:
         with contextlib.suppress(CgroupError):
             driver.open(container_id).destroy(kill=True)
         cgroup = driver.create(container_id)
+        if limits.pids_limit is None and "pids" in driver.controllers():
+            limits = limits.model_copy(update={"pids_limit": DEFAULT_PIDS_LIMIT})
         try:
+            if devices is not None:
+                cgroup.set_devices(devices)
             if set_limits(limits):
                 cgroup.apply(limits)
         except BaseException:
@@ -150,7 +258,7 @@ class ContainerCgroups:
             return []
         removed = []
         for name in driver.names():
-            if len(name) == 64 and name not in known:
+            if (len(name) == 64 and name not in known) or _dead_probe(name):
                 with contextlib.suppress(CgroupError):
                     self.destroy(name)
                     removed.append(name)
@@ -182,6 +290,27 @@ class ContainerCgroups:
 
 
 _EMPTY = CgroupStats(0, 0, None, None, None, 0, None, 0, 0, 0)
+
+
+def exited_stats(
+    limits: ResourceLimits, cpu_usage_ns: int | None, memory_peak_bytes: int | None, oom_kills: int
+) -> ContainerStats:
+    """An exited container's stats, from its record: nothing in use, the last run's
+    totals and the limits it ran under (its cgroup is gone)."""
+    return ContainerStats(
+        time=time.time(),
+        cpu_usage_ns=cpu_usage_ns or 0,
+        memory_usage_bytes=0,
+        memory_limit_bytes=limits.memory_bytes,
+        memory_peak_bytes=memory_peak_bytes,
+        pids=0,
+        pids_limit=limits.pids_limit,
+        block_read_bytes=0,
+        block_write_bytes=0,
+        net_rx_bytes=0,
+        net_tx_bytes=0,
+        oom_kills=oom_kills,
+    )
 
 
 def _net_bytes(pid: int) -> tuple[int, int]:

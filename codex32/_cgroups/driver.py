@@ -21,10 +21,11 @@ import contextlib
 import os
 import signal
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from codex32._cgroups.devices import DeviceRule
 from codex32.config.container import ResourceLimits
 from codex32.errors import CgroupError
 
@@ -54,6 +55,58 @@ THROTTLES: Mapping[str, tuple[str, str]] = {
     "device_read_iops": ("blkio.throttle.read_iops_device", "riops"),
     "device_write_iops": ("blkio.throttle.write_iops_device", "wiops"),
 }
+
+
+#: The files that enforce each limit (any one of a tuple will do, the first preferred):
+#: whether a limit can be enforced depends on the file, not only on the controller.
+V1_FILES: Mapping[str, tuple[str, ...]] = {
+    "cpus": ("cpu.cfs_quota_us",),
+    "cpu_shares": ("cpu.shares",),
+    "cpuset_cpus": ("cpuset.cpus",),
+    "memory_bytes": ("memory.limit_in_bytes",),
+    "memory_swap_bytes": ("memory.memsw.limit_in_bytes",),
+    "memory_reservation_bytes": ("memory.soft_limit_in_bytes",),
+    "pids_limit": ("pids.max",),
+    "blkio_weight": ("blkio.weight", "blkio.bfq.weight"),
+    **{field: (files[0],) for field, files in THROTTLES.items()},
+}
+V2_FILES: Mapping[str, tuple[str, ...]] = {
+    "cpus": ("cpu.max",),
+    "cpu_shares": ("cpu.weight",),
+    "cpuset_cpus": ("cpuset.cpus",),
+    "memory_bytes": ("memory.max",),
+    "memory_swap_bytes": ("memory.swap.max",),
+    "memory_reservation_bytes": ("memory.low",),
+    "pids_limit": ("pids.max",),
+    "blkio_weight": ("io.bfq.weight", "io.weight"),
+    **dict.fromkeys(THROTTLES, ("io.max",)),
+}
+
+#: Why a file may be missing when its controller is there.
+_FILE_WHY: Mapping[str, str] = {
+    "cpus": "the kernel has no CFS bandwidth control (CONFIG_CFS_BANDWIDTH)",
+    "memory_swap_bytes": "the kernel does not account swap in the memory cgroup "
+    "(boot with swapaccount=1)",
+    "blkio_weight": "no I/O scheduler with cgroup weights is active (CFQ is gone since "
+    "Linux 5.0; load BFQ: modprobe bfq, and select it in /sys/block/DEV/queue/scheduler)",
+}
+
+
+def missing_file_reason(field: str, files: tuple[str, ...], directory: str) -> str:
+    """One line: which file is missing where, and why it may be."""
+    why = _FILE_WHY.get(field, "the kernel does not offer this control")
+    return f"no {' or '.join(files)} in the cgroups under {directory}: {why}"
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """``0-3,8`` -> {0, 1, 2, 3, 8} (the kernel's cpuset list format)."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return frozenset(cpus)
 
 
 @dataclass(frozen=True)
@@ -98,6 +151,11 @@ class Cgroup(Protocol):
         """Write every limit that is set; a limit the host cannot enforce is a CgroupError."""
         ...
 
+    def set_devices(self, rules: Sequence[DeviceRule]) -> None:
+        """Deny every device node but those ``rules`` allow (v1: devices.deny/allow;
+        v2: a BPF device program). Done before any process joins."""
+        ...
+
     def freeze(self) -> None:
         """Stop every process and return once the kernel reports the group frozen."""
         ...
@@ -134,6 +192,14 @@ class Cgroup(Protocol):
         """Remove the directories; refuses while processes remain unless *kill*."""
         ...
 
+    def unsupported(self) -> dict[str, str]:
+        """Each limit field this cgroup cannot enforce -> why (one line)."""
+        ...
+
+    def usable_cpus(self) -> frozenset[int]:
+        """The CPUs a cpuset limit may name here (the parent's effective cpus)."""
+        ...
+
 
 class CgroupDriver(Protocol):
     """Creates and finds container cgroups beneath the engine's parent cgroup."""
@@ -167,6 +233,11 @@ class CgroupDriver(Protocol):
 def cpu_quota_us(cpus: float, period_us: int = CPU_PERIOD_US) -> int:
     """CFS quota for ``--cpus`` (runc: quota = cpus * period)."""
     return round(cpus * period_us)
+
+
+def pids_max(limit: int) -> str:
+    """pids.max's value: ``max`` for -1 (unlimited, ``--pids-limit -1``)."""
+    return "max" if limit < 0 else str(limit)
 
 
 def requested(limits: ResourceLimits) -> list[str]:

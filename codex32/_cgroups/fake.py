@@ -8,11 +8,13 @@ process: ``kill_all`` only records the signal and forgets the pids.
 
 from __future__ import annotations
 
+import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from codex32._cgroups._fs import check_name
+from codex32._cgroups.devices import DeviceRule
 from codex32._cgroups.driver import LIMIT_CONTROLLERS, CgroupStats, requested
 from codex32.config.container import ResourceLimits
 from codex32.errors import CgroupError
@@ -34,6 +36,8 @@ class FakeCgroup:
     cpu_usage_ns: int = 0
     memory_usage_bytes: int = 0
     destroyed: bool = False
+    #: The allow list of set_devices (None: never set, the host's rules).
+    devices: tuple[DeviceRule, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -65,6 +69,21 @@ class FakeCgroup:
         update = {k: v for k, v in limits.model_dump(exclude_none=True).items() if v != []}
         merged = self.limits.model_dump(exclude_none=True) | update
         self.limits = ResourceLimits.model_validate(merged, context={"stored": True})
+
+    def set_devices(self, rules: Sequence[DeviceRule]) -> None:
+        self._alive("devices")
+        self.devices = tuple(rules)
+
+    def unsupported(self) -> dict[str, str]:
+        return {
+            field: f"the {controller} controller is not available"
+            for field, controller in LIMIT_CONTROLLERS.items()
+            if controller not in self.driver.available
+            and not (controller == "blkio" and "io" in self.driver.available)
+        }
+
+    def usable_cpus(self) -> frozenset[int]:
+        return frozenset(range(os.cpu_count() or 1))
 
     def freeze(self) -> None:
         self._alive("freeze")

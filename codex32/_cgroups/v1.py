@@ -28,7 +28,7 @@ import contextlib
 import errno as errno_module
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from codex32._cgroups._fs import (
     MOUNTINFO,
@@ -47,11 +47,17 @@ from codex32._cgroups._fs import (
     prune_dirs,
     remove_tree,
 )
+from codex32._cgroups.devices import DeviceRule
 from codex32._cgroups.driver import (
     CPU_PERIOD_US,
+    LIMIT_CONTROLLERS,
     THROTTLES,
+    V1_FILES,
     CgroupStats,
     cpu_quota_us,
+    missing_file_reason,
+    parse_cpu_list,
+    pids_max,
     signal_pids,
     throttle_rules,
 )
@@ -131,6 +137,20 @@ class V1Cgroup:
                 pending.remove(swap[0])
                 pending[:0] = [swap[0], (controller, filename, value)]
 
+    def set_devices(self, rules: Sequence[DeviceRule]) -> None:
+        """``a`` to devices.deny (the group starts with its parent's list), then one
+        line per rule to devices.allow, as runc does on v1."""
+        if "devices" not in self._dirs:
+            raise CgroupError(
+                "the v1 devices controller is not mounted, so the container's device "
+                "policy cannot be enforced",
+                step="devices",
+                hint="mount the devices hierarchy (as Docker requires on v1), or use MINIMAL",
+            )
+        self._write("devices", "devices.deny", "a", "devices")
+        for rule in rules:
+            self._write("devices", "devices.allow", str(rule), "devices")
+
     def _limit_writes(self, limits: ResourceLimits) -> list[tuple[str, str, str]]:
         writes: list[tuple[str, str, int | str]] = []
         if limits.cpus is not None:
@@ -147,7 +167,7 @@ class V1Cgroup:
         if limits.memory_reservation_bytes is not None:
             writes.append(("memory", "memory.soft_limit_in_bytes", limits.memory_reservation_bytes))
         if limits.pids_limit is not None:
-            writes.append(("pids", "pids.max", limits.pids_limit))
+            writes.append(("pids", "pids.max", pids_max(limits.pids_limit)))
         if limits.blkio_weight is not None:
             # blkio.weight is CFQ's (gone since 5.0); BFQ's file is blkio.bfq.weight
             # with the same 10..1000 range: runc falls back to it the same way.
@@ -181,6 +201,30 @@ class V1Cgroup:
             errno=errno_module.ENOENT,
             hint="drop the limit, or use a kernel that has the file",
         )
+
+    def unsupported(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for field, files in V1_FILES.items():
+            controller = LIMIT_CONTROLLERS[field]
+            directory = self._dirs.get(controller)
+            if directory is None:
+                found[field] = (
+                    f"the v1 {controller} controller is not mounted where the engine's "
+                    "cgroup can reach it"
+                )
+            elif not any(self._has(controller, name) for name in files):
+                found[field] = missing_file_reason(field, files, os.path.dirname(directory))
+        if "cpuset_cpus" not in found and not self.usable_cpus():
+            found["cpuset_cpus"] = (
+                f"the parent cpuset of {self._dirs['cpuset']} has no CPUs, so no cpuset "
+                "can be given to a container"
+            )
+        return found
+
+    def usable_cpus(self) -> frozenset[int]:
+        if not self._has("cpuset", "cpuset.cpus"):
+            return frozenset()
+        return parse_cpu_list(self._read("cpuset", "cpuset.cpus", "probe"))
 
     def freeze(self) -> None:
         """Write FROZEN until the state reads FROZEN (FREEZING means not yet).

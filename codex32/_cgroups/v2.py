@@ -28,7 +28,7 @@ import contextlib
 import errno as errno_module
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from codex32._cgroups._fs import (
     MOUNTINFO,
@@ -46,11 +46,16 @@ from codex32._cgroups._fs import (
     prune_dirs,
     remove_tree,
 )
+from codex32._cgroups.devices import DeviceRule
 from codex32._cgroups.driver import (
     CPU_PERIOD_US,
     THROTTLES,
+    V2_FILES,
     CgroupStats,
     cpu_quota_us,
+    missing_file_reason,
+    parse_cpu_list,
+    pids_max,
     signal_pids,
     throttle_rules,
 )
@@ -103,6 +108,26 @@ class V2Cgroup:
     def add_pid(self, pid: int) -> None:
         self._write("cgroup.procs", pid, "add_pid")
 
+    def set_devices(self, rules: Sequence[DeviceRule]) -> None:
+        """Attach a BPF device program built from ``rules`` (v2 has no devices files)."""
+        from codex32._cgroups.devicefilter import device_program
+        from codex32._linux import bpf
+
+        try:
+            program = bpf.load_device_program(device_program(rules))
+            try:
+                bpf.attach_device_program(self._path, program)
+            finally:
+                os.close(program)
+        except OSError as exc:
+            raise CgroupError(
+                f"cannot apply the device policy to {self._path}: {exc.strerror or exc}",
+                step="devices",
+                path=self._path,
+                errno=exc.errno,
+                hint="the kernel needs CONFIG_CGROUP_BPF (as runc and Docker on v2 do)",
+            ) from exc
+
     def apply(self, limits: ResourceLimits) -> None:
         """Check every file first, so a limit the host lacks fails before any write."""
         writes = self._limit_writes(limits)
@@ -139,7 +164,7 @@ class V2Cgroup:
         if limits.memory_reservation_bytes is not None:
             writes.append(("memory.low", limits.memory_reservation_bytes))
         if limits.pids_limit is not None:
-            writes.append(("pids.max", limits.pids_limit))
+            writes.append(("pids.max", pids_max(limits.pids_limit)))
         if limits.blkio_weight is not None:
             # BFQ takes the blkio range as is; io.weight (iocost) needs converting.
             if self._has("io.bfq.weight"):
@@ -154,6 +179,29 @@ class V2Cgroup:
         for number, settings in keys.items():
             writes.append(("io.max", f"{number} {' '.join(settings)}"))
         return [(filename, str(value)) for filename, value in writes]
+
+    def unsupported(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        enabled = set(self._read("cgroup.controllers", "probe").split())
+        for field, files in V2_FILES.items():
+            controller = files[0].split(".")[0]
+            if controller not in enabled:
+                found[field] = (
+                    f"the {controller} controller is not enabled for {os.path.dirname(self._path)}"
+                    "'s children (its parent does not offer it, or it holds processes)"
+                )
+            elif not any(self._has(name) for name in files):
+                found[field] = missing_file_reason(field, files, os.path.dirname(self._path))
+        if "cpuset_cpus" not in found and not self.usable_cpus():
+            found["cpuset_cpus"] = (
+                f"{self._path} has no effective CPUs, so no cpuset can be given to a container"
+            )
+        return found
+
+    def usable_cpus(self) -> frozenset[int]:
+        if not self._has("cpuset.cpus.effective"):
+            return frozenset()
+        return parse_cpu_list(self._read("cpuset.cpus.effective", "probe"))
 
     def _events(self) -> dict[str, int]:
         return flat_keyed(self._read("cgroup.events", "freeze"))

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from codex32._engine.image_defaults import RootSource
 from codex32._images import oci
@@ -139,9 +139,12 @@ class ImageCollection:
 
     # -- templates ----------------------------------------------------------------------
 
-    def build(self, name: str, *, quiet: bool = False) -> ContainerImage:
-        """(Re)build a template from its recipe."""
-        self._templates.build(self._templates.get(name), quiet=quiet)
+    def build(
+        self, name: str, *, quiet: bool = False, progress: IO[str] | None = None
+    ) -> ContainerImage:
+        """(Re)build a template from its recipe; its progress goes to ``progress``
+        (a text file with a descriptor), else to stderr."""
+        self._templates.build(self._templates.get(name), quiet=quiet, progress=progress)
         return self.get(name)
 
     # -- pull, load, save ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Rootfs templates: the recipes in rootfs-templates/ and the trees built from them.
+"""Rootfs templates: the recipes (package data, codex32/rootfs-templates/) and their trees.
 
 A template is a folder with ``template.toml`` (description, build script, default
 command, env, workdir, read-only host binds, paths kept writable) and a build script
@@ -19,9 +19,11 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from codex32._images.image import HostBind, ImageConfig
 from codex32.errors import ImageError
@@ -94,6 +96,10 @@ class TemplateStore:
     def __init__(self, recipes_dir: Path, storage_dir: Path) -> None:
         self.recipes_dir = recipes_dir
         self.root = storage_dir / "templates"
+        # One build (or uid-shifted copy) at a time in this process: the service
+        # creates from many threads, and two builds of one template share a staging
+        # directory (named after the process) and would each replace the other's tree.
+        self._lock = threading.RLock()
 
     def names(self) -> list[str]:
         """Every recipe's name, sorted."""
@@ -147,12 +153,24 @@ class TemplateStore:
 
     def ensure_built(self, template: Template, *, quiet: bool = False) -> Path:
         """Build the template unless the current recipe is already built."""
-        if not self.is_built(template):
-            self.build(template, quiet=quiet)
+        if self.is_built(template):
+            return self.rootfs(template)
+        with self._lock:
+            if not self.is_built(template):
+                self.build(template, quiet=quiet)
         return self.rootfs(template)
 
-    def build(self, template: Template, *, quiet: bool = False) -> Path:
-        """Run the recipe into a fresh directory, then swap it in (never half-built)."""
+    def build(
+        self, template: Template, *, quiet: bool = False, progress: IO[str] | None = None
+    ) -> Path:
+        """Run the recipe into a fresh directory, then swap it in (never half-built).
+
+        The recipe's output (its progress) goes to ``progress``, else to stderr."""
+        with self._lock:
+            return self._build(template, quiet=quiet, progress=progress)
+
+    def _build(self, template: Template, *, quiet: bool, progress: IO[str] | None) -> Path:
+        out = progress if progress is not None else sys.stderr
         base = self.root / template.name
         base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
@@ -162,11 +180,11 @@ class TemplateStore:
         staging.mkdir(mode=0o755)
         script = template.recipe_dir / template.build_script
         if not quiet:
-            print(f"building template {template.name} from {script}", file=sys.stderr)
+            print(f"building template {template.name} from {script}", file=out, flush=True)
         try:
             result = subprocess.run(
                 ["/bin/sh", str(script), str(staging)],
-                stdout=subprocess.DEVNULL if quiet else sys.stderr,
+                stdout=subprocess.DEVNULL if quiet else out,
                 stderr=subprocess.PIPE,
                 text=True,
                 check=False,
@@ -186,7 +204,7 @@ class TemplateStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if not quiet:
-            print(f"template {template.name} built at {final}", file=sys.stderr)
+            print(f"template {template.name} built at {final}", file=out, flush=True)
         return final
 
     def shifted_rootfs(self, template: Template, host_base: int) -> Path:
@@ -195,6 +213,12 @@ class TemplateStore:
         target = self.root / template.name / f"rootfs-uid{host_base}"
         if target.is_dir():
             return target
+        with self._lock:
+            if target.is_dir():
+                return target
+            return self._shift(template, source, target, host_base)
+
+    def _shift(self, template: Template, source: Path, target: Path, host_base: int) -> Path:
         staging = target.with_name(target.name + f".tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         try:

@@ -88,6 +88,8 @@ def set_capabilities(keep: list[str]) -> None:
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
 
 
 def set_child_subreaper() -> None:
@@ -98,6 +100,18 @@ def set_child_subreaper() -> None:
 def set_no_new_privs() -> None:
     """execve can no longer grant privileges (setuid bits, file capabilities)."""
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_undumpable() -> None:
+    """No ptrace, no /proc/PID/mem, fd or environ access by anyone without
+    CAP_SYS_PTRACE (CVE-2016-9962: a container process attaching to the host's
+    set-up process while it joins). execve makes an ordinary program dumpable again."""
+    _prctl(PR_SET_DUMPABLE, 0)
+
+
+def is_dumpable() -> bool:
+    """Whether the process is dumpable (ptrace-able by its own uid)."""
+    return bool(_libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
 
 
 def set_process_name(name: str) -> None:

@@ -210,10 +210,14 @@ def dev(root_fd: int, target: str, mqueue: bool) -> None:
     """A minimal /dev: a few host nodes bound in, a private devpts, shm, symlinks.
 
     Nodes are bound rather than created with mknod so that the same code works in a
-    user namespace, where mknod is refused.
+    user namespace, where mknod is refused. Each bound node is a mount of its own
+    (with the host devtmpfs's flags), so the tmpfs under them is nodev, nosuid and
+    noexec: a node made there with mknod cannot be opened, whatever the device
+    cgroup says, and nothing there runs.
     """
     with _opened(open_beneath(root_fd, target, create="dir")) as fd:
-        mount("tmpfs", fd_path(fd), "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k")
+        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_STRICTATIME
+        mount("tmpfs", fd_path(fd), "tmpfs", flags, "mode=755,size=65536k")
     for node in DEV_NODES:
         bind(root_fd, f"/dev/{node}", f"{target}/{node}", read_only=False)
     with _opened(open_beneath(root_fd, f"{target}/pts", create="dir")) as fd:

@@ -58,6 +58,7 @@ RESOLVE_IN_ROOT = 0x10
 
 # x86_64 and aarch64 share these numbers (both use the generic table for them).
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+_SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}
 _SYS_OPENAT2 = 437
 _MACHINE = os.uname().machine
 
@@ -115,6 +116,24 @@ def pivot_root(new_root: str, put_old: str) -> None:
     number = _SYS_PIVOT_ROOT[_MACHINE]
     result = _libc.syscall(ctypes.c_long(number), new_root.encode(), put_old.encode())
     _check(result, "pivot_root", new_root)
+
+
+def default_signal_action(number: int) -> None:
+    """rt_sigaction(2) to SIG_DFL by syscall number, for every signal, 32 and 33 too.
+
+    glibc's sigaction (so Python's signal.signal) refuses the two real-time signals it
+    keeps for itself; an ignored one would still pass through execve, so the kernel is
+    asked directly (handler, flags, restorer, mask: all zero; an 8-byte mask).
+    """
+    action = (ctypes.c_ulong * 4)()
+    result = _libc.syscall(
+        ctypes.c_long(_SYS_RT_SIGACTION[_MACHINE]),
+        ctypes.c_int(number),
+        ctypes.byref(action),
+        None,
+        ctypes.c_size_t(8),
+    )
+    _check(result, f"rt_sigaction({number})")
 
 
 def sethostname(name: str) -> None:

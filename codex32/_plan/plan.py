@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 from codex32._images.image import ImageConfig
@@ -21,6 +22,10 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # On the container's own /dev tmpfs: never inside a template bind such as /usr.
 INIT_PATH = "/dev/init"
 TINI_STATIC = "/usr/bin/tini-static"
+#: The size of the tmpfs a read-only root gets for /tmp and the template's writable
+#: paths (an unsized tmpfs may take half the host's RAM). ``--tmpfs /tmp:size=1g``
+#: replaces it; its pages are charged to the container's memory cgroup either way.
+TMP_SIZE = 64 * 1024**2
 
 # Linux's RLIMIT_* numbers (asm-generic/resource.h; Python's resource lacks some).
 _RLIMITS = {
@@ -130,15 +135,26 @@ def build_plan(
     steps.append({"op": "proc", "target": "/proc"})
     steps.append({"op": "sysfs", "target": "/sys", "read_only": profile.sysfs_read_only})
     steps.append({"op": "dev", "target": "/dev", "mqueue": "ipc" in ns})
+    for device in config.devices:
+        # Bound, not made with mknod (refused in a user namespace): the node is then a
+        # mount of the host's devtmpfs, reachable although /dev itself is nodev.
+        steps.append(
+            {
+                "op": "bind",
+                "source": device.host_path,
+                "target": device.container_path,
+                "read_only": "w" not in device.permissions,
+                "optional": False,
+                "what": "device",
+            }
+        )
     read_only_root = profile.read_only_root or config.read_only
     if profile.tmpfs_tmp or read_only_root:
         # A read-only root still needs somewhere to write: /tmp and the template's
         # writable paths become private tmpfs.
         for target in dict.fromkeys(["/tmp", *image.writable]):
             if not any(t.target == target for t in config.tmpfs):
-                steps.append(_tmpfs_step(target, None, 0o1777, ["nosuid", "nodev"]))
-    for tmpfs in config.tmpfs:
-        steps.append(_tmpfs_step(tmpfs.target, tmpfs.size_bytes, tmpfs.mode, list(tmpfs.flags)))
+                steps.append(_tmpfs_step(target, TMP_SIZE, 0o1777, ["nosuid", "nodev"]))
     for source, target in network_files:
         # /etc/hosts, /etc/resolv.conf: the engine rewrites them in place (peers come
         # and go), so read-only; before the volumes, so a user's own bind wins.
@@ -152,17 +168,7 @@ def build_plan(
                 "what": "network file",
             }
         )
-    for volume in config.volumes:
-        steps.append(
-            {
-                "op": "bind",
-                "source": volume.source,
-                "target": volume.target,
-                "read_only": volume.read_only,
-                "optional": False,
-                "what": "volume",
-            }
-        )
+    steps.extend(_user_mounts(config))
     if profile.masked_paths:
         steps.append({"op": "mask", "paths": list(profile.masked_paths)})
     if profile.readonly_paths:
@@ -232,6 +238,29 @@ def command_args(config: ContainerConfig, image: ImageConfig) -> list[str]:
     else:
         command = list(image.command)
     return entrypoint + command
+
+
+def _user_mounts(config: ContainerConfig) -> list[Step]:
+    """The config's tmpfs and volumes, parents before children (as Docker sorts them
+    for runc): ``-v X:/data --tmpfs /data/t`` mounts /data first, then the tmpfs in it.
+
+    By the number of path components, stable, so equal depths keep the config's order.
+    """
+    mounts: list[Step] = [
+        _tmpfs_step(t.target, t.size_bytes, t.mode, list(t.flags)) for t in config.tmpfs
+    ]
+    mounts += [
+        {
+            "op": "bind",
+            "source": volume.source,
+            "target": volume.target,
+            "read_only": volume.read_only,
+            "optional": False,
+            "what": "volume",
+        }
+        for volume in config.volumes
+    ]
+    return sorted(mounts, key=lambda step: len(PurePosixPath(step["target"]).parts))
 
 
 def _tmpfs_step(target: str, size: int | None, mode: int, flags: list[str]) -> Step:

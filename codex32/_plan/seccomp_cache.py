@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 from codex32._linux.seccomp import PROFILE_PATH, compile_default_bpf
@@ -27,7 +28,8 @@ def default_program(storage_dir: Path, capabilities: frozenset[str]) -> Path:
         return path
     directory.mkdir(parents=True, exist_ok=True)
     program = compile_default_bpf(capabilities)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    # Per thread, not only per process: the service compiles from several threads.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_native_id()}")
     tmp.write_bytes(program)
     os.replace(tmp, path)
     return path

@@ -6,6 +6,24 @@ forks into its pid namespace, then applies the container's own privilege steps
 process is confined exactly like the container's command. Its exit code becomes
 this process's exit code; a failure before exec is reported on FD as the launch
 protocol's ``error`` message (see ``_sync``).
+
+Nothing of the container can reach the engine (issue 11): FD is close-on-exec and
+the child closes it at once; the child talks to this process on a socket of its
+own, close-on-exec, so its end closes when the command starts; the engine gets the
+child as a pidfd, never as a number; this process is non-dumpable from before it
+joins anything until the exec, so a container process cannot ptrace it or take its
+descriptors through /proc.
+
+=========  =========  ===============================================================
+from       to         message (on FD unless said)
+=========  =========  ===============================================================
+engine     _exec      ``{"type": "exec", "pid": PID1, "steps": [...], "tty": bool}``
+_exec      engine     ``{"type": "created"}`` with the child's pidfd (SCM_RIGHTS)
+engine     _exec      ``{"type": "proceed"}`` (the child is in the cgroup) or hang-up
+_exec      child      ``{"type": "proceed"}`` (on the child's own socket)
+child      _exec      ``error`` (relayed to the engine) or end-of-file at exec
+_exec      engine     ``{"type": "exited", "exit_code": C, "signal": 0}``
+=========  =========  ===============================================================
 """
 
 from __future__ import annotations
@@ -13,12 +31,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import socket
 import sys
 import termios
-from typing import NoReturn
+import time
+from typing import Any, NoReturn
 
-from codex32._linux import syscalls
+from codex32._linux import caps, syscalls
 from codex32._runtime import protocol as _sync
 from codex32._runtime.init import Setup, StepError
 
@@ -34,6 +54,22 @@ _NSTYPE = {
     "time": syscalls.CLONE_NEWTIME,
     "pid": syscalls.CLONE_NEWPID,
 }
+
+
+class _ExecSetup(Setup):
+    """The container's privilege steps, run beside its processes: non-dumpable until
+    exec even where a uid change would undo it (fs.suid_dumpable=1)."""
+
+    pause = 0.0  # tests only: hold the window before seccomp open (CODEX32_TEST_EXEC_PAUSE)
+
+    def _user(self, step: dict[str, Any]) -> None:
+        super()._user(step)
+        caps.set_undumpable()
+
+    def _seccomp(self, step: dict[str, Any]) -> None:
+        if self.pause:  # capabilities dropped, no seccomp yet: runc's CVE-2016-9962 window
+            time.sleep(self.pause)
+        super()._seccomp(step)
 
 
 def _join(pid: int) -> None:
@@ -58,6 +94,8 @@ def _join(pid: int) -> None:
 
 
 def _child(setup: Setup, sock: socket.socket, tty: bool) -> NoReturn:
+    """The new process, in the container's pid namespace: wait for the go-ahead on
+    ``sock`` (its own socket with us, close-on-exec), set up and exec."""
     try:
         go = _sync.receive(sock)  # the engine has put us in the container's cgroup
         if not go or go.get("type") != "proceed":
@@ -79,30 +117,63 @@ def _child(setup: Setup, sock: socket.socket, tty: bool) -> NoReturn:
         os._exit(125)
 
 
+def _wait(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue
+
+
 def main() -> int:
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    message = _sync.receive(sock)
+    fd = int(sys.argv[1])
+    # Nothing this process execs or forks into the container may hold the engine's
+    # socket, and no process of the container may ptrace us or open our descriptors
+    # through /proc while we join it (runc's CVE-2016-9962 fix): both before setns.
+    os.set_inheritable(fd, False)
+    caps.set_undumpable()
+    engine = socket.socket(fileno=fd)
+    message = _sync.receive(engine)
     if not message or message.get("type") != "exec":
         return 125
     try:
-        setup = Setup({"steps": message["steps"]})  # reads the seccomp program from the host
+        setup = _ExecSetup({"steps": message["steps"]})  # reads the seccomp program
+        setup.pause = float(message.get("pause") or 0)
         _join(int(message["pid"]))
+        ours, theirs = _sync.socket_pair()
         pid = os.fork()
     except OSError as exc:
-        _sync.send(sock, _sync.error_message("setns", exc.errno or 0, str(exc)))
+        _sync.send(engine, _sync.error_message("setns", exc.errno or 0, str(exc)))
         return 125
     if pid == 0:
-        _child(setup, sock, bool(message.get("tty")))
-    _sync.send(sock, {"type": "created", "pid": pid})
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
+        engine.close()
+        ours.close()
+        _child(setup, theirs, bool(message.get("tty")))
+    theirs.close()
+    # The engine learns the pid from the kernel: a pidfd, which names this child and
+    # no other, whatever its number (the engine reads the pid from its fdinfo).
+    pidfd = os.pidfd_open(pid)
+    try:
+        _sync.send_with_fd(engine, {"type": "created"}, pidfd)
+    finally:
+        os.close(pidfd)
+    go = _sync.receive(engine)
+    if not go or go.get("type") != "proceed":
+        os.kill(pid, signal.SIGKILL)
+        _wait(pid)
+        return 125
+    _sync.send(ours, {"type": "proceed"})
+    # An error before exec, or end-of-file: the child's socket is close-on-exec, so
+    # once the command runs nothing of the container can write to us.
+    outcome = _sync.receive(ours)
+    ours.close()
+    if outcome is not None and outcome.get("type") == "error":
+        with contextlib.suppress(OSError):
+            _sync.send(engine, outcome)
+    status = _wait(pid)
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
     with contextlib.suppress(OSError):
-        _sync.send(sock, {"type": "exited", "exit_code": code, "signal": 0})
+        _sync.send(engine, {"type": "exited", "exit_code": code, "signal": 0})
     return code
 
 

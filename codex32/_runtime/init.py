@@ -185,6 +185,7 @@ class Setup:
             raise StepError("exec", 0, "no command given and the template has none", 125)
         try:
             executable = process.find_executable(args[0], env.get("PATH", ""))
+            process.reset_signals()
             if step["init"]:
                 os.execve(step["init"], [step["init"], "--", *args], env)
             os.execve(executable, args, env)
@@ -239,7 +240,9 @@ def stage2(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
         pid = os.fork()
         if pid == 0:
             _pid1(plan, sock)
-        _sync.send(sock, {"type": "pid", "pid": pid})
+        # PID 1 as a pidfd: the monitor reads its pid from the kernel, not from us.
+        pidfd = os.pidfd_open(pid)
+        _sync.send_with_fd(sock, {"type": "pid"}, pidfd)
         os._exit(0)
     except OSError as exc:
         _report(sock, _sync.error_message(step, exc.errno or 0, exc.strerror or str(exc)))

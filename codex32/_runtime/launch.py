@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import IO
 
+from codex32._linux import process as process_info
 from codex32._plan.plan import Plan
 from codex32._runtime import protocol as _sync
-from codex32.errors import LaunchError
+from codex32.errors import LaunchError, printable
 
 FileArg = int | IO[bytes] | None
 
@@ -29,7 +30,7 @@ FileArg = int | IO[bytes] | None
 # skips site-packages (and their .pth files, ~20 ms), finding codex32 by PYTHONPATH.
 MONITOR_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
 }
 
 
@@ -247,6 +248,12 @@ class Launch:
                 # The monitor has daemonized by now; its first process has exited.
                 self._process.wait()
             self.pid = int(created["pid"])
+            if not process_info.is_namespace_init(self.pid):
+                raise LaunchError(
+                    f"pid {self.pid} is not the first process of a pid namespace",
+                    container=self.container,
+                    step="created",
+                )
             if on_created is not None:
                 try:
                     on_created(self.pid)
@@ -283,16 +290,11 @@ class Launch:
                 step=kind,
             )
         if message.get("type") == "error":
-            raise LaunchError(
-                str(message.get("message", "unknown error")),
-                exit_code=int(message.get("exit_code", 125)),
-                container=self.container,
-                step=str(message.get("step", kind)),
-                errno=int(message.get("errno", 0)) or None,
-            )
+            raise _launch_error(message, self.container, kind)
         if message.get("type") != kind:
             raise LaunchError(
-                f"unexpected message {message.get('type')!r} from the set-up process",
+                f"unexpected message {printable(message.get('type'), 40)!r}"
+                " from the set-up process",
                 container=self.container,
                 step=kind,
             )
@@ -322,7 +324,7 @@ class Launch:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the container's PID 1."""
-        if self.pid is not None:
+        if self.pid is not None and process_info.is_namespace_init(self.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
 
@@ -358,8 +360,10 @@ def run_exec(
     """Run the exec set-up process against PID ``pid``; return the command's exit code.
 
     ``on_created`` gets the new process's pid before it runs anything of its own
-    (the engine puts it in the container's cgroup there). ``tty``: stdin is a
-    terminal's slave end, which the command makes its controlling terminal.
+    (the engine puts it in the container's cgroup there): the pid comes from the
+    pidfd the set-up process sends, and must be its child, in the pid namespace of
+    the container's PID 1. ``tty``: stdin is a terminal's slave end, which the
+    command makes its controlling terminal.
     """
     sock, child = _sync.socket_pair()
     fd = child.fileno()
@@ -375,28 +379,68 @@ def run_exec(
         )
     finally:
         child.close()
+    pause = os.environ.get("CODEX32_TEST_EXEC_PAUSE")  # tests: widen the set-up window
     with sock:
-        _sync.send(sock, {"type": "exec", "pid": pid, "steps": steps, "tty": tty})
+        request = {"type": "exec", "pid": pid, "steps": steps, "tty": tty}
+        _sync.send(sock, request | ({"pause": float(pause)} if pause else {}))
         error: _sync.Message | None = None
-        while (message := _sync.receive(sock)) is not None:
-            if message.get("type") == "error":
-                error = message
-            elif message.get("type") == "created":
-                try:
-                    if on_created is not None:
-                        on_created(int(message["pid"]))
-                except BaseException:
-                    process.kill()
-                    process.wait()
-                    raise
-                _sync.send(sock, {"type": "proceed"})
+        # Until the set-up process exits: only it holds the other end (close-on-exec,
+        # and closed in its child), so a background process of the command cannot.
+        while True:
+            message, fds = _sync.receive_with_fds(sock)
+            try:
+                if message is None:
+                    break
+                if message.get("type") == "error":
+                    error = message
+                elif message.get("type") == "created":
+                    try:
+                        new_pid = _exec_child(fds, process.pid, pid, container)
+                        if on_created is not None:
+                            on_created(new_pid)
+                    except BaseException:
+                        process.kill()
+                        process.wait()
+                        raise
+                    _sync.send(sock, {"type": "proceed"})
+            finally:
+                for received in fds:
+                    os.close(received)
         code = process.wait()
     if error is not None:
-        raise LaunchError(
-            str(error.get("message", "exec failed")),
-            exit_code=int(error.get("exit_code", 125)),
-            container=container,
-            step=str(error.get("step", "exec")),
-            errno=int(error.get("errno", 0)) or None,
-        )
+        raise _launch_error(error, container, "exec")
     return code
+
+
+def _exec_child(fds: list[int], setup_pid: int, pid1: int, container: str) -> int:
+    """The pid of exec's new process, as the kernel names it, checked to be the
+    set-up process's child in the container's pid namespace (see ``_exec``)."""
+    try:
+        if len(fds) != 1:
+            raise ValueError(f"{len(fds)} descriptors came with 'created'")
+        new_pid = process_info.pid_of_pidfd(fds[0])
+        if process_info.parent_pid(new_pid) != setup_pid:
+            raise ValueError(f"pid {new_pid} is not the set-up process's child")
+        if not process_info.in_pid_namespace_of(new_pid, pid1):
+            raise ValueError(f"pid {new_pid} is not in the container's pid namespace")
+    except (OSError, ValueError, IndexError) as exc:
+        raise LaunchError(
+            f"exec set-up: {printable(exc)}", container=container, step="created"
+        ) from exc
+    return new_pid
+
+
+def _launch_error(message: _sync.Message, container: str, step: str) -> LaunchError:
+    """The ``error`` message as a ``LaunchError``, its text made safe to print."""
+    try:
+        code = int(message.get("exit_code", 125))
+        errno = int(message.get("errno", 0)) or None
+    except (TypeError, ValueError):
+        code, errno = 125, None
+    return LaunchError(
+        printable(message.get("message", "unknown error")),
+        exit_code=code,
+        container=container,
+        step=printable(message.get("step", step), 40),
+        errno=errno,
+    )

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from codex32._cgroups.final import final_figures, remove_cgroup
 from codex32._cgroups.oom import OomWatch, oom_kill_count
 from codex32._linux.caps import set_child_subreaper, set_process_name
+from codex32._linux.process import pid_of_pidfd
 from codex32._linux.pty import copy_window_size, write_all
 from codex32._runtime import protocol as _sync
 from codex32._runtime.init import stage2
@@ -187,7 +189,14 @@ class Monitor:
             os.close(err_w)
         try:
             while self.pid1 is None:
-                message = _sync.receive(ours)
+                message, fds = _sync.receive_with_fds(ours)
+                pid1 = None
+                try:  # PID 1 comes as a pidfd: its pid is the kernel's word, not a number sent
+                    if message and message.get("type") == "pid" and len(fds) == 1:
+                        pid1 = pid_of_pidfd(fds[0])
+                finally:
+                    for fd in fds:
+                        os.close(fd)
                 if message is None:
                     self._tell(_sync.error_message("namespaces", 0, "set-up process died"))
                     return False
@@ -199,8 +208,8 @@ class Monitor:
                         self._tell(_sync.error_message("uid_map", exc.errno or 0, str(exc)))
                         return False
                     _sync.send(ours, {"type": "map_done"})
-                elif kind == "pid":
-                    self.pid1 = int(message["pid"])
+                elif kind == "pid" and pid1 is not None:
+                    self.pid1 = pid1
                 else:
                     self._tell(message)
                     return False
@@ -264,6 +273,8 @@ class Monitor:
             record.signal = 0
             record.error = None
             record.oom_killed = False
+            record.memory_peak_bytes = record.cpu_usage_ns = None
+            record.oom_kills = 0
             record.died_unseen = False
             record.keep_after_exit = False
 
@@ -398,6 +409,7 @@ class Monitor:
         finished = time.time()
         count = max(oom_kill_count(self.cgroup_paths), self.oom_reported)
         oom = count > self.oom_baseline  # any kill since the start, as Docker's OOMKilled
+        figures = final_figures(self.cgroup_paths)
 
         def change(record: ContainerRecord) -> None:
             record.status = ContainerState.EXITED
@@ -405,6 +417,9 @@ class Monitor:
             record.signal = sig
             record.finished_at = finished
             record.oom_killed = oom
+            record.oom_kills = count - self.oom_baseline
+            record.memory_peak_bytes = figures.memory_peak_bytes
+            record.cpu_usage_ns = figures.cpu_usage_ns
 
         try:
             record = self.store.update(self.config.container_id, change)
@@ -413,14 +428,12 @@ class Monitor:
         self._report_oom(count)  # kills not reported live (PID 1's own, often): once each
         self._event("die", exitCode=str(code))
         self._tell({"type": "exited", "exit_code": code, "signal": sig})
+        remove_cgroup(self.cgroup_paths)  # its figures are in the record (Docker's, runc's)
         if self._should_restart(record, code, finished):
             self._restart(record, finished)
             return
         if self.config.auto_remove and not record.keep_after_exit:
             self._wait_for_engine_to_let_go()
-            for path in set(self.cgroup_paths.values()):
-                with contextlib.suppress(OSError):
-                    os.rmdir(path)
             try:
                 if (self.directory / "network.json").exists():  # lease, hosts, links
                     self._release_network(record.id)

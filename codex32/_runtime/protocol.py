@@ -21,10 +21,12 @@ from       to              message
 engine     stage1          ``{"type": "plan", "plan": {...}, "monitor": {...}}``
 stage2     stage1          ``{"type": "map_request"}``  (after unshare(CLONE_NEWUSER))
 stage1     stage2          ``{"type": "map_done"}``, or it hangs up if the maps fail
-stage2     stage1          ``{"type": "pid", "pid": N}``  (PID 1's pid on the host)
+stage2     stage1          ``{"type": "pid"}`` with PID 1's pidfd attached (SCM_RIGHTS):
+                           the monitor reads the pid from the kernel (fdinfo)
 stage1     engine          ``{"type": "created", "pid": N}``: namespaces exist, nothing
-                           of the container runs yet; the engine may now put N in its
-                           cgroup and wire its network
+                           of the container runs yet; the engine checks that N is
+                           PID 1 of a pid namespace (NSpid), then puts it in its
+                           cgroup and wires its network
 engine     stage1          ``{"type": "proceed"}`` or ``{"type": "abort"}``
 stage1     pid1            ``{"type": "proceed"}`` (relayed)
 pid1       stage1          ``{"type": "console"}`` with the master of PID 1's terminal
@@ -40,7 +42,11 @@ stage1     engine          ``{"type": "exited", "exit_code": C, "signal": S}`` o
 =========  ==============  ==============================================================
 
 Any failure before ``started`` reaches the engine as an ``error`` message naming the
-step; stage1 then makes sure PID 1 is dead and reaped before it exits itself.
+step; stage1 then makes sure PID 1 is dead and reaped before it exits itself. Every
+end of these sockets is close-on-exec (the monitor closes the engine's in stage2), so
+the container's command holds none of them, and the engine prints an error's text
+only through ``errors.printable`` (one line, control characters escaped). ``exec`` has a
+table of its own in ``_exec``.
 """
 
 from __future__ import annotations

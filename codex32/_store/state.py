@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,7 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from codex32.errors import ConfigError, ContainerNotFoundError
+from codex32.errors import ConfigError, ContainerNotFoundError, DamagedRecordError, printable
 
 
 class ContainerState(StrEnum):
@@ -62,6 +63,11 @@ class ContainerRecord:
     restart_count: int = 0
     stopped_by_user: bool = False
     cgroup_paths: dict[str, str] = field(default_factory=dict)
+    #: The last run's figures, read from its cgroup at exit, before the monitor removes
+    #: the cgroup (None: still running, or the host has no such counter).
+    memory_peak_bytes: int | None = None
+    cpu_usage_ns: int | None = None
+    oom_kills: int = 0
     #: What the engine could not do as asked (best-effort limits it dropped).
     warnings: list[str] = field(default_factory=list)
     #: Found dead with no exit written (a reboot, a crash): ``recover`` acts on it once.
@@ -87,6 +93,67 @@ _FIELDS = frozenset(ContainerRecord.__dataclass_fields__)
 #: How young a lock-less container directory must be to count as being created.
 _CREATION_GRACE = 10.0
 _HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def is_container_id(text: str) -> bool:
+    """Whether ``text`` is a container id: 64 lowercase hex digits."""
+    return len(text) == 64 and set(text) <= _HEX_DIGITS
+
+
+# config.NAME_PATTERN and NAME_MAX (not imported: the monitor runs without pydantic).
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+NAME_MAX = 128
+_INT_FIELDS = (
+    "pid", "pid_start_time", "exit_code", "monitor_pid", "monitor_start_time", "signal",
+    "restart_count",
+)  # fmt: skip
+_TIME_FIELDS = ("created_at", "started_at", "finished_at")
+
+
+def _damaged(path: Path, reason: str) -> DamagedRecordError:
+    return DamagedRecordError(
+        f"damaged container record {path}: {printable(reason, 200)}",
+        path=str(path),
+        hint=f"`codex32 rm -f {path.parent.name}` removes it",
+    )
+
+
+def _is_cgroup_of(path: object, container_id: str) -> bool:
+    """A cgroup directory named by the id (the engine ``rmdir``s these paths)."""
+    return (
+        isinstance(path, str)
+        and os.path.isabs(path)
+        and os.path.basename(path) == container_id
+        and ".." not in path.split("/")
+    )
+
+
+def _checked_record(data: object, container_id: str, path: Path) -> ContainerRecord:
+    """``data`` as a record, if it is one and it is this directory's."""
+    if not isinstance(data, dict):
+        raise _damaged(path, f"a JSON {type(data).__name__}, not an object")
+    if data.get("id") != container_id:
+        raise _damaged(path, f"its id {data.get('id')!r} is not its directory's name")
+    name = data.get("name")
+    if not isinstance(name, str) or len(name) > NAME_MAX or not _NAME.match(name):
+        raise _damaged(path, f"its name {name!r} is not a container name")
+    for key in _INT_FIELDS:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise _damaged(path, f"{key} {value!r} is not a number")
+    for key in _TIME_FIELDS:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise _damaged(path, f"{key} {value!r} is not a time")
+    cgroups = data.get("cgroup_paths", {})
+    if not isinstance(cgroups, dict) or not all(
+        _is_cgroup_of(p, container_id) for p in cgroups.values()
+    ):
+        raise _damaged(path, "its cgroup paths are not this container's")
+    try:
+        return ContainerRecord.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _damaged(path, f"missing or invalid fields ({type(exc).__name__}: {exc})") from None
 
 
 def _is_id_prefix(text: str) -> bool:
@@ -151,22 +218,33 @@ def file_lock(path: Path) -> Iterator[None]:
 class StateStore:
     """Container directories and the name index under the storage directory."""
 
-    def __init__(self, storage_dir: Path) -> None:
+    def __init__(self, storage_dir: Path, group: int = 0) -> None:
+        """``group``: the host gid of a STRICT container's root, the one other id that
+        may traverse the storage tree (``ensure_layout``)."""
+        self.group = group
         self.root = storage_dir
         self.containers = storage_dir / "containers"
         self.names = storage_dir / "names"
         self._layout_ready = False
 
     def ensure_layout(self) -> None:
-        """Create the storage tree; 0711 so a user-namespaced root can reach its layers.
+        """Create the storage tree, closed to every host user but root and ``group``.
 
+        The root and ``containers/`` are 0710 root:``group`` (Docker's layout under
+        userns-remap): a STRICT container's root (host uid and gid ``group``) may
+        traverse them to its layers, no one else may enter, so nothing below (a
+        setuid file a container planted in its upper layer, a plan's secrets) is
+        reachable whatever its own mode. ``names/`` is root's alone.
         Once per store while the tree stays (every create asks).
         """
         if self._layout_ready and self.names.is_dir() and self.containers.is_dir():
             return
         for path in (self.root, self.containers, self.names):
             path.mkdir(parents=True, exist_ok=True)
-            os.chmod(path, 0o711)
+        for path in (self.root, self.containers):
+            os.chown(path, 0, self.group)
+            os.chmod(path, 0o710)
+        os.chmod(self.names, 0o700)
         self._layout_ready = True
 
     def directory(self, container_id: str) -> Path:
@@ -277,12 +355,25 @@ class StateStore:
         write_json_atomic(self.directory(container_id) / "config.json", config)
 
     def load(self, container_id: str) -> ContainerRecord:
-        """Read state.json."""
+        """Read state.json; a record that cannot be trusted is a ``DamagedRecordError``.
+
+        Nothing of the file is used before it is checked: the engine builds paths
+        from the id and the name, removes the cgroup paths and signals the pids.
+        """
+        path = self.directory(container_id) / "state.json"
+        if not is_container_id(container_id):
+            if "/" in container_id or container_id in ("", ".", "..") or not path.exists():
+                raise ContainerNotFoundError(f"no such container: {container_id}")
+            raise _damaged(path, "its directory's name is not a container id")
         try:
-            data = json.loads((self.directory(container_id) / "state.json").read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ContainerNotFoundError(f"no such container: {container_id}") from None
-        return ContainerRecord.from_dict(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _damaged(path, f"not valid JSON ({exc})") from None
+        except OSError as exc:
+            raise _damaged(path, f"unreadable ({exc.strerror})") from None
+        return _checked_record(data, container_id, path)
 
     def load_config(self, container_id: str) -> dict[str, Any]:
         """Read config.json."""

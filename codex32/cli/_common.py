@@ -23,6 +23,7 @@ class GlobalOptions:
 
     debug: bool = False
     cgroup_parent: str | None = None  # --cgroup-parent, else CODEX32_CGROUP_PARENT
+    host: str | None = None  # --host / CODEX32_HOST: verbs go through the service
 
 
 state = GlobalOptions()
@@ -85,9 +86,18 @@ def each_ref(refs: list[str], action: Callable[[str], T], done: Callable[[str, T
 
 
 def engine() -> ContainerEngine:
-    """The engine for this invocation (settings from the environment and options)."""
+    """The engine for this invocation (settings from the environment and options), or
+    with ``--host`` the service's, through objects of the same shape (``_remote``)."""
+    from typing import cast
+
     from codex32 import ContainerEngine
     from codex32.settings import Settings
+
+    if state.host:
+        from codex32.cli._remote import RemoteEngine
+
+        host = state.host
+        return cast(ContainerEngine, guard(lambda: RemoteEngine(host)))
 
     return guard(
         lambda: ContainerEngine(settings=Settings.from_env(cgroup_parent=state.cgroup_parent))

@@ -13,7 +13,7 @@ import sys
 #: The verbs that start a container (and so a monitor).
 _STARTING_VERBS = frozenset({"run", "start", "restart"})
 #: Global options followed by a value (``--cgroup-parent PATH``), which is no verb.
-_VALUE_OPTIONS = frozenset({"--cgroup-parent"})
+_VALUE_OPTIONS = frozenset({"--cgroup-parent", "--host", "-H"})
 
 
 def _verb(args: list[str]) -> str | None:
@@ -29,7 +29,10 @@ def _verb(args: list[str]) -> str | None:
 
 def main() -> None:
     """Console-script entry point."""
-    if _verb(sys.argv[1:]) in _STARTING_VERBS:
+    import os
+
+    remote = "--host" in sys.argv or "-H" in sys.argv or bool(os.environ.get("CODEX32_HOST"))
+    if _verb(sys.argv[1:]) in _STARTING_VERBS and not remote:
         from codex32 import prestart_fork_server
 
         # On failure the engine tries again when it needs the server, and reports it.

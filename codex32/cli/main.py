@@ -12,11 +12,12 @@ from typing import Annotated
 
 import typer
 
-from codex32.cli import images, network, verbs, views
+from codex32.cli import bot, images, network, verbs, views
 from codex32.cli._common import state
 from codex32.cli._usage import UsageError, UsageGroup
 from codex32.cli._usage import report as report_usage_error
 from codex32.cli.run import Action, container_command
+from codex32.cli.serve import serve
 
 app = typer.Typer(
     name="codex32",
@@ -52,6 +53,17 @@ def _global(
             "else codex32).",
         ),
     ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            "-H",
+            envvar="CODEX32_HOST",
+            metavar="URL",
+            help="Run the verb through the host service: unix:///run/codex32/codex32.sock, "
+            "or tcp://HOST:PORT with CODEX32_TOKEN (default: in-process).",
+        ),
+    ] = None,
     show_version: Annotated[
         bool,
         typer.Option(
@@ -64,6 +76,7 @@ def _global(
 ) -> None:
     state.debug = debug
     state.cgroup_parent = cgroup_parent
+    state.host = host
 
 
 _PASS_THROUGH = {"allow_interspersed_args": False}
@@ -93,6 +106,9 @@ app.command("top")(views.top)
 app.command("doctor")(views.doctor)
 app.command("info", hidden=True)(views.doctor)
 app.add_typer(network.app, name="network")
+app.command("serve")(serve)
+app.add_typer(bot.app, name="bot")
+app.add_typer(bot.db_app, name="db")
 images.register(app)
 
 

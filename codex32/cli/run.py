@@ -97,6 +97,13 @@ def container_command(action: Action) -> Callable[..., None]:
         tmpfs: Annotated[
             list[str] | None, typer.Option("--tmpfs", help="TARGET[:size=64m,mode=1777]")
         ] = None,
+        device: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--device",
+                help="Give a host device: HOST[:CONTAINER[:PERMS]], e.g. /dev/fuse (rwm).",
+            ),
+        ] = None,
         workdir: Annotated[str | None, typer.Option("-w", "--workdir")] = None,
         user: Annotated[str | None, typer.Option("-u", "--user", help="user[:group]")] = None,
         hostname: Annotated[str | None, typer.Option("-h", "--hostname")] = None,
@@ -125,11 +132,12 @@ def container_command(action: Action) -> Callable[..., None]:
         ] = False,
         stop_timeout: Annotated[int, typer.Option("--stop-timeout")] = 10,
         log_max_size: Annotated[
-            str | None, typer.Option("--log-max-size", help="Rotate the log at this size.")
+            str | None,
+            typer.Option("--log-max-size", help="Rotate the log at this size; -1: never [20m]."),
         ] = None,
         log_max_files: Annotated[
-            int, typer.Option("--log-max-files", help="Log files kept with rotation.")
-        ] = 1,
+            int | None, typer.Option("--log-max-files", help="Log files kept with rotation [5].")
+        ] = None,
         cpus: Annotated[float | None, typer.Option("--cpus", help="CPU quota in cores.")] = None,
         cpu_shares: Annotated[int | None, typer.Option("--cpu-shares")] = None,
         cpuset_cpus: Annotated[str | None, typer.Option("--cpuset-cpus", help="e.g. 0-1")] = None,
@@ -138,7 +146,10 @@ def container_command(action: Action) -> Callable[..., None]:
             str | None, typer.Option("--memory-swap", help="memory + swap; -1: unlimited")
         ] = None,
         memory_reservation: Annotated[str | None, typer.Option("--memory-reservation")] = None,
-        pids_limit: Annotated[int | None, typer.Option("--pids-limit")] = None,
+        pids_limit: Annotated[
+            int | None,
+            typer.Option("--pids-limit", help="Most processes at once; -1: unlimited [2048]."),
+        ] = None,
         blkio_weight: Annotated[int | None, typer.Option("--blkio-weight")] = None,
         limits: Annotated[
             str,
@@ -188,6 +199,7 @@ def container_command(action: Action) -> Callable[..., None]:
         def build() -> ContainerConfig:
             from codex32 import (
                 ContainerConfig,
+                DeviceMapping,
                 IsolationType,
                 PortMapping,
                 ResourceLimits,
@@ -205,7 +217,13 @@ def container_command(action: Action) -> Callable[..., None]:
             if command_args[:1] == ["--"]:
                 command_args = command_args[1:]
             level = isolation or Settings.from_env().default_isolation.value
+            logging: dict[str, str | int] = {}  # unset: the model's defaults
+            if log_max_size is not None:
+                logging["log_max_size"] = log_max_size
+            if log_max_files is not None:
+                logging["log_max_files"] = log_max_files
             return ContainerConfig(
+                **logging,
                 name=name,
                 image=os.path.abspath(chosen) if chosen.endswith(".py") else chosen,
                 command=command_args,
@@ -216,6 +234,7 @@ def container_command(action: Action) -> Callable[..., None]:
                 isolation=IsolationType(level.lower()),
                 volumes=[Volume.parse(v) for v in volume or []],
                 tmpfs=[TmpfsMount.parse(t) for t in tmpfs or []],
+                devices=[DeviceMapping.parse(d) for d in device or []],
                 read_only=read_only,
                 cap_add=cap_add or [],
                 cap_drop=cap_drop or [],
@@ -228,8 +247,6 @@ def container_command(action: Action) -> Callable[..., None]:
                 entrypoint=None if entrypoint is None else [e for e in [entrypoint] if e],
                 publish_all=publish_all,
                 stop_timeout=stop_timeout,
-                log_max_size=log_max_size,
-                log_max_files=log_max_files,
                 resources=ResourceLimits(
                     cpus=cpus,
                     cpu_shares=cpu_shares,

@@ -107,8 +107,24 @@ def remove(
     containers: Names,
     force: Annotated[bool, typer.Option("-f", "--force", help="Kill it if running.")] = False,
 ) -> None:
-    """Remove containers."""
-    _each(containers, lambda c: c.remove(force=force))
+    """Remove containers (with --force, also one whose record is damaged)."""
+    from codex32 import DamagedRecordError
+
+    eng = engine()
+
+    def apply(ref: str) -> object:
+        try:
+            container = eng.containers.get(ref)
+        except DamagedRecordError:
+            if not force:
+                raise
+            return eng.containers.remove_damaged(ref)
+        container.remove(force=force)
+        return None
+
+    failed = each_ref(containers, apply, lambda ref, _result: typer.echo(ref))
+    if failed:
+        raise typer.Exit(failed)
 
 
 def prune() -> None:

@@ -25,6 +25,9 @@ def list_containers(
 ) -> None:
     """List containers."""
     found = guard(partial(engine().containers.list, all=all_))
+    if all_:  # one damaged record is named, and the others still list
+        for damaged in guard(engine().containers.damaged):
+            typer.echo(f"codex32: warning: {damaged}", err=True)
     if quiet:
         for c in found:
             typer.echo(c.short_id)
@@ -101,7 +104,7 @@ def logs(
     if follow:
         follow_output(c, timestamps=timestamps, tail=lines, since=start, json_lines=json_output)
         return
-    for entry in c.stream_logs(tail=lines, since=start, follow=False):
+    for entry in guard(partial(c.stream_logs, tail=lines, since=start, follow=False)):
         _write_entry(entry, timestamps=timestamps, json_lines=json_output)
     sys.stdout.flush()
 
@@ -160,7 +163,8 @@ def events(
     now = time.time()
     start = guard(partial(parse_since, since, now)) if since else None
     end = guard(partial(parse_since, until, now)) if until else None
-    stream = eng.events(since=start, until=end, filters=filters, follow=follow)
+    stream = guard(partial(eng.events, since=start, until=None if follow else end,
+                           filters=filters, follow=follow))  # fmt: skip
     for event in stream:
         if json_output:
             typer.echo(event.to_json())
@@ -186,7 +190,7 @@ def images(json_output: Json = False) -> None:
 
 
 def build(name: Annotated[str, typer.Argument(help="Template to (re)build.")]) -> None:
-    """Build a rootfs template from its recipe in rootfs-templates/."""
+    """Build a rootfs template from its recipe (shipped, or in $CODEX32_TEMPLATES_DIR)."""
     guard(partial(engine().images.build, name))
 
 
@@ -265,35 +269,21 @@ def doctor(json_output: Json = False) -> None:
 
     ``--json``: the same facts as one object, for scripts and monitoring.
     """
-    import dataclasses
-
-    from codex32._cgroups.detect import host_info
-
-    eng = engine()
-    info = host_info()
-    driver = eng._cgroups.driver()
-    usable = sorted(driver.controllers()) if driver is not None else None
+    report = guard(engine().info)
     if json_output:
-        cgroup = {
-            **dataclasses.asdict(info),
-            "usable_controllers": usable,
-            "unavailable": eng._cgroups.unavailable,
-            "parent": eng.settings.cgroup_parent,
-        }
-        report = {
-            "cgroup": cgroup,
-            "storage_dir": str(eng.settings.storage_dir),
-            "templates_dir": str(eng.settings.templates_dir),
-            "default_isolation": eng.settings.default_isolation.value,
-        }
         typer.echo(json.dumps(report, indent=2))
         return
-    typer.echo(info.describe())
-    if usable is not None:
-        typer.echo(f"controllers usable for containers: {', '.join(usable)}")
+    cgroup = report["cgroup"]
+    typer.echo(cgroup["description"])
+    if cgroup["usable_controllers"] is not None:
+        typer.echo(f"controllers usable for containers: {', '.join(cgroup['usable_controllers'])}")
     else:
-        typer.echo(f"no cgroup driver: {eng._cgroups.unavailable}")
-    typer.echo(f"cgroup parent: {eng.settings.cgroup_parent}")
-    typer.echo(f"storage: {eng.settings.storage_dir}")
-    typer.echo(f"templates: {eng.settings.templates_dir}")
-    typer.echo(f"default isolation: {eng.settings.default_isolation.value}")
+        typer.echo(f"no cgroup driver: {cgroup['unavailable']}")
+    typer.echo("limits (enforceable on this host; --limits best-effort drops the others):")
+    table([["LIMIT", "ENFORCEABLE", "WHY"]]
+          + [[row["limit"], "yes" if row["enforceable"] else "no", row["reason"]]
+             for row in cgroup["limits"]])  # fmt: skip
+    typer.echo(f"cgroup parent: {cgroup['parent']}")
+    typer.echo(f"storage: {report['storage_dir']}")
+    typer.echo(f"templates: {report['templates_dir']}")
+    typer.echo(f"default isolation: {report['default_isolation']}")

@@ -52,6 +52,14 @@ SYS_DEV_BLOCK = "/sys/dev/block"
 
 #: The largest rates blk-throttle stores: bytes/s in a u64, IOs/s in an unsigned int.
 BPS_MAX = (1 << 64) - 1
+
+#: Processes a container may have when its config sets no limit (podman's default):
+#: a fork bomb stops there instead of filling the host's pid space. -1: unlimited.
+DEFAULT_PIDS_LIMIT = 2048
+#: Log rotation when the config names none: Docker's ``local`` driver's 20 MB x 5
+#: (json-file's default is unbounded, which lets a container fill the host's disk).
+DEFAULT_LOG_MAX_SIZE = 20 * 1024**2
+DEFAULT_LOG_MAX_FILES = 5
 IOPS_MAX = (1 << 32) - 1
 
 
@@ -116,12 +124,79 @@ def signal_name(value: str | int) -> str:
         raise ValueError(f"unknown signal number {number}") from None
 
 
+#: The largest uid or gid the kernel gives a user: (uid_t)-1, 4294967295, means "no id"
+#: (setresuid leaves the id unchanged), so it and anything above are refused.
+ID_MAX = 2**32 - 2
+
+#: Mount targets refused: the root, and the kernel filesystems the set-up mounts
+#: itself. /proc and /sys with everything below them (the masked and read-only paths
+#: live there: a volume would undo them, or hide /proc from the set-up's later steps);
+#: /dev itself only, as a socket such as /dev/log may be bound below it.
+SHADOWED_TREES = ("/proc", "/sys")
+SHADOWED_PATHS = ("/", "/dev")
+#: What runc lets a bind cover below /proc (lxcfs's files).
+PROC_ALLOWED = frozenset(
+    {"/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps",
+     "/proc/uptime", "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev"}
+)  # fmt: skip
+
+
+def check_user_spec(spec: str) -> str:
+    """``user[:group]`` as names or numbers; numbers as the kernel takes them.
+
+    0 <= id <= 2^32 - 2: -1 as an unsigned 32-bit number (4294967295) is the
+    kernel's "no change", with which the process would keep the set-up's uid 0.
+    """
+    parts = spec.split(":")
+    if len(parts) > 2 or not all(re.fullmatch(r"[a-zA-Z0-9_.-]+", p) for p in parts):
+        raise ValueError(
+            f"user {spec!r} is not user[:group]: names or numbers of letters, digits, _ . -"
+        )
+    for part, what in zip(parts, ("uid", "gid"), strict=False):
+        if part.isdigit() and int(part) > ID_MAX:
+            raise ValueError(
+                f"{what} {part} is out of range: ids go from 0 to {ID_MAX} "
+                "(4294967295 is the kernel's 'no id')"
+            )
+    return spec
+
+
+def check_no_newline(value: str, what: str) -> str:
+    """Refuse NUL and line breaks: they would split a record or a mount option."""
+    for char, name in (("\x00", "a NUL byte"), ("\n", "a newline"), ("\r", "a carriage return")):
+        if char in value:
+            raise ValueError(f"{what} {value!r} contains {name}")
+    return value
+
+
+def check_mount_target(target: str, what: str) -> str:
+    """Refuse a mount over ``/``, ``/dev``, or ``/proc`` and ``/sys`` or below them.
+
+    The set-up mounts those itself, masks paths below them and reads /proc after
+    the mounts: a mount there would hide the container's root, undo a mask (a
+    writable /proc/sys) or break the set-up later with an obscure error. As runc,
+    lxcfs's files in /proc may be covered.
+    """
+    if target in SHADOWED_PATHS:
+        place = "the container's root filesystem" if target == "/" else target
+        raise ValueError(
+            f"{what} {target!r} would hide {place}, which the engine sets up itself: "
+            "choose another target"
+        )
+    for tree in SHADOWED_TREES:
+        if (target == tree or target.startswith(tree + "/")) and target not in PROC_ALLOWED:
+            raise ValueError(
+                f"{what} {target!r} would cover {tree}, which the engine mounts and masks "
+                "itself: choose a target outside /proc and /sys"
+            )
+    return target
+
+
 def check_container_path(path: str, what: str) -> str:
-    """Refuse relative paths and ``..`` components in a path inside the container."""
+    """Refuse relative paths, ``..`` components and line breaks in a container path."""
     if not path.startswith("/"):
         raise ValueError(f"{what} {path!r} must be an absolute path inside the container")
-    if "\x00" in path:
-        raise ValueError(f"{what} {path!r} contains a NUL byte")
+    check_no_newline(path, what)
     if ".." in PurePosixPath(path).parts:
         raise ValueError(f"{what} {path!r} must not contain '..'")
     normalized = os.path.normpath(path)
@@ -142,6 +217,7 @@ class Volume(BaseModel):
     def _source_exists(cls, value: str, info: ValidationInfo) -> str:
         if not value.startswith("/"):
             raise ValueError(f"volume source {value!r} must be an absolute host path")
+        check_no_newline(value, "volume source")
         if info.context and info.context.get("stored"):
             return value  # checked at create; at start the set-up process checks again
         if not os.path.exists(value):
@@ -153,10 +229,7 @@ class Volume(BaseModel):
     @field_validator("target")
     @classmethod
     def _target_absolute(cls, value: str) -> str:
-        target = check_container_path(value, "volume target")
-        if target == "/":
-            raise ValueError("volume target '/' would hide the container's root filesystem")
-        return target
+        return check_mount_target(check_container_path(value, "volume target"), "volume target")
 
     @classmethod
     def parse(cls, spec: str) -> Volume:
@@ -182,7 +255,7 @@ class TmpfsMount(BaseModel):
     @field_validator("target")
     @classmethod
     def _target_absolute(cls, value: str) -> str:
-        return check_container_path(value, "tmpfs target")
+        return check_mount_target(check_container_path(value, "tmpfs target"), "tmpfs target")
 
     @field_validator("flags")
     @classmethod
@@ -199,6 +272,7 @@ class TmpfsMount(BaseModel):
         size: int | None = None
         mode = 0o1777
         flags: list[str] = ["nosuid", "nodev"]
+        check_no_newline(options, "tmpfs options")
         for option in filter(None, options.split(",")):
             key, _, value = option.partition("=")
             if key == "size":
@@ -350,6 +424,69 @@ class DeviceRate(BaseModel):
         return cls(path=path, rate=rate)
 
 
+class DeviceMapping(BaseModel):
+    """A host device node given to the container (``--device HOST[:CONTAINER[:PERMS]]``).
+
+    It is bound into the container and allowed in its device rules with ``PERMS``
+    (a subset of ``rwm``: read, write, mknod; ``rwm`` by default, as Docker's).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host_path: str
+    #: Where it appears in the container; the host path when not given.
+    container_path: str = Field(default="", validate_default=True)
+    permissions: str = "rwm"
+
+    @field_validator("host_path")
+    @classmethod
+    def _device_node(cls, value: str, info: ValidationInfo) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"device {value!r} must be an absolute host path, e.g. /dev/fuse")
+        check_no_newline(value, "device")
+        if info.context and info.context.get("stored"):
+            return value  # checked at create; read again at every start
+        real = os.path.realpath(value)
+        try:
+            mode = os.stat(real).st_mode
+        except OSError as exc:
+            raise ValueError(f"device {value!r} cannot be used: {exc.strerror}") from None
+        if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+            raise ValueError(f"{value!r} is not a device node: give one such as /dev/fuse")
+        return real
+
+    @field_validator("permissions")
+    @classmethod
+    def _access(cls, value: str) -> str:
+        if not value or set(value) - set("rwm") or len(set(value)) != len(value):
+            raise ValueError(f"device permissions {value!r}: use letters of rwm, e.g. rw")
+        return "".join(c for c in "rwm" if c in value)
+
+    @field_validator("container_path")
+    @classmethod
+    def _target(cls, value: str, info: ValidationInfo) -> str:
+        target = value or str(info.data.get("host_path") or "")
+        if not target:
+            return value  # the host path was refused: that error is the one to show
+        return check_mount_target(check_container_path(target, "device target"), "device target")
+
+    @classmethod
+    def parse(cls, spec: str) -> DeviceMapping:
+        """Parse Docker's ``HOST[:CONTAINER[:PERMS]]`` (``/dev/fuse``, ``/dev/sdb:/dev/xvdc:r``)."""
+        parts = spec.split(":")
+        if len(parts) > 3 or not parts[0]:
+            raise ValueError(
+                f"invalid device {spec!r}: use HOST[:CONTAINER[:PERMS]], e.g. /dev/fuse"
+            )
+        if len(parts) == 2 and not parts[1].startswith("/"):  # HOST:PERMS, as Docker
+            return cls(host_path=parts[0], permissions=parts[1])
+        return cls(
+            host_path=parts[0],
+            container_path=parts[1] if len(parts) > 1 else "",
+            permissions=parts[2] if len(parts) > 2 else "rwm",
+        )
+
+
 #: The per-device limit lists of ResourceLimits; the IOs/s ones end in "_iops".
 DEVICE_LIMITS = ("device_read_bps", "device_write_bps", "device_read_iops", "device_write_iops")
 
@@ -365,7 +502,9 @@ class ResourceLimits(BaseModel):
     memory_bytes: int | None = Field(default=None, ge=6 * 1024 * 1024)
     memory_swap_bytes: int | None = Field(default=None, ge=-1)
     memory_reservation_bytes: int | None = Field(default=None, gt=0)
-    pids_limit: int | None = Field(default=None, ge=1)
+    #: None: the engine's default (DEFAULT_PIDS_LIMIT) where the host has a pids
+    #: controller; -1 (or 0, as Docker): unlimited.
+    pids_limit: int | None = Field(default=None, ge=-1)
     blkio_weight: int | None = Field(default=None, ge=10, le=1000)
     max_open_files: int | None = Field(default=None, ge=1, le=1 << 20)
     # Per-device throttles (Docker's --device-{read,write}-{bps,iops}); bytes or IOs/s.
@@ -376,6 +515,11 @@ class ResourceLimits(BaseModel):
     #: Enforce what the host can and warn about the rest (dropped from the config),
     #: instead of refusing the container (``--limits best-effort``).
     best_effort: bool = False
+
+    @field_validator("pids_limit")
+    @classmethod
+    def _pids(cls, value: int | None) -> int | None:
+        return -1 if value == 0 else value
 
     @field_validator("memory_bytes", "memory_swap_bytes", "memory_reservation_bytes", mode="before")
     @classmethod
@@ -469,13 +613,15 @@ class ContainerConfig(BaseModel):
     entrypoint: list[str] | None = None
     env: dict[EnvName, str] = Field(default_factory=dict)
     working_dir: str | None = None
-    user: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9_.-]+(:[a-zA-Z0-9_.-]+)?$")
+    user: str | None = None
     hostname: str | None = Field(
         default=None, max_length=63, pattern=r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$"
     )
     isolation: IsolationType = Field(default_factory=default_isolation)
     volumes: list[Volume] = Field(default_factory=list)
     tmpfs: list[TmpfsMount] = Field(default_factory=list)
+    #: Host devices given to the container (Docker's ``--device``).
+    devices: list[DeviceMapping] = Field(default_factory=list)
     read_only: bool = False
     cap_add: list[str] = Field(default_factory=list)
     cap_drop: list[str] = Field(default_factory=list)
@@ -486,8 +632,9 @@ class ContainerConfig(BaseModel):
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     stop_signal: str = "SIGTERM"
     stop_timeout: int = Field(default=10, ge=0, le=3600)
-    log_max_size: int | None = Field(default=None, ge=4096)
-    log_max_files: int = Field(default=1, ge=1, le=100)
+    #: Rotate the log at this size (None: never; "-1" or -1 given: never).
+    log_max_size: int | None = Field(default=DEFAULT_LOG_MAX_SIZE, ge=4096)
+    log_max_files: int = Field(default=DEFAULT_LOG_MAX_FILES, ge=1, le=100)
     resources: ResourceLimits = Field(default_factory=ResourceLimits)
     # None: the isolation level's default (see _netconfig); rates in bit/s.
     network: str | None = None
@@ -496,6 +643,8 @@ class ContainerConfig(BaseModel):
     publish_all: bool = False
     network_egress_rate: int | None = None
     network_ingress_rate: int | None = None
+    #: Free-form metadata (Docker's labels): filters and tools use it, the engine not.
+    labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("network")
     @classmethod
@@ -517,6 +666,8 @@ class ContainerConfig(BaseModel):
     @field_validator("log_max_size", mode="before")
     @classmethod
     def _log_size(cls, value: Any) -> Any:
+        if value in (-1, "-1"):
+            return None
         return parse_size(value) if isinstance(value, str) else value
 
     @field_validator("stop_signal")
@@ -552,9 +703,16 @@ class ContainerConfig(BaseModel):
     @field_validator("env")
     @classmethod
     def _env_values(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            check_no_newline(key, "environment variable name")
         if any("\x00" in v for v in value.values()):
             raise ValueError("environment values must not contain NUL bytes")
         return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        return None if value is None else check_user_spec(value)
 
     @field_validator("working_dir")
     @classmethod
@@ -580,6 +738,7 @@ class ContainerConfig(BaseModel):
         if self.auto_remove and self.restart_policy.name != "no":
             raise ValueError("--rm and a restart policy exclude each other (as in Docker)")
         targets = [v.target for v in self.volumes] + [t.target for t in self.tmpfs]
+        targets += [d.container_path for d in self.devices]
         duplicates = sorted({t for t in targets if targets.count(t) > 1})
         if duplicates:
             raise ValueError(f"more than one mount targets {duplicates}")
@@ -592,6 +751,7 @@ class ContainerConfig(BaseModel):
 __all__ = [
     "ALL_CAPABILITIES",
     "ContainerConfig",
+    "DeviceMapping",
     "DeviceRate",
     "IsolationType",
     "PortMapping",

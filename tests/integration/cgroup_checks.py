@@ -250,3 +250,44 @@ def check_destroy(group: Cgroup) -> list[str]:
         assert proc.wait(timeout=10) == -signal.SIGKILL
     assert not [p for p in paths if os.path.exists(p)]
     return paths
+
+
+DEVICE_PROBE = """
+import os, sys
+sys.stdin.readline()
+for spec in sys.argv[1:]:
+    path, mode = spec.split(",")
+    try:
+        os.close(os.open(path, os.O_RDONLY if mode == "r" else os.O_WRONLY))
+        print(spec, "ok")
+    except OSError as exc:
+        print(spec, exc.errno)
+"""
+
+
+def check_devices(group: Cgroup) -> dict[str, str]:
+    """Docker's default rules deny /dev/kmsg (c 1:11) and allow /dev/null (the probe
+    runs as root: only the policy refuses)."""
+    from codex32._cgroups.devices import DEFAULT_RULES
+
+    group.set_devices(DEFAULT_RULES)
+    probes = ("/dev/null,w", "/dev/kmsg,r", "/dev/kmsg,w")
+    with workload(group, DEVICE_PROBE, *probes) as proc:
+        out, _ = proc.communicate(timeout=30)
+    default = dict(line.split() for line in out.decode().splitlines())
+    assert default == {
+        "/dev/null,w": "ok", "/dev/kmsg,r": str(errno.EPERM), "/dev/kmsg,w": str(errno.EPERM)
+    }, default  # fmt: skip
+    return default
+
+
+def check_device_granted(group: Cgroup) -> dict[str, str]:
+    """``--device /dev/kmsg:/dev/kmsg:r``'s rule: read allowed, write still refused."""
+    from codex32._cgroups.devices import DEFAULT_RULES, rule_for
+
+    group.set_devices((*DEFAULT_RULES, rule_for("/dev/kmsg", "r")))
+    with workload(group, DEVICE_PROBE, "/dev/kmsg,r", "/dev/kmsg,w") as proc:
+        out, _ = proc.communicate(timeout=30)
+    granted = dict(line.split() for line in out.decode().splitlines())
+    assert granted == {"/dev/kmsg,r": "ok", "/dev/kmsg,w": str(errno.EPERM)}, granted
+    return granted

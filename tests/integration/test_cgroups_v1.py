@@ -16,6 +16,8 @@ import pytest
 from cgroup_checks import (
     check_cpu,
     check_destroy,
+    check_device_granted,
+    check_devices,
     check_freeze,
     check_kill_all,
     check_oom,
@@ -135,3 +137,15 @@ def test_unavailable_blkio_weight_and_host_files(driver: V1Driver, group: V1Cgro
     else:
         with pytest.raises(CgroupError, match=r"blkio\.weight does not exist"):
             group.apply(ResourceLimits(blkio_weight=300))
+
+
+def test_devices_default_deny_and_a_grant(driver: V1Driver, group: V1Cgroup) -> None:
+    print(f"devices: {check_devices(group)}")
+    # devices.list shows what was written: deny all, then Docker's allow lines
+    listed = Path(group.paths["devices"], "devices.list").read_text().splitlines()
+    assert listed[:3] == ["c *:* m", "b *:* m", "c 1:3 rwm"], listed
+    fresh = driver.create(f"{group.name}-2")
+    try:
+        print(f"granted: {check_device_granted(fresh)}")
+    finally:
+        fresh.destroy(kill=True)

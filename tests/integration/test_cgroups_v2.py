@@ -20,6 +20,8 @@ import pytest
 from cgroup_checks import (
     check_cpu,
     check_destroy,
+    check_device_granted,
+    check_devices,
     check_freeze,
     check_kill_all,
     check_oom,
@@ -134,3 +136,12 @@ def test_engine_cgroup_with_processes_is_refused_and_nothing_moves(tmp_path: Pat
                 break
             except OSError:
                 time.sleep(0.02)
+
+
+def test_devices_default_deny_and_a_grant(driver: V2Driver, group: V2Cgroup) -> None:
+    print(f"devices: {check_devices(group)}")
+    fresh = driver.create(f"{group.name}-2")
+    try:
+        print(f"granted: {check_device_granted(fresh)}")
+    finally:
+        fresh.destroy(kill=True)

@@ -221,6 +221,22 @@ def test_exec_gets_the_containers_ulimits(containers: Containers) -> None:
     assert text(result.output).split() == ["64", "96", "77"]
 
 
+@pytest.mark.parametrize("level", list(IsolationType), ids=lambda lv: lv.value)
+def test_exec_starts_with_no_signal_ignored_or_blocked(
+    containers: Containers, level: IsolationType
+) -> None:
+    """As runc's exec: default dispositions and an empty mask, whatever the engine had."""
+    container = containers.running(sh(LOOP, isolation=level))
+    result = container.exec_run(["cat", "/proc/self/status"])
+    assert result.exit_code == 0, text(result.error_output)
+    fields = status_fields(text(result.output))
+    assert (fields["SigIgn"], fields["SigBlk"]) == ("0000000000000000", "0000000000000000")
+    piped = container.exec_run(
+        ["timeout", "30", "sh", "-c", 'yes BBBB | tr -d "\\n" | head -c 100000 | wc -c']
+    )
+    assert text(piped.output).split() == ["100000"], text(piped.error_output)
+
+
 # -- export ----------------------------------------------------------------------------
 
 

@@ -283,11 +283,55 @@ def test_memory_hog_is_oom_killed_and_reported(engine: ContainerEngine) -> None:
             assert limit // 2 < stats.memory_peak_bytes <= limit
         print(f"oom: exit {result.exit_code}, peak {stats.memory_peak_bytes}, "
               f"oom_kills {stats.oom_kills}")  # fmt: skip
+        assert record.oom_kills >= 1 and record.memory_peak_bytes == stats.memory_peak_bytes
+        gone(record.cgroup_paths)
         events = events_of(engine, container.id)
         actions = [action for action, _ in events]
         assert "oom" in actions, f"no oom event; the container's events: {events}"
         assert ("die", {"exitCode": "137"}) in events, f"no die 137 event: {events}"
         assert actions.index("oom") < actions.index("die")
+
+
+def gone(cgroup_paths: dict[str, str]) -> None:
+    """The monitor removes an exited container's cgroup (Docker's, runc's), soon."""
+    assert cgroup_paths, "the container never had a cgroup"
+    left = sorted(set(cgroup_paths.values()))
+    wait_for(lambda: not any(os.path.exists(p) for p in left), 5,
+             f"the exited container's cgroup to be removed: {left}")  # fmt: skip
+
+
+def test_an_exited_container_gives_its_cgroup_back_and_keeps_its_figures(
+    engine: ContainerEngine,
+) -> None:
+    """Exit code, OOM kills, peak memory and CPU time stay in the record; the cgroup
+    goes, and a start makes it afresh (with its limits) every time."""
+    need(engine, "memory")
+    name = _name("give-back")
+    code = "b = b'x' * (24 << 20); import sys; sys.exit(3)"
+    config = ContainerConfig(
+        name=name, image=PYTHON, command=["python3", "-c", code],
+        resources=ResourceLimits(memory_bytes=64 * MIB, pids_limit=20),
+    )  # fmt: skip
+    with removed_after(engine, name):
+        for run in range(2):
+            if run == 0:
+                assert engine.containers.run(config).exit_code == 3
+            else:
+                container = engine.containers.get(name)
+                container.start()
+                assert container.wait(timeout=30) == 3
+            record = engine.containers.get(name).record
+            assert record.status is ContainerState.EXITED and record.exit_code == 3
+            assert record.oom_killed is False and record.oom_kills == 0
+            assert record.memory_peak_bytes is not None and record.memory_peak_bytes > 24 * MIB
+            assert record.cpu_usage_ns
+            gone(record.cgroup_paths)
+            stats = engine.containers.get(name).stats()
+            assert (stats.memory_usage_bytes, stats.pids) == (0, 0)
+            assert stats.memory_peak_bytes == record.memory_peak_bytes
+            assert (stats.memory_limit_bytes, stats.pids_limit) == (64 * MIB, 20)
+            print(f"give back, run {run + 1}: peak {record.memory_peak_bytes}, "
+                  f"cpu {record.cpu_usage_ns} ns, cgroup removed")  # fmt: skip
 
 
 def test_memory_limit_is_shown_in_stats_and_a_small_use_is_not_killed(
@@ -326,9 +370,9 @@ def test_fork_bomb_stops_at_pids_limit(engine: ContainerEngine) -> None:
         assert result.exit_code not in (0, 137), result
         assert "can't fork" in stderr, stderr
         assert os.strerror(errno.EAGAIN) in stderr, stderr
-        assert cgroup_file(record, "pids", "pids.max") == "10"
-        # PID 1 exited, and its pid namespace's sleeps went with it
-        wait_for(lambda: cgroup_pids(record) == [], 10, "the sleeps to leave the cgroup")
+        # PID 1 exited, and its pid namespace's sleeps went with it: the cgroup, empty,
+        # is removed (pids.max=10 while it runs: test_pids_limit_holds_exactly_ten_processes)
+        gone(record.cgroup_paths)
     # The host is fine: we can still fork and run things.
     assert subprocess.run(["true"], check=False, timeout=10).returncode == 0
 
@@ -521,8 +565,7 @@ def test_pause_stops_progress_and_unpause_resumes(engine: ContainerEngine) -> No
             container.stop(timeout=1)
             assert state_of(container) is ContainerState.EXITED, "stop() returned, still paused"
             assert container.record.exit_code == 137  # PID 1 ignores SIGTERM: killed after 1 s
-            assert cgroup_pids(container.record) == []
-            assert not is_frozen(container.record)
+            gone(container.record.cgroup_paths)  # thawed, emptied and removed
 
 
 # -- stats and top ----------------------------------------------------------------------
@@ -675,7 +718,7 @@ def test_remove_force_kills_a_double_forked_process(engine: ContainerEngine) -> 
         assert [p for p in paths if os.path.exists(p)] == [], "cgroup directories left"
 
 
-def test_stop_kills_a_double_forked_process_and_remove_deletes_the_cgroup(
+def test_stop_kills_a_double_forked_process_and_the_exit_gives_the_cgroup_back(
     engine: ContainerEngine,
 ) -> None:
     need(engine, "pids", "freezer")
@@ -685,11 +728,8 @@ def test_stop_kills_a_double_forked_process_and_remove_deletes_the_cgroup(
         container.stop(timeout=1)
         assert state_of(container) is ContainerState.EXITED
         wait_for(lambda: not still_running(procs), 10, "every process to die after stop")
-        assert cgroup_pids(container.record) == []
-        paths = sorted(set(container.record.cgroup_paths.values()))
-        assert all(os.path.isdir(p) for p in paths), "a stopped container keeps its cgroup"
+        gone(container.record.cgroup_paths)  # as Docker's: a stopped container has none
         container.remove()
-        assert [p for p in paths if os.path.exists(p)] == [], "cgroup directories left"
 
 
 def test_auto_remove_deletes_the_cgroup(engine: ContainerEngine) -> None:
@@ -713,10 +753,21 @@ def test_auto_remove_deletes_the_cgroup(engine: ContainerEngine) -> None:
 # -- blkio ------------------------------------------------------------------------------
 
 
+#: The python template only, as the rest of the v2 VM's selection (one template build).
+SLEEPER = ["python3", "-S", "-c", "import time; time.sleep(1000)"]
+
+
 def test_blkio_weight_is_applied_or_refused_clearly(engine: ContainerEngine) -> None:
-    """BFQ's blkio.bfq.weight (or CFQ's blkio.weight) gets the weight; no file: CgroupError."""
+    """Both answers of the probe, seen on the file itself (not on the engine's word).
+
+    Weight file present (v2 VM: io.weight): the weight is written. Absent (this host:
+    no CFQ, no BFQ): create refuses with one line before any directory, process or
+    cgroup exists, and best effort drops the limit with the recorded warning. The v2
+    VM run (tests/vm/run_engine_v2.sh) has the file, this host has not: every
+    ``make test`` runs both branches.
+    """
     need(engine, "blkio")
-    probe = ContainerConfig(name=_name("blkio-probe"), image=BUSYBOX, command=["sleep", "1000"])
+    probe = ContainerConfig(name=_name("blkio-probe"), image=PYTHON, command=SLEEPER)
     with detached(engine, probe) as container:
         directory = Path(cgroup_dir(container.record, "blkio"))
         if is_v2(container.record):
@@ -724,15 +775,32 @@ def test_blkio_weight_is_applied_or_refused_clearly(engine: ContainerEngine) -> 
         else:
             names = ["blkio.weight", "blkio.bfq.weight"]
         present = [n for n in names if (directory / n).exists()]
+    rows = {name: ok for name, ok, _ in engine._cgroups.probe().rows()}
+    assert rows["blkio_weight"] is bool(present), f"probe says {rows['blkio_weight']}, {present}"
     config = ContainerConfig(
-        name=_name("blkio"), image=BUSYBOX, command=["sleep", "1000"],
+        name=_name("blkio"), image=PYTHON, command=SLEEPER,
         resources=ResourceLimits(blkio_weight=300),
     )  # fmt: skip
     assert config.name is not None
     with removed_after(engine, config.name):
         if not present:
-            with pytest.raises(CgroupError, match=r"weight does not exist"):
-                engine.containers.run_detached(config)
+            storage_dir = engine.settings.storage_dir
+            before = snapshot(storage_dir)
+            with pytest.raises(CgroupError, match=r"cannot enforce blkio_weight: no ") as caught:
+                engine.containers.create(config)
+            assert "\n" not in str(caught.value)
+            assert_nothing_new(before, storage_dir)
+            lenient = config.model_copy(
+                update={"resources": ResourceLimits(blkio_weight=300, best_effort=True)}
+            )
+            container = engine.containers.run_detached(lenient)
+            warnings = container.record.warnings
+            reason = caught.value.message.split(": ", 1)[1]
+            assert [w for w in warnings if w.startswith("blkio_weight is not enforced")] == [
+                f"blkio_weight is not enforced (best effort): {reason}"
+            ], warnings
+            assert container.record.status is ContainerState.RUNNING
+            print(f"blkio: refused ({names} absent), best effort ran without it")
             return
         container = engine.containers.run_detached(config)
         text = cgroup_file(container.record, "blkio", present[0])
@@ -829,7 +897,9 @@ def test_device_write_bps_and_read_iops_throttle_direct_io(engine: ContainerEngi
         rdev = os.stat(device).st_rdev
         number = f"{os.major(rdev)}:{os.minor(rdev)}"
         config = ContainerConfig(
-            name=_name("throttle"), image=PYTHON, command=["sh", "-c", DIRECT_WRITE_READ],
+            name=_name("throttle"), image=PYTHON,
+            # then it stays up, so that its cgroup (removed at the exit) can be read
+            command=["sh", "-c", f"{DIRECT_WRITE_READ}; echo status=$? >/data/done; sleep 1000"],
             volumes=[Volume(source=str(mountpoint), target="/data")],
             resources=ResourceLimits(
                 device_write_bps=[DeviceRate(path=device, rate=MIB)],
@@ -838,11 +908,12 @@ def test_device_write_bps_and_read_iops_throttle_direct_io(engine: ContainerEngi
         )  # fmt: skip
         assert config.name is not None
         with removed_after(engine, config.name):
-            result = engine.containers.run(config)
-            container = engine.containers.get(config.name)
+            container = engine.containers.run_detached(config)
+            done = mountpoint / "done"
+            wait_for(done.exists, 60, "the throttled dd runs to end")
             record, stats = container.record, container.stats()
-            report = result.error_output.decode(errors="replace")
-            assert result.exit_code == 0, report
+            report = container.logs(stdout=False).decode(errors="replace")
+            assert done.read_text().strip() == "status=0", report
             write, read = dd_seconds(report)
             if is_v2(record):
                 rules = cgroup_file(record, "blkio", "io.max").splitlines()
@@ -884,7 +955,9 @@ def test_missing_controller_is_an_error_before_anything_is_created(
         fake_engine(engine, ALL_CONTROLLERS - {"pids"}) as (other, fake),
         removed_after(engine, name),
     ):
-        with pytest.raises(CgroupError, match=r"pids_limit \(needs pids\)"):
+        with pytest.raises(
+            CgroupError, match=r"cannot enforce pids_limit: the pids controller is not available"
+        ):
             other.containers.run(config)
         with pytest.raises(CgroupError, match=r"pids_limit"):
             other.containers.create(config)
@@ -909,7 +982,9 @@ def test_memory_swap_without_memory_controller_is_an_error(
         fake_engine(engine, ALL_CONTROLLERS - {"memory"}) as (other, fake),
         removed_after(engine, name),
     ):
-        with pytest.raises(CgroupError, match=r"memory_swap_bytes \(needs memory\)"):
+        with pytest.raises(
+            CgroupError, match=r"memory_swap_bytes: the memory controller is not available"
+        ):
             other.containers.run(config)
         assert fake.groups == {}
         assert_nothing_new(before, storage_dir)
@@ -1020,23 +1095,21 @@ def test_a_limit_that_fails_at_start_undoes_the_network_and_the_cgroup(
 def test_each_start_gets_a_fresh_cgroup_with_the_configured_limits(
     engine: ContainerEngine,
 ) -> None:
-    """The cgroup of the previous run stays for stats until the next start, which makes
-    a new one: no counter or rule of the earlier run carries over."""
+    """The cgroup of a run goes at its exit (its figures kept in the record); each start
+    makes a new one with the config's limits: no counter or rule carries over."""
     need(engine, "pids")
     name = _name("fresh-cgroup")
     config = ContainerConfig(
-        name=name, image=BUSYBOX, command=["true"], resources=ResourceLimits(pids_limit=10)
-    )
+        name=name, image=BUSYBOX, command=["sleep", "1000"],
+        resources=ResourceLimits(pids_limit=10),
+    )  # fmt: skip
     with removed_after(engine, name):
         container = engine.containers.create(config)
-        container.start()
-        assert container.wait(timeout=20) == 0
-        first = container.record.cgroup_paths["pids"]
-        first_inode = os.stat(first).st_ino
-        assert cgroup_file(container.record, "pids", "pids.max") == "10"
-        container.start()
-        assert container.wait(timeout=20) == 0
-        container.reload()
-        assert container.record.cgroup_paths["pids"] == first  # the same name...
-        assert os.stat(first).st_ino != first_inode  # ...a new cgroup
-        assert cgroup_file(container.record, "pids", "pids.max") == "10"
+        for _ in range(2):
+            container.start()
+            container.reload()
+            assert cgroup_file(container.record, "pids", "pids.max") == "10"
+            assert cgroup_pids(container.record) == [container.record.pid]
+            container.stop(timeout=1)
+            container.reload()
+            gone(container.record.cgroup_paths)

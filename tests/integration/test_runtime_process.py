@@ -8,7 +8,11 @@ which reaps orphaned zombies that a plain PID 1 leaves behind.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,8 +24,9 @@ from helpers import (
     output_of,
     sh,
     snapshot,
+    status_fields,
 )
-from lifecycle_support import eventually
+from lifecycle_support import CODEX32, cli_env, eventually
 
 from codex32 import ContainerConfig, ContainerEngine, IsolationType, LaunchError, Ulimit
 
@@ -159,6 +164,71 @@ def test_ulimits(engine: ContainerEngine, level: IsolationType) -> None:
 def test_ulimit_is_what_the_shell_sees(engine: ContainerEngine) -> None:
     out = output_of(engine, sh("ulimit -n; ulimit -Hn", ulimits=[Ulimit.parse("nofile=64:128")]))
     assert out.split() == ["64", "128"]
+
+
+# -- signals: the command starts as runc starts it -----------------------------------
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=lambda lv: lv.value)
+def test_pid_1_starts_with_no_signal_ignored_or_blocked(
+    engine: ContainerEngine, level: IsolationType
+) -> None:
+    """Not Python's SIG_IGN for SIGPIPE/SIGXFSZ (and the launcher's SIGINT) inherited."""
+    config = _config(["cat", "/proc/self/status"], isolation=level)
+    fields = status_fields(output_of(engine, config))
+    assert (fields["SigIgn"], fields["SigBlk"]) == ("0000000000000000", "0000000000000000")
+
+
+def _ignore_every_signal() -> None:
+    """In the child before exec: SIG_IGN for every signal, glibc's own 32 and 33 too
+    (rt_sigaction by number: glibc's wrapper refuses them), as a launcher might leave."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    ignore = (ctypes.c_ulong * 4)(1, 0, 0, 0)  # handler SIG_IGN, flags, restorer, mask
+    number = {"x86_64": 13, "aarch64": 134}[os.uname().machine]
+    for sig in range(1, signal.NSIG):
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            libc.syscall(number, sig, ctypes.byref(ignore), None, 8)
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=lambda lv: lv.value)
+def test_signals_the_launcher_ignored_are_reset_too(
+    storage_dir: Path, engine: ContainerEngine, level: IsolationType
+) -> None:
+    """``codex32 run`` started with every signal ignored: PID 1 still has none."""
+    proc = subprocess.run(
+        [CODEX32, "run", "--rm", "--network", "none", "--isolation", level.value,
+         "busybox", "--", "cat", "/proc/self/status"],
+        env=cli_env(storage_dir), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=120, check=False, preexec_fn=_ignore_every_signal,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    fields = status_fields(proc.stdout)
+    assert (fields["SigIgn"], fields["SigBlk"]) == ("0000000000000000", "0000000000000000")
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=lambda lv: lv.value)
+def test_a_pipeline_whose_reader_stops_ends(engine: ContainerEngine, level: IsolationType) -> None:
+    """SIGPIPE at its default kills ``tr`` once ``head`` is gone; ignored, tr would spin.
+
+    busybox's ``timeout`` turns a hang into a failure (exit 143) instead of a stuck
+    test; it runs below PID 1, which the kernel shields from its SIGTERM.
+    """
+    script = 'timeout 30 sh -c \'yes BBBB | tr -d "\\n" | head -c 100000 | wc -c\'; echo "exit=$?"'
+    out = output_of(engine, sh(script, isolation=level))
+    assert out.split() == ["100000", "exit=0"], out
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=lambda lv: lv.value)
+def test_a_write_past_ulimit_fsize_is_killed_by_sigxfsz(
+    engine: ContainerEngine, level: IsolationType
+) -> None:
+    """128 + SIGXFSZ (25) = 153. dd runs as a child: the kernel never kills PID 1 of a
+    pid namespace with a signal at its default action (Docker's containers alike)."""
+    script = "dd if=/dev/zero of=/tmp/big bs=1k count=16 2>/dev/null; exit $?"
+    result = engine.containers.run(
+        sh(script, isolation=level, ulimits=[Ulimit.parse("fsize=4096")])
+    )
+    assert result.exit_code == 153, result.error_output
 
 
 # -- exit codes ------------------------------------------------------------------

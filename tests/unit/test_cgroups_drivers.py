@@ -21,13 +21,14 @@ from codex32._cgroups import v1 as v1_module
 from codex32._cgroups import v2 as v2_module
 from codex32._cgroups._fs import CgroupFS, cgroup_mounts, host_path, own_cgroups
 from codex32._cgroups.detect import detect_driver, host_info
-from codex32._cgroups.driver import CgroupDriver, cpu_quota_us
+from codex32._cgroups.driver import THROTTLES, CgroupDriver, cpu_quota_us
 from codex32._cgroups.v1 import V1Driver
 from codex32._cgroups.v2 import V2Driver, blkio_to_io_weight, shares_to_weight
 from codex32.config.container import ResourceLimits
 from codex32.errors import CgroupError
 
 MEMSW = "memory.memsw.limit_in_bytes"
+THROTTLE_FIELDS = list(THROTTLES)
 UNLIMITED = "9223372036854771712"
 V1_FILES: dict[str, dict[str, str]] = {
     "cpu": {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "-1", "cpu.shares": "1024"},
@@ -56,7 +57,7 @@ V1_FILES: dict[str, dict[str, str]] = {
 }
 V2_FILES: dict[str, dict[str, str]] = {
     "cpu": {"cpu.max": "max 100000", "cpu.weight": "100"},
-    "cpuset": {"cpuset.cpus": ""},
+    "cpuset": {"cpuset.cpus": "", "cpuset.cpus.effective": "0-1"},
     "io": {"io.weight": "default 100", "io.max": ""},
     "memory": {
         "memory.max": "max",
@@ -788,3 +789,64 @@ def test_v1_prepares_a_parent_level_another_engine_made_but_not_yet_prepared(
     assert _text(half_made / "cpuset.cpus") == "0-1"
     assert _text(Path(group.paths["cpuset"], "cpuset.cpus")) == "0-1"
     group.add_pid(4242)
+
+
+# -- probing each limit (per file, not per controller) ---------------------------------
+
+
+def _probe(driver: CgroupDriver) -> dict[str, str]:
+    from codex32._cgroups.containers import ContainerCgroups
+
+    return ContainerCgroups("codex32", driver=driver).probe().unsupported
+
+
+@pytest.mark.parametrize("layout", ["v1", "v2"])
+def test_probe_finds_each_limit_file_and_leaves_no_cgroup(tmp_path: Path, layout: str) -> None:
+    host = Host(tmp_path, layout)
+    driver: CgroupDriver = host.v1() if layout == "v1" else host.v2()
+    assert _probe(driver) == {}
+    assert not [d for d in host.all_dirs() if "/probe-" in d], "the probe cgroup is removed"
+
+
+@pytest.mark.parametrize(
+    ("layout", "controller", "missing", "field", "why"),
+    [
+        (
+            "v1",
+            "blkio",
+            ["blkio.bfq.weight"],
+            "blkio_weight",
+            "no I/O scheduler with cgroup weights",
+        ),
+        ("v1", "memory", [MEMSW], "memory_swap_bytes", "swapaccount=1"),
+        ("v1", "cpu", ["cpu.cfs_quota_us"], "cpus", "CFS bandwidth"),
+        ("v2", "io", ["io.weight"], "blkio_weight", "no io.bfq.weight or io.weight"),
+        ("v2", "memory", ["memory.swap.max"], "memory_swap_bytes", "swapaccount=1"),
+    ],
+)
+def test_probe_names_a_missing_file_and_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str, controller: str,
+    missing: list[str], field: str, why: str,
+) -> None:  # fmt: skip
+    table = V1_FILES if layout == "v1" else V2_FILES
+    files = {k: v for k, v in table[controller].items() if k not in missing}
+    monkeypatch.setitem(table, controller, files)
+    host = Host(tmp_path, layout)
+    found = _probe(host.v1() if layout == "v1" else host.v2())
+    assert list(found) == [field], found
+    assert why in found[field]
+
+
+def test_probe_v1_cpuset_parent_without_cpus(tmp_path: Path) -> None:
+    host = Host(tmp_path, "v1")
+    (host.root / "cpuset" / "cpuset.cpus").write_text("")  # the engine's cpuset is empty
+    found = _probe(host.v1())
+    assert list(found) == ["cpuset_cpus"] and "has no CPUs" in found["cpuset_cpus"]
+
+
+def test_probe_v2_controller_not_enabled(tmp_path: Path) -> None:
+    host = Host(tmp_path, "v2")
+    (host.root / "cgroup.controllers").write_text("cpuset cpu memory pids")  # no io
+    found = _probe(host.v2())
+    assert sorted(found) == sorted(["blkio_weight", *THROTTLE_FIELDS])
+    assert all("io controller is not enabled" in why for why in found.values())

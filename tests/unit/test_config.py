@@ -248,3 +248,100 @@ def test_stored_device_limits_reload_without_the_device() -> None:
     )
     with pytest.raises(ValidationError, match="cannot be used"):
         ContainerConfig.model_validate(stored)
+
+
+# -- issue 11: ids, shadowed targets, line breaks ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("user", "what"),
+    [
+        ("4294967295", "uid 4294967295"),
+        ("4294967296", "uid 4294967296"),
+        ("99999999999999999999999", "uid 99999999999999999999999"),
+        ("1000:4294967295", "gid 4294967295"),
+        ("4294967295:1000", "uid 4294967295"),
+    ],
+)
+def test_ids_the_kernel_would_not_take_are_refused(user: str, what: str) -> None:
+    # (uid_t)-1 is setresuid's "leave it": the process would stay uid 0.
+    with pytest.raises(ValidationError, match=f"{what} is out of range"):
+        ContainerConfig(image="busybox", user=user)
+
+
+@pytest.mark.parametrize(
+    "user", ["0", "4294967294", "1000:1000", "bot", "bot:staff", "0:4294967294"]
+)
+def test_ids_in_range_and_names_pass(user: str) -> None:
+    assert ContainerConfig(image="busybox", user=user).user == user
+
+
+@pytest.mark.parametrize("user", ["a:b:c", "", "x y", "root:"])
+def test_malformed_users_are_refused(user: str) -> None:
+    with pytest.raises(ValidationError, match="is not user"):
+        ContainerConfig(image="busybox", user=user)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/", "/proc", "/proc/sys", "/proc/sys/kernel", "/proc/kcore", "/sys", "/sys/firmware",
+     "/dev", "//proc", "/proc/"],
+)  # fmt: skip
+def test_targets_that_shadow_what_the_engine_mounts_are_refused(
+    target: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValidationError, match=r"would (hide|cover)"):
+        Volume(source=str(tmp_path), target=target)
+    with pytest.raises(ValidationError, match=r"would (hide|cover)"):
+        TmpfsMount.parse(target)
+
+
+@pytest.mark.parametrize("target", ["/data", "/dev/log", "/proc/cpuinfo", "/procfoo", "/system"])
+def test_targets_beside_them_pass(target: str, tmp_path: Path) -> None:
+    assert Volume(source=str(tmp_path), target=target).target == target
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda d: Volume(source=d, target="/data\n/etc"), "contains a newline"),
+        (lambda d: Volume(source=d + "\n", target="/data"), "contains a newline"),
+        (lambda d: Volume(source=d + "\x00", target="/data"), "contains a NUL"),
+        (lambda d: TmpfsMount.parse("/run:size=1m\nmode=777"), "contains a newline"),
+        (lambda d: TmpfsMount.parse("/run\n"), "contains a newline"),
+        (lambda d: ContainerConfig(image="busybox", env={"A\nB": "1"}), "contains a newline"),
+        (lambda d: ContainerConfig(image="busybox", env={"A": "1\x002"}), "NUL"),
+        (lambda d: ContainerConfig(image="busybox", working_dir="/w\n"), "contains a newline"),
+    ],
+)
+def test_line_breaks_and_nul_are_refused(build: object, message: str, tmp_path: Path) -> None:
+    with pytest.raises((ValidationError, ValueError), match=message):
+        build(str(tmp_path))  # type: ignore[operator]
+
+
+def test_device_mappings_parse_as_dockers() -> None:
+    from codex32 import DeviceMapping
+
+    assert DeviceMapping.parse("/dev/null").model_dump() == {
+        "host_path": "/dev/null", "container_path": "/dev/null", "permissions": "rwm"
+    }  # fmt: skip
+    assert DeviceMapping.parse("/dev/null:/dev/x:wr").permissions == "rw"
+    assert DeviceMapping.parse("/dev/null:r").container_path == "/dev/null"
+    for spec, message in [
+        ("/etc/passwd", "is not a device node"),
+        ("/dev/null:/proc/x", "would cover /proc"),
+        ("/dev/null:/dev/x:rx", "use letters of rwm"),
+        ("/dev/null:/dev/x:r:y", "HOST"),
+        ("dev/null", "absolute"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            DeviceMapping.parse(spec)
+
+
+def test_safe_defaults_for_logs_and_pids() -> None:
+    config = ContainerConfig(image="busybox")
+    assert (config.log_max_size, config.log_max_files) == (20 << 20, 5)
+    assert ContainerConfig(image="busybox", log_max_size="-1").log_max_size is None
+    assert ResourceLimits(pids_limit=0).pids_limit == -1  # Docker's 0: unlimited
+    with pytest.raises(ValidationError):
+        ResourceLimits(pids_limit=-2)

@@ -143,3 +143,47 @@ def test_a_tty_gets_its_console_right_after_pivot_root() -> None:
     assert ops[ops.index("pivot_root") + 1] == "console"
     assert ops.index("console") < ops.index("user")  # before privileges are dropped
     assert "console" not in [step["op"] for step in plan_for().steps]
+
+
+def test_mounts_go_parents_first_whatever_the_order_given(tmp_path: Path) -> None:
+    # -v X:/data --tmpfs /data/t: the volume first, or it would hide the tmpfs.
+    plan = plan_for(
+        tmpfs=[TmpfsMount(target="/data/t"), TmpfsMount(target="/run")],
+        volumes=[
+            Volume(source=str(tmp_path), target="/data/t/deeper"),
+            Volume(source=str(tmp_path), target="/data"),
+        ],
+    )
+    targets = [s["target"] for s in plan.steps if s.get("what") == "volume" or s["op"] == "tmpfs"]
+    assert targets == ["/run", "/data", "/data/t", "/data/t/deeper"]
+
+
+def test_a_device_is_bound_after_dev_with_its_permissions() -> None:
+    from codex32 import DeviceMapping
+
+    plan = plan_for(
+        devices=[DeviceMapping(host_path="/dev/null", container_path="/dev/xvdc", permissions="r")]
+    )
+    at = ops(plan).index("dev")
+    device = plan.steps[at + 1]
+    assert (device["op"], device["what"], device["target"]) == ("bind", "device", "/dev/xvdc")
+    assert device["read_only"] is True
+
+
+def test_a_read_only_root_gets_a_sized_tmp() -> None:
+    from codex32._plan.plan import TMP_SIZE
+
+    plan = plan_for(isolation="strict")
+    tmp = next(s for s in plan.steps if s["op"] == "tmpfs" and s["target"] == "/tmp")
+    assert tmp["size"] == TMP_SIZE == 64 << 20
+
+
+def test_device_rules_per_level() -> None:
+    from codex32 import DeviceMapping
+    from codex32._cgroups.devices import DEFAULT_RULES, DeviceRule, device_rules
+
+    assert device_rules(ContainerConfig(image="t", isolation="minimal")) is None
+    assert device_rules(ContainerConfig(image="t", isolation="strict")) == DEFAULT_RULES
+    given = DeviceMapping(host_path="/dev/null", container_path="/dev/n2", permissions="rw")
+    rules = device_rules(ContainerConfig(image="t", devices=[given]))
+    assert rules == (*DEFAULT_RULES, DeviceRule("c", 1, 3, "rw"))

@@ -19,7 +19,7 @@ me=run_engine_v2.sh
 # shellcheck source=tests/vm/vm_common.sh
 source "$(dirname "$0")/vm_common.sh"
 
-selection=${CODEX32_VM_TESTS:-"oom_killed or holds_exactly_ten or pause_stops_progress or throttle_direct_io or oom_live"}
+selection=${CODEX32_VM_TESTS:-"oom_killed or holds_exactly_ten or pause_stops_progress or throttle_direct_io or oom_live or blkio_weight"}
 # The VM's /tmp is an overlayfs (virtme's writable layer over the host's /tmp), which
 # overlayfs refuses as an upper layer: the containers' root filesystems need a tmpfs.
 # It goes beside /tmp, not over it: the checkout itself may live under /tmp.

@@ -1,0 +1,1 @@
+"""Tests of the host service (codex32 serve) through real clients."""
