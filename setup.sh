@@ -12,9 +12,13 @@ cd "$(dirname "$0")"
 # qemu-system-x86 + linux-image-amd64 (a stock kernel in /boot; the running kernel is not
 # changed): the cgroup v2 tests boot it with virtme-ng, since this host's controllers are v1.
 # postgresql: the executor's tests start a real server from its binaries (initdb, pg_ctl).
+# Images: docker-registry (the tests' registry), skopeo and umoci (the tests make and copy
+# images with them), apache2-utils (htpasswd for the registry's basic auth), mmdebstrap
+# (`codex32 build debian`).
 PACKAGES=(busybox-static tini libcap-dev libseccomp2 python3 python3-venv python3-dev gcc
           iproute2 util-linux procps nftables qemu-system-x86 linux-image-amd64
-          crun runc bubblewrap postgresql)
+          crun runc bubblewrap postgresql
+          docker-registry skopeo umoci apache2-utils mmdebstrap)
 # docker.io: only its docker CLI, which the Docker-socket tests drive (no dockerd is run).
 DOCKER_CLIENT=docker.io
 # Extra packages named by the caller (e.g. the cgroup v2 VM tools), space separated.

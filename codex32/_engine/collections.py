@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from codex32._engine import (
     create,
@@ -15,7 +15,6 @@ from codex32._engine.results import LIVE, RunResult
 from codex32._runtime.launch import FileArg
 from codex32._store.state import ContainerState
 from codex32.config.container import ContainerConfig
-from codex32.config.images import ContainerImage
 from codex32.errors import Codex32Error, ContainerNotFoundError, DamagedRecordError
 
 if TYPE_CHECKING:
@@ -118,34 +117,3 @@ class ContainerCollection:
         pointing at it dropped (``rm -f`` of a damaged record).
         """
         return removal.remove_damaged(self._engine, name_or_id)
-
-
-class ImageCollection:
-    """``engine.images``: the rootfs templates."""
-
-    def __init__(self, engine: ContainerEngine) -> None:
-        self._templates = engine._templates
-
-    def list(self) -> list[ContainerImage]:
-        """Every template, built or not."""
-        return [self.get(name) for name in self._templates.names()]
-
-    def get(self, name: str) -> ContainerImage:
-        """One template's description."""
-        template = self._templates.get(name)
-        return ContainerImage(
-            name=template.name,
-            description=template.description,
-            built=self._templates.is_built(template),
-            path=str(self._templates.rootfs(template)),
-            recipe=str(template.recipe_dir),
-            command=list(template.command),
-        )
-
-    def build(
-        self, name: str, *, quiet: bool = False, progress: IO[str] | None = None
-    ) -> ContainerImage:
-        """(Re)build a template from its recipe; its progress goes to ``progress``
-        (a text file with a descriptor), else to stderr."""
-        self._templates.build(self._templates.get(name), quiet=quiet, progress=progress)
-        return self.get(name)

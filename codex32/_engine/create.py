@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -11,8 +12,8 @@ from typing import TYPE_CHECKING
 from codex32._cgroups.devices import DeviceRule, device_rules
 from codex32._engine import container as container_module
 from codex32._engine import records
-from codex32._images.templates import Template
-from codex32._plan.plan import ContainerPaths, Plan, build_plan
+from codex32._engine.image_defaults import RootSource, apply_image_defaults, image_meta
+from codex32._plan.plan import ContainerPaths, Plan, build_plan, command_args
 from codex32._plan.profiles import Profile
 from codex32._store.state import ContainerRecord
 from codex32.config.container import ContainerConfig
@@ -33,15 +34,15 @@ def compile_plan(
     container_id: str,
     config: ContainerConfig,
     profile: Profile,
-    template: Template,
-    lower: Path,
+    source: RootSource,
 ) -> Plan:
     directory = engine._store.directory(container_id)
     paths = ContainerPaths(
         rootfs=str(directory / "rootfs"),
         upper=str(directory / "upper"),
         work=str(directory / "work"),
-        lower=(str(lower),),
+        lower=source.lower,
+        lower_base=source.lower_base,
     )
     program = None
     if profile.seccomp:
@@ -52,7 +53,7 @@ def compile_plan(
         config.name or container_id[:12],
         config,
         profile,
-        template.image_config(),
+        source.image_config,
         paths,
         hostname=config.hostname or container_id[:12],
         seccomp_program=program,
@@ -60,22 +61,20 @@ def compile_plan(
     )
 
 
-def lower_dir(engine: ContainerEngine, template: Template, profile: Profile | None = None) -> Path:
-    if profile is not None and profile.userns:
-        return engine._templates.shifted_rootfs(template, engine.settings.userns_uid_base)
-    return engine._templates.rootfs(template)
-
-
 def create(engine: ContainerEngine, config: ContainerConfig) -> Container:
     require_root()
     config, warnings = enforceable(engine, script_image(config))
-    template = engine._templates.get(config.image)
     profile = engine.profile(config)
     engine._store.ensure_layout()
     if profile.userns:
         check_traversable(engine.settings.storage_dir, engine.settings.userns_uid_base)
-    engine._templates.ensure_built(template)
-    lower = lower_dir(engine, template, profile)
+    source = engine.images.root_for(config, profile, build=True)
+    config = apply_image_defaults(config, source.image_config)
+    if not command_args(config, source.image_config):
+        raise ConfigError(
+            f"image {config.image} has no Entrypoint or Cmd, and no command was given",
+            hint="give the command after the image",
+        )
     container_id = secrets.token_hex(32)
     name = config.name or container_id[:12]
     directory = engine._store.directory(container_id)
@@ -100,9 +99,10 @@ def create(engine: ContainerEngine, config: ContainerConfig) -> Container:
             else:
                 os.chmod(directory, 0o700)  # Docker's overlay2 layer directories
             engine._store.save_config(container_id, config.model_dump(mode="json"))
+            write_private(directory / "image.json", json.dumps(image_meta(source)))
             hostname = config.hostname or container_id[:12]
             engine._networking.prepare(container_id, name, hostname, config, profile.network)
-            plan = compile_plan(engine, container_id, config, profile, template, lower)
+            plan = compile_plan(engine, container_id, config, profile, source)
             write_private(directory / "plan.json", plan.describe())  # -e secrets
             engine._store.save(record)
     except BaseException:

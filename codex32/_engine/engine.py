@@ -18,7 +18,8 @@ from codex32._engine import (
     create,
     recovery,
 )
-from codex32._engine.collections import ContainerCollection, ImageCollection
+from codex32._engine.collections import ContainerCollection
+from codex32._engine.images import ImageCollection
 from codex32._images.templates import TemplateStore
 from codex32._network.manager import NetworkCollection, Networking
 from codex32._plan.plan import Plan
@@ -164,11 +165,9 @@ class ContainerEngine:
     def plan(self, config: ContainerConfig, container_id: str = "0" * 64) -> Plan:
         """The set-up plan for ``config`` (nothing is created; templates may be built)."""
         config = create.script_image(config)
-        template = self._templates.get(config.image)
         profile = self.profile(config)
-        return create.compile_plan(
-            self, container_id, config, profile, template, lower=create.lower_dir(self, template)
-        )
+        source = self.images.root_for(config, None)
+        return create.compile_plan(self, container_id, config, profile, source)
 
     # -- create --------------------------------------------------------------
 

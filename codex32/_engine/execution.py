@@ -89,7 +89,8 @@ def export(engine: ContainerEngine, container: Container, path: Path) -> None:
     plan = Plan.from_json((engine._store.directory(container.id) / "plan.json").read_text())
     overlay = next(step for step in plan.steps if step["op"] == "overlay")
     shift = plan.uid_mappings[0]["hostID"] if plan.uid_mappings else 0
-    spec = {k: overlay[k] for k in ("lower", "upper", "userxattr")} | {"id_shift": shift}
+    spec = {k: overlay.get(k) for k in ("lower", "lower_base", "upper", "userxattr")}
+    spec["id_shift"] = shift
     tmp = path.with_name(f".{path.name}.codex32-tmp")
     try:
         with open(tmp, "wb") as out:

@@ -22,10 +22,22 @@ class HostBind:
 
 @dataclass(frozen=True)
 class ImageConfig:
-    """The defaults an image gives a container: command, environment, directories."""
+    """The defaults an image gives a container: command, environment, directories.
+
+    ``command`` is the image's Cmd, ``entrypoint`` its Entrypoint (Docker's rules for
+    combining them with ``run``'s command and ``--entrypoint`` are in the plan).
+    ``healthcheck`` is the OCI config's ``Healthcheck`` object as found, kept for the
+    executor's probes.
+    """
 
     command: tuple[str, ...]
     env: dict[str, str]
     workdir: str
     binds: tuple[HostBind, ...] = ()
     writable: tuple[str, ...] = field(default_factory=tuple)
+    entrypoint: tuple[str, ...] = ()
+    user: str = ""
+    stop_signal: str = ""
+    exposed_ports: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    healthcheck: dict[str, object] | None = None

@@ -222,7 +222,7 @@ class TemplateStore:
         staging = target.with_name(target.name + f".tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            shutil.copytree(source, staging, symlinks=True)
+            shutil.copytree(source, staging, symlinks=True, ignore=_special_files)
             _shift_ids(source, staging, host_base)
             staging.rename(target)
         except OSError as exc:
@@ -233,6 +233,17 @@ class TemplateStore:
                 path=str(target),
             ) from exc
         return target
+
+
+def _special_files(directory: str, names: list[str]) -> set[str]:
+    """Device nodes, fifos and sockets: never copied (copytree would read a device such
+    as /dev/zero forever); a container's /dev is its own tmpfs anyway."""
+    skipped = set()
+    for name in names:
+        mode = os.lstat(os.path.join(directory, name)).st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            skipped.add(name)
+    return skipped
 
 
 def _shift_ids(source: Path, copy: Path, base: int) -> None:
@@ -248,6 +259,8 @@ def _shift_ids(source: Path, copy: Path, base: int) -> None:
         for name in [*filenames, *links, ""]:
             original = os.path.join(dirpath, name) if name else dirpath
             twin = os.path.join(copy, os.path.relpath(original, source))
+            if not os.path.lexists(twin):
+                continue  # a special file, not copied
             st = os.lstat(original)
             os.lchown(twin, st.st_uid + base, st.st_gid + base)
             if not os.path.islink(twin):

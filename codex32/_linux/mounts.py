@@ -71,8 +71,14 @@ def make_private() -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
 
 
-def overlay(lower: list[str], upper: str, work: str, target: str, userxattr: bool) -> None:
-    """The container's root: the template read-only below, its own upper layer on top."""
+def overlay(
+    lower: list[str], upper: str, work: str, target: str, userxattr: bool, base: str | None = None
+) -> None:
+    """The container's root: the template (or the image's layers) read-only below, its
+    own upper layer on top. With ``base``, ``lower`` is relative to it (mounted from
+    there, as Docker's short ``l/`` names: the options must fit in one page)."""
+    if base is not None:
+        os.chdir(base)
     options = f"lowerdir={':'.join(lower)},upperdir={upper},workdir={work}"
     if userxattr:
         options += ",userxattr"

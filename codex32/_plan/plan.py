@@ -45,6 +45,9 @@ class ContainerPaths:
     upper: str
     work: str
     lower: tuple[str, ...]
+    #: When set, ``lower`` is relative to it: the set-up process mounts from there, so
+    #: that many layers fit in the kernel's one-page limit on mount options.
+    lower_base: str | None = None
 
 
 @dataclass
@@ -111,6 +114,7 @@ def build_plan(
         {
             "op": "overlay",
             "lower": list(paths.lower),
+            "lower_base": paths.lower_base,
             "upper": paths.upper,
             "work": paths.work,
             "target": paths.rootfs,
@@ -169,7 +173,7 @@ def build_plan(
         steps.append({"op": "mask", "paths": list(profile.masked_paths)})
     if profile.readonly_paths:
         steps.append({"op": "readonly_paths", "paths": list(profile.readonly_paths)})
-    args = list(config.command) or list(image.command)
+    args = command_args(config, image)
     if config.init:
         steps.append(
             {
@@ -197,7 +201,7 @@ def build_plan(
         steps.append({"op": "rlimits", "limits": limits})
     caps = sorted(profile.capabilities)
     steps.append({"op": "bounding_set", "keep": caps})
-    steps.append({"op": "user", "user": config.user or "0:0"})
+    steps.append({"op": "user", "user": config.user or image.user or "0:0"})
     steps.append({"op": "capabilities", "keep": caps})
     if profile.no_new_privs:
         steps.append({"op": "no_new_privs"})
@@ -221,6 +225,19 @@ def build_plan(
         }
     )
     return plan
+
+
+def command_args(config: ContainerConfig, image: ImageConfig) -> list[str]:
+    """Docker's rules: the entrypoint (``--entrypoint`` or the image's) followed by the
+    command (``run``'s, else the image's Cmd, which ``--entrypoint`` drops)."""
+    entrypoint = list(image.entrypoint) if config.entrypoint is None else list(config.entrypoint)
+    if config.command:
+        command = list(config.command)
+    elif config.entrypoint is not None:
+        command = []
+    else:
+        command = list(image.command)
+    return entrypoint + command
 
 
 def _user_mounts(config: ContainerConfig) -> list[Step]:

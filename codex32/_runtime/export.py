@@ -25,6 +25,8 @@ def main() -> int:
     mounts.make_private()
     shift = int(spec["id_shift"])
     with tempfile.TemporaryDirectory(prefix="codex32-export-") as target:
+        if spec.get("lower_base"):
+            os.chdir(spec["lower_base"])  # the layers are named relative to it
         options = "lowerdir=" + ":".join([spec["upper"], *spec["lower"]])
         if spec["userxattr"]:
             options += ",userxattr"

@@ -123,7 +123,12 @@ class Setup:
 
     def _overlay(self, step: dict[str, Any]) -> None:
         mounts.overlay(
-            step["lower"], step["upper"], step["work"], step["target"], step["userxattr"]
+            step["lower"],
+            step["upper"],
+            step["work"],
+            step["target"],
+            step["userxattr"],
+            step.get("lower_base"),
         )
         self.root_fd = os.open(step["target"], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 

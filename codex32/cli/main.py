@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from codex32.cli import bot, network, verbs, views
+from codex32.cli import bot, images, network, verbs, views
 from codex32.cli._common import state
 from codex32.cli._usage import UsageError, UsageGroup
 from codex32.cli._usage import report as report_usage_error
@@ -98,7 +98,6 @@ app.command("list", hidden=True)(views.list_containers)
 app.command("inspect")(views.inspect)
 app.command("logs")(views.logs)
 app.command("events")(views.events)
-app.command("images")(views.images)
 app.command("build")(views.build)
 app.command("pause")(verbs.pause)
 app.command("unpause")(verbs.unpause)
@@ -110,6 +109,7 @@ app.add_typer(network.app, name="network")
 app.command("serve")(serve)
 app.add_typer(bot.app, name="bot")
 app.add_typer(bot.db_app, name="db")
+images.register(app)
 
 
 def main() -> None:

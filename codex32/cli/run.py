@@ -68,7 +68,9 @@ def container_command(action: Action) -> Callable[..., None]:
     def command(
         image: Annotated[
             str | None,
-            typer.Argument(help="Rootfs template (see `codex32 images`) or a bot's .py file."),
+            typer.Argument(
+                help="Image, rootfs template (see `codex32 images`) or a bot's .py file."
+            ),
         ] = None,
         args: Annotated[
             list[str] | None, typer.Argument(help="Command and arguments.", show_default=False)
@@ -118,7 +120,16 @@ def container_command(action: Action) -> Callable[..., None]:
         restart: Annotated[
             str, typer.Option("--restart", help="no, on-failure[:N], always, unless-stopped")
         ] = "no",
-        stop_signal: Annotated[str, typer.Option("--stop-signal")] = "SIGTERM",
+        stop_signal: Annotated[
+            str | None, typer.Option("--stop-signal", help="Default: the image's, else SIGTERM.")
+        ] = None,
+        entrypoint: Annotated[
+            str | None,
+            typer.Option("--entrypoint", help='Replace the image\'s entrypoint ("" clears it).'),
+        ] = None,
+        publish_all: Annotated[
+            bool, typer.Option("-P", "--publish-all", help="Publish the image's exposed ports.")
+        ] = False,
         stop_timeout: Annotated[int, typer.Option("--stop-timeout")] = 10,
         log_max_size: Annotated[
             str | None,
@@ -232,7 +243,9 @@ def container_command(action: Action) -> Callable[..., None]:
                 auto_remove=rm,
                 tty=tty,
                 restart_policy=RestartPolicy.parse(restart),
-                stop_signal=stop_signal,
+                **({"stop_signal": stop_signal} if stop_signal else {}),
+                entrypoint=None if entrypoint is None else [e for e in [entrypoint] if e],
+                publish_all=publish_all,
                 stop_timeout=stop_timeout,
                 resources=ResourceLimits(
                     cpus=cpus,

@@ -606,8 +606,11 @@ class ContainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, max_length=NAME_MAX, pattern=NAME_PATTERN)
-    image: str = Field(min_length=1, description="rootfs template name")
+    image: str = Field(min_length=1, description="rootfs template name or image reference")
     command: list[str] = Field(default_factory=list)
+    #: None: the image's Entrypoint; a list (``[]`` for ``--entrypoint ""``) replaces it
+    #: and, as in Docker, drops the image's Cmd.
+    entrypoint: list[str] | None = None
     env: dict[EnvName, str] = Field(default_factory=dict)
     working_dir: str | None = None
     user: str | None = None
@@ -636,6 +639,8 @@ class ContainerConfig(BaseModel):
     # None: the isolation level's default (see _netconfig); rates in bit/s.
     network: str | None = None
     ports: list[PortMapping] = Field(default_factory=list)
+    #: ``-P``: publish every port the image exposes on a free host port.
+    publish_all: bool = False
     network_egress_rate: int | None = None
     network_ingress_rate: int | None = None
     #: Free-form metadata (Docker's labels): filters and tools use it, the engine not.
@@ -673,8 +678,17 @@ class ContainerConfig(BaseModel):
     @field_validator("image")
     @classmethod
     def _image_name(cls, value: str) -> str:
-        if not re.fullmatch(NAME_PATTERN, value) and not value.startswith("/"):
-            raise ValueError(f"image {value!r} is not a template name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
+        # A template name, a bot's .py path, or an image reference / id (the engine
+        # parses references: [REGISTRY/]NAME[:TAG][@sha256:DIGEST]).
+        if (
+            not re.fullmatch(NAME_PATTERN, value)
+            and not value.startswith("/")
+            and not re.fullmatch(r"[a-zA-Z0-9][\w.:/@\[\]-]*", value)
+        ):
+            raise ValueError(
+                f"image {value!r} is neither a template name ([a-zA-Z0-9][a-zA-Z0-9_.-]*) "
+                "nor an image reference ([REGISTRY/]NAME[:TAG][@DIGEST])"
+            )
         return value
 
     @field_validator("command")

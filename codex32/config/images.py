@@ -5,11 +5,16 @@ Kept apart from the container's config: it describes what exists, not what a use
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ContainerImage(BaseModel):
-    """A rootfs template as the engine shows it (``codex32 images``)."""
+    """A rootfs template or a stored OCI image as the engine shows it (``codex32 images``).
+
+    ``kind`` tells which; the id, names, digests, size and creation time are an image's.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -19,3 +24,9 @@ class ContainerImage(BaseModel):
     path: str
     recipe: str
     command: list[str]
+    kind: Literal["template", "image"] = "template"
+    id: str = ""
+    tags: list[str] = Field(default_factory=list)
+    digests: list[str] = Field(default_factory=list)
+    size: int = 0
+    created: str = ""
