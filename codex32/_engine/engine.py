@@ -30,6 +30,7 @@ from codex32._images.templates import Template, TemplateStore
 from codex32._network.manager import NetworkCollection, Networking
 from codex32._plan.plan import ContainerPaths, Plan, Step, build_plan
 from codex32._plan.profiles import Profile, resolve_profile
+from codex32._runtime.faults import point as fault_point
 from codex32._runtime.launch import (
     MONITOR_ENV,
     ExitStatus,
@@ -532,6 +533,7 @@ class ContainerEngine:
                     for sub in ("upper", "work"):
                         os.chown(directory / sub, base, base)
                 self._store.save_config(container_id, config.model_dump(mode="json"))
+                fault_point("create.config")
                 hostname = config.hostname or container_id[:12]
                 self._networking.prepare(container_id, name, hostname, config, profile.network)
                 plan = self._plan(container_id, config, profile, template, lower)
@@ -703,6 +705,7 @@ class ContainerEngine:
                 r.cgroup_paths = paths
 
             self._store.update(container.id, remember)
+            fault_point("start.placed")
 
         try:
             launch.start(stdin=stdin, stdout=stdout, stderr=stderr, on_created=place)
@@ -754,6 +757,7 @@ class ContainerEngine:
                     r.restart_count = 0
 
             self._store.update(container.id, prepare)
+            fault_point("start.launch")
             launch = self._launch(
                 container, attach=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
@@ -865,6 +869,7 @@ class ContainerEngine:
             record = self._store.update(container.id, mark)
             if record.status is not ContainerState.EXITED:
                 self._signal_pid1(record, signal.Signals[config.stop_signal])
+                fault_point("stop.signalled")
                 self._thaw(container.id)  # a paused container gets the signal too
                 if not self._wait_exit(record, grace):
                     self._signal_pid1(record, signal.SIGKILL)
@@ -1063,6 +1068,7 @@ class ContainerEngine:
                 except ContainerNotFoundError:
                     container._record.status = ContainerState.REMOVED
                     return
+            fault_point("remove.cleaning")
             self._cgroups.destroy(container.id)
             for path in set(record.cgroup_paths.values()):  # made under another parent
                 with contextlib.suppress(OSError):

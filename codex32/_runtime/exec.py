@@ -19,6 +19,7 @@ import termios
 from typing import NoReturn
 
 from codex32._linux import syscalls
+from codex32._runtime import faults as _faults
 from codex32._runtime import protocol as _sync
 from codex32._runtime.init import Setup, StepError
 
@@ -86,6 +87,7 @@ def main() -> int:
         return 125
     try:
         setup = Setup({"steps": message["steps"]})  # reads the seccomp program from the host
+        _faults.point("exec.setup")  # before setns: the fault directory is in reach
         _join(int(message["pid"]))
         pid = os.fork()
     except OSError as exc:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import IO
 
 from codex32._plan.plan import Plan
+from codex32._runtime import faults as _faults
 from codex32._runtime import protocol as _sync
 from codex32.errors import LaunchError
 
@@ -30,6 +31,7 @@ FileArg = int | IO[bytes] | None
 MONITOR_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    **_faults.environment(),  # a fault test's pause point (tests/faults), else nothing
 }
 
 
@@ -389,6 +391,7 @@ def run_exec(
                     process.kill()
                     process.wait()
                     raise
+                _faults.point("exec.created")
                 _sync.send(sock, {"type": "proceed"})
         code = process.wait()
     if error is not None:

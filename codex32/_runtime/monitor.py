@@ -28,6 +28,7 @@ from typing import Any
 from codex32._cgroups.oom import OomWatch, oom_kill_count
 from codex32._linux.caps import set_child_subreaper, set_process_name
 from codex32._linux.pty import copy_window_size, write_all
+from codex32._runtime import faults as _faults
 from codex32._runtime import protocol as _sync
 from codex32._runtime.init import stage2
 from codex32._store.events import Event, append_event
@@ -206,6 +207,7 @@ class Monitor:
                     return False
             _reap(stage2_pid)
             stage2_pid = 0
+            _faults.point("monitor.created")
             self._tell({"type": "created", "pid": self.pid1})
             reply = _sync.receive(self.engine) if self.engine else None
             if not reply or reply.get("type") != "proceed":
@@ -220,6 +222,7 @@ class Monitor:
                 self.pid1 = None
                 return False
             self._record_start()
+            _faults.point("monitor.started")
             self._tell({"type": "started", "pid": self.pid1})
             return True
         except BaseException:
@@ -394,6 +397,7 @@ class Monitor:
 
     def finish(self, status: int) -> None:
         """Record the exit, tell the engine, then remove or restart as configured."""
+        _faults.point("monitor.exited")
         code, sig = _exit_code(status)
         finished = time.time()
         count = max(oom_kill_count(self.cgroup_paths), self.oom_reported)
@@ -413,11 +417,13 @@ class Monitor:
         self._report_oom(count)  # kills not reported live (PID 1's own, often): once each
         self._event("die", exitCode=str(code))
         self._tell({"type": "exited", "exit_code": code, "signal": sig})
+        _faults.point("monitor.recorded")
         if self._should_restart(record, code, finished):
             self._restart(record, finished)
             return
         if self.config.auto_remove and not record.keep_after_exit:
             self._wait_for_engine_to_let_go()
+            _faults.point("monitor.remove")
             for path in set(self.cgroup_paths.values()):
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
@@ -474,6 +480,7 @@ class Monitor:
         if current.stopped_by_user or current.status is not ContainerState.RESTARTING:
             self.store.update(self.config.container_id, give_up)
             return
+        _faults.point("monitor.restart")
         with open(self.directory / "restart.log", "ab") as log:  # why a restart failed
             result = subprocess.run(
                 [
@@ -532,6 +539,7 @@ def serve(engine: socket.socket, *, daemonize: bool = True) -> int:
         _daemonize()
     set_child_subreaper()
     set_process_name(f"c32mon-{config.container_id[:8]}")
+    _faults.point("monitor.plan")
     monitor = Monitor(first["plan"], config, engine)
     try:
         if not monitor.start():
