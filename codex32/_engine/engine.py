@@ -42,7 +42,13 @@ from codex32._runtime.launch import (
 )
 from codex32._store.events import Event, EventHooks, EventWatcher, follow_events, read_events
 from codex32._store.logs import LogEntry
-from codex32._store.state import ContainerRecord, ContainerState, StateStore, is_same_process
+from codex32._store.state import (
+    ContainerRecord,
+    ContainerState,
+    StateStore,
+    is_same_process,
+    storage_error,
+)
 from codex32.config.container import ContainerConfig, signal_name
 from codex32.config.images import ContainerImage
 from codex32.config.network import HOST, resolve_network
@@ -521,7 +527,10 @@ class ContainerEngine:
         # The directory first, then the name: a name never points at nothing. The
         # operation lock marks the creation as under way until state.json exists, so a
         # concurrent init_engine()'s reconcile leaves the half-made directory alone.
-        directory.mkdir(mode=0o711)
+        try:
+            directory.mkdir(mode=0o711)
+        except OSError as exc:
+            raise storage_error(exc, directory) from exc
         try:
             with self._store.operation(container_id):
                 self._store.reserve_name(name, container_id)
@@ -539,9 +548,12 @@ class ContainerEngine:
                 plan = self._plan(container_id, config, profile, template, lower)
                 (directory / "plan.json").write_text(plan.describe())
                 self._store.save(record)
-        except BaseException:
-            self._networking.release(container_id)
+        except BaseException as exc:
+            with contextlib.suppress(Codex32Error, OSError):  # (reconcile frees a lease left)
+                self._networking.release(container_id)
             self._store.delete(record)
+            if isinstance(exc, OSError):  # a full disk, most often
+                raise storage_error(exc, directory) from exc
             raise
         container = Container(self, record)
         self._event(container, "create")

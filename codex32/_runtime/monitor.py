@@ -544,8 +544,8 @@ def serve(engine: socket.socket, *, daemonize: bool = True) -> int:
     try:
         if not monitor.start():
             return 125
-    except OSError as exc:
-        monitor._tell(_sync.error_message("setup", exc.errno or 0, str(exc)))
+    except (OSError, Codex32Error) as exc:  # a full disk at the start's record, say
+        monitor._tell(_sync.error_message("setup", getattr(exc, "errno", 0) or 0, str(exc)))
         return 125
     monitor.finish(monitor.supervise())
     return 0

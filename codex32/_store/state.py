@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from codex32.errors import ConfigError, ContainerNotFoundError
+from codex32.errors import ConfigError, ContainerError, ContainerNotFoundError
 
 
 class ContainerState(StrEnum):
@@ -135,6 +135,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def storage_error(exc: OSError, path: Path | str) -> ContainerError:
+    """A write under the storage directory failed (a full disk, most often): one line
+    naming the file and what to do, instead of a bare OSError."""
+    return ContainerError(
+        "cannot write the engine's records", errno=exc.errno, path=str(path),
+        hint="free space on the storage directory's disk (or fix its permissions), then retry",
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -269,12 +278,20 @@ class StateStore:
             return record
 
     def save(self, record: ContainerRecord) -> None:
-        """Write state.json atomically."""
-        write_json_atomic(self.directory(record.id) / "state.json", record.to_dict())
+        """Write state.json atomically (the old one stays whole if this fails)."""
+        path = self.directory(record.id) / "state.json"
+        try:
+            write_json_atomic(path, record.to_dict())
+        except OSError as exc:
+            raise storage_error(exc, path) from exc
 
     def save_config(self, container_id: str, config: dict[str, Any]) -> None:
         """Write config.json atomically."""
-        write_json_atomic(self.directory(container_id) / "config.json", config)
+        path = self.directory(container_id) / "config.json"
+        try:
+            write_json_atomic(path, config)
+        except OSError as exc:
+            raise storage_error(exc, path) from exc
 
     def load(self, container_id: str) -> ContainerRecord:
         """Read state.json."""
