@@ -1213,6 +1213,21 @@ class ContainerEngine:
         except Codex32Error as exc:  # one container's trouble does not stop the others
             log.warning("could not recover container %s: %s", container_id[:12], exc)
 
+    def _stop_unmonitored(self, container_id: str) -> None:
+        """Kill a container whose monitor died while it ran: nobody would log it, record
+        its exit or apply its restart policy. It is then found lost (exit unknown), and
+        ``recover`` restarts it under a fresh monitor if its policy asks."""
+        record = self._store.load(container_id)
+        if record.status not in (ContainerState.RUNNING, ContainerState.PAUSED):
+            return
+        if record.monitor_pid is None or is_same_process(
+            record.monitor_pid, record.monitor_start_time
+        ):
+            return
+        if self._signal_pid1(record, signal.SIGKILL):  # its whole pid namespace goes
+            self._thaw(container_id)
+            self._wait_exit(record, 10)
+
     def _reconcile(self) -> tuple[list[str], list[str]]:
         """(ids fixed, ids of containers found dead with no exit written)."""
         self._store.ensure_layout()
@@ -1227,6 +1242,7 @@ class ContainerEngine:
                 continue
             try:
                 before = self._store.load(path.name).status
+                self._stop_unmonitored(path.name)
                 after = self._refresh(path.name)
             except ContainerNotFoundError:
                 continue  # removed meanwhile by another process

@@ -145,6 +145,7 @@ class FaultRun:
         self.storage_dir = storage_dir
         self.step = step
         self.dir = Path(tempfile.mkdtemp(prefix="codex32-fault-"))
+        os.chmod(self.dir, 0o777)  # a STRICT set-up process is an unprivileged host uid
         self.caller: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:

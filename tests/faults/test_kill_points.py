@@ -12,6 +12,7 @@ The full matrix (``stress``) has 100+ trials; ``make test`` runs one trial per s
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import socket
 import time
@@ -207,6 +208,8 @@ def _run_trial(trial: Trial, engine: ContainerEngine, storage_dir: Path) -> None
                 assert busy == [], f"a {container.status} container has processes in {busy}"
             container.remove(force=True)
     finally:
+        link = storage_dir / "names" / name
+        cid = cid or (os.path.basename(os.readlink(link)) if link.is_symlink() else "")
         run.close()
         if run.caller is not None:
             if run.caller.poll() is None:
