@@ -13,6 +13,8 @@ mounts. docs/architecture.md says why this beat idmapped mounts for now.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -20,6 +22,7 @@ import stat
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,10 +149,28 @@ class TemplateStore:
         return stamp.is_file() and stamp.read_text().strip() == template.recipe_hash()
 
     def ensure_built(self, template: Template, *, quiet: bool = False) -> Path:
-        """Build the template unless the current recipe is already built."""
+        """Build the template unless the current recipe is already built.
+
+        Concurrent starts (threads of a service, CLI processes) may all find it
+        unbuilt: one builds under the template's lock, the others wait and use it.
+        """
         if not self.is_built(template):
-            self.build(template, quiet=quiet)
+            with self._locked(template):
+                if not self.is_built(template):
+                    self.build(template, quiet=quiet)
         return self.rootfs(template)
+
+    @contextlib.contextmanager
+    def _locked(self, template: Template) -> Iterator[None]:
+        """An exclusive flock on the template's directory (builds and shifted copies)."""
+        base = self.root / template.name
+        base.mkdir(parents=True, exist_ok=True)
+        fd = os.open(base / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def build(self, template: Template, *, quiet: bool = False) -> Path:
         """Run the recipe into a fresh directory, then swap it in (never half-built)."""
@@ -195,6 +216,12 @@ class TemplateStore:
         target = self.root / template.name / f"rootfs-uid{host_base}"
         if target.is_dir():
             return target
+        with self._locked(template):  # (not held by ensure_built above: flock would block)
+            if target.is_dir():
+                return target
+            return self._shift(template, source, target, host_base)
+
+    def _shift(self, template: Template, source: Path, target: Path, host_base: int) -> Path:
         staging = target.with_name(target.name + f".tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         try:
