@@ -311,8 +311,11 @@ class StateStore:
     def resolve(self, name_or_id: str) -> str:
         """The id of a container given its name, its id, or a unique id prefix."""
         link = self.names / name_or_id
-        if "/" not in name_or_id and link.is_symlink():
-            return os.path.basename(os.readlink(link))
+        try:
+            if "/" not in name_or_id and "\0" not in name_or_id and link.is_symlink():
+                return os.path.basename(os.readlink(link))
+        except OSError:  # a name too long for a file (ENAMETOOLONG) is no name of ours
+            pass
         if _is_id_prefix(name_or_id):
             # Ids are hex: anything else (a glob pattern among them) is no id prefix.
             matches = [

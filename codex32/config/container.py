@@ -228,8 +228,9 @@ class Ulimit(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    soft: int = Field(ge=-1)
-    hard: int = Field(ge=-1)
+    # -1 is RLIM_INFINITY; past 2^63-1 setrlimit would fail only at the start.
+    soft: int = Field(ge=-1, le=_SIZE_MAX)
+    hard: int = Field(ge=-1, le=_SIZE_MAX)
 
     @field_validator("name")
     @classmethod
@@ -389,7 +390,7 @@ class ResourceLimits(BaseModel):
     def _sizes(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip() == "-1":
             return -1
-        return parse_size(value) if isinstance(value, str) else value
+        return parse_size(value) if isinstance(value, str | int) else value
 
     @field_validator(*DEVICE_LIMITS, mode="before")
     @classmethod
