@@ -195,42 +195,47 @@ def test_full_disk_create_start_log_and_state(engine: ContainerEngine) -> None:
     with small_disk(48) as disk:
         settings = dataclasses.replace(engine.settings, storage_dir=disk)
         with ContainerEngine(settings=settings) as eng:
-            # Built before the disk fills (the template is the image, not the test).
-            eng.containers.run(ContainerConfig(image="busybox", command=["true"],
-                                               network="none", auto_remove=True))  # fmt: skip
-            before = snapshot(disk)
-            # A running container that logs all along.
-            chatty = eng.containers.run_detached(ContainerConfig(
-                image="busybox", name="chatty", network="none",
-                command=["sh", "-c", "trap 'exit 7' TERM; i=0; while true; do "
-                                     "i=$((i+1)); echo line$i; sleep 0.01; done"],
-            ))  # fmt: skip
-            assert eventually(lambda: b"line3" in chatty.logs(), 10)
-            _fill(disk)
-            # create: one clear error, nothing half-made.
-            with pytest.raises(Codex32Error) as refused:
-                eng.containers.run_detached(_loop("on-full-disk"))
-            assert "\n" not in str(refused.value).strip(), str(refused.value)
-            assert not any(n == "on-full-disk" for n in os.listdir(disk / "names"))
-            # The running container goes on (its log writes fail quietly); its
-            # monitor is alive; stopping it writes its exit or it is marked lost.
-            time.sleep(0.2)
-            assert monitors(chatty.id), "the monitor died of the full disk"
-            chatty.reload()
-            assert chatty.status == "running"
-            _free(disk)
-            chatty.stop(timeout=5)
-            chatty.reload()
-            assert chatty.status == "exited" and chatty.record.exit_code is not None
-            state = json.loads((disk / "containers" / chatty.id / "state.json").read_text())
-            assert state["id"] == chatty.id
-            chatty.remove(force=True)
-            # Usable again.
-            result = eng.containers.run(ContainerConfig(
-                image="busybox", command=["echo", "again"], network="none", auto_remove=True
-            ))  # fmt: skip
-            assert result.exit_code == 0 and result.output == b"again\n"
-            assert_nothing_new(before, disk)
+            try:
+                # Built before the disk fills (the template is the image, not the test).
+                eng.containers.run(ContainerConfig(image="busybox", command=["true"],
+                                                   network="none", auto_remove=True))  # fmt: skip
+                before = snapshot(disk)
+                # A running container that logs all along.
+                chatty = eng.containers.run_detached(ContainerConfig(
+                    image="busybox", name="chatty", network="none",
+                    command=["sh", "-c", "trap 'exit 7' TERM; i=0; while true; do "
+                                         "i=$((i+1)); echo line$i; sleep 0.01; done"],
+                ))  # fmt: skip
+                assert eventually(lambda: b"line3" in chatty.logs(), 10)
+                _fill(disk)
+                # create: one clear error, nothing half-made.
+                with pytest.raises(Codex32Error) as refused:
+                    eng.containers.run_detached(_loop("on-full-disk"))
+                assert "\n" not in str(refused.value).strip(), str(refused.value)
+                assert not any(n == "on-full-disk" for n in os.listdir(disk / "names"))
+                # The running container goes on (its log writes fail quietly); its
+                # monitor is alive; stopping it writes its exit or it is marked lost.
+                time.sleep(0.2)
+                assert monitors(chatty.id), "the monitor died of the full disk"
+                chatty.reload()
+                assert chatty.status == "running"
+                _free(disk)
+                chatty.stop(timeout=5)
+                chatty.reload()
+                assert chatty.status == "exited" and chatty.record.exit_code is not None
+                state = json.loads((disk / "containers" / chatty.id / "state.json").read_text())
+                assert state["id"] == chatty.id
+                chatty.remove(force=True)
+                # Usable again.
+                result = eng.containers.run(ContainerConfig(
+                    image="busybox", command=["echo", "again"], network="none", auto_remove=True
+                ))  # fmt: skip
+                assert result.exit_code == 0 and result.output == b"again\n"
+                assert_nothing_new(before, disk)
+            finally:  # a failure must not leave a container (or a full disk) behind
+                _free(disk)
+                for leftover in eng.containers.list(all=True):
+                    leftover.remove(force=True)
 
 
 def test_full_disk_while_the_monitor_records_the_exit(engine: ContainerEngine) -> None:
@@ -240,21 +245,26 @@ def test_full_disk_while_the_monitor_records_the_exit(engine: ContainerEngine) -
     with small_disk(48) as disk:
         settings = dataclasses.replace(engine.settings, storage_dir=disk)
         with ContainerEngine(settings=settings) as eng:
-            container = eng.containers.run_detached(_loop("exit-on-full"))
-            assert eventually(lambda: b"ready" in container.logs(), 10)
-            before_pid = container.record.pid
-            assert before_pid
-            _fill(disk)
-            os.kill(before_pid, signal.SIGKILL)
-            assert eventually(lambda: not monitors(container.id), 10)
-            state = disk / "containers" / container.id / "state.json"
-            json.loads(state.read_text())  # never torn
-            _free(disk)
-            container.reload()
-            assert container.status == "exited"
-            assert container.record.exit_code in (137, 255), container.record
-            container.remove(force=True)
-            assert not any(c.endswith(container.id) for c in session_cgroups())
+            try:
+                container = eng.containers.run_detached(_loop("exit-on-full"))
+                assert eventually(lambda: b"ready" in container.logs(), 10)
+                before_pid = container.record.pid
+                assert before_pid
+                _fill(disk)
+                os.kill(before_pid, signal.SIGKILL)
+                assert eventually(lambda: not monitors(container.id), 10)
+                state = disk / "containers" / container.id / "state.json"
+                json.loads(state.read_text())  # never torn
+                _free(disk)
+                container.reload()
+                assert container.status == "exited"
+                assert container.record.exit_code in (137, 255), container.record
+                container.remove(force=True)
+                assert not any(c.endswith(container.id) for c in session_cgroups())
+            finally:  # a failure must not leave a container (or a full disk) behind
+                _free(disk)
+                for leftover in eng.containers.list(all=True):
+                    leftover.remove(force=True)
 
 
 def _ready(container: Container) -> bool:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -47,15 +48,49 @@ def _churn(engine: ContainerEngine, storage: Path, *, at_once: int, rounds: int,
     code must be 0: the trap's), remove them."""
     before = snapshot(storage)
     mem_before = mem_used_mib()
-    peak_mem, peak_monitors_mib = mem_before, 0.0
-    failures: list[str] = []
-    codes: list[int] = []
-    started_total = 0
+    tally = Tally(peaks={"mem": mem_before, "pss": 0.0, "started": 0.0})
     t0 = time.monotonic()
-    round_times: list[float] = []
+    try:
+        _rounds(engine, storage, tally, at_once=at_once, rounds=rounds, cli_share=cli_share,
+                threads=threads)  # fmt: skip
+    finally:  # a failed round must not leave 200 containers running
+        for name in tally.made:
+            with contextlib.suppress(ContainerNotFoundError):
+                engine.containers.get(name).remove(force=True)
+    peaks, codes, round_times = tally.peaks, tally.codes, tally.round_times
+    started_total, peak_mem, peak_monitors_mib = peaks["started"], peaks["mem"], peaks["pss"]
+    elapsed = time.monotonic() - t0
+    assert codes == [0] * (at_once * rounds), sorted(set(codes))
+    assert_nothing_new(before, storage)
+    return {
+        "containers_at_once": at_once, "rounds": rounds, "starts": started_total,
+        "exit_codes_recorded": len(codes), "failed_starts": 0, "seconds": round(elapsed, 1),
+        "seconds_per_round_max": round(max(round_times), 1),
+        "host_mem_before_mib": round(mem_before), "host_mem_peak_mib": round(peak_mem),
+        "monitors_pss_mib_at_peak": round(peak_monitors_mib, 1),
+        "monitor_pss_kib_each": round(peak_monitors_mib * 1024 / at_once),
+        "leaks": 0,
+    }  # fmt: skip
+
+
+@dataclass
+class Tally:
+    """What the rounds of a churn found."""
+
+    peaks: dict[str, float]
+    made: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)
+    round_times: list[float] = field(default_factory=list)
+
+
+def _rounds(engine: ContainerEngine, storage: Path, tally: Tally, *, at_once: int, rounds: int,
+            cli_share: float, threads: int) -> None:  # fmt: skip
+    failures, codes, peaks = tally.failures, tally.codes, tally.peaks
     for round_no in range(rounds):
         r0 = time.monotonic()
         names = [f"load{round_no}-{i}-{secrets.token_hex(3)}" for i in range(at_once)]
+        tally.made += names
         by_cli = set(names[: int(at_once * cli_share)])
 
         def start(name: str, by_cli: set[str] = by_cli) -> None:
@@ -75,11 +110,11 @@ def _churn(engine: ContainerEngine, storage: Path, *, at_once: int, rounds: int,
 
         _concurrently(threads, start, names)
         running = [c for c in engine.containers.list() if c.name in set(names)]
-        started_total += len(running)
+        peaks["started"] += len(running)
         assert len(running) == at_once, f"round {round_no}: {len(running)} running; {failures}"
         pids = [p for c in running for p in monitors(c.id)]
-        peak_monitors_mib = max(peak_monitors_mib, rss_mib(pids))
-        peak_mem = max(peak_mem, mem_used_mib())
+        peaks["pss"] = max(peaks["pss"], rss_mib(pids))
+        peaks["mem"] = max(peaks["mem"], mem_used_mib())
 
         def stop_and_remove(name: str, by_cli: set[str] = by_cli) -> None:
             try:
@@ -101,20 +136,8 @@ def _churn(engine: ContainerEngine, storage: Path, *, at_once: int, rounds: int,
                 failures.append(f"stop/rm {name}: {type(exc).__name__}: {exc}")
 
         _concurrently(threads, stop_and_remove, names)
-        round_times.append(time.monotonic() - r0)
+        tally.round_times.append(time.monotonic() - r0)
         assert failures == [], failures[:10]
-    elapsed = time.monotonic() - t0
-    assert codes == [0] * (at_once * rounds), sorted(set(codes))
-    assert_nothing_new(before, storage)
-    return {
-        "containers_at_once": at_once, "rounds": rounds, "starts": started_total,
-        "exit_codes_recorded": len(codes), "failed_starts": 0, "seconds": round(elapsed, 1),
-        "seconds_per_round_max": round(max(round_times), 1),
-        "host_mem_before_mib": round(mem_before), "host_mem_peak_mib": round(peak_mem),
-        "monitors_pss_mib_at_peak": round(peak_monitors_mib, 1),
-        "monitor_pss_kib_each": round(peak_monitors_mib * 1024 / at_once),
-        "leaks": 0,
-    }  # fmt: skip
 
 
 def _concurrently(threads: int, action: Callable[[str], None], names: list[str]) -> None:
