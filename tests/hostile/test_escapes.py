@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from helpers import host_tmpdir, output_of
+from lifecycle_support import eventually
 
 from codex32 import ContainerConfig, ContainerEngine, IsolationType, Volume
 
@@ -112,3 +113,33 @@ def test_raw_sockets_stay_in_the_containers_network(
     detail = reports[IsolationType.STANDARD]["raw_socket"]["detail"]
     assert host_netns not in detail, detail
     assert "raw socket" not in reports[IsolationType.STRICT]["raw_socket"]["detail"]
+
+
+def test_a_container_cannot_reach_an_unpublished_port_on_another_network(
+    engine: ContainerEngine,
+) -> None:
+    """A server on one user network, an attacker on another (and on the default
+    bridge): the server's unpublished port answers neither, while a peer on its own
+    network reaches it (so the probe can tell)."""
+    server_cmd = "while true; do echo pong | nc -l -p 8000; done"
+    attack = "nc -w 2 {ip} 8000 </dev/null && echo REACHED || echo refused"
+    engine.networks.create("c32h-a", "10.231.61.0/24")
+    engine.networks.create("c32h-b", "10.231.62.0/24")
+    server = None
+    try:
+        server = engine.containers.run_detached(ContainerConfig(
+            image="busybox", network="c32h-a", command=["sh", "-c", server_cmd]))  # fmt: skip
+        ip = str(server.network_settings()["IPAddress"])
+        listening = "cat /proc/net/tcp* | grep -q ':1F40 '"  # port 8000 in LISTEN, seen from inside
+        assert eventually(lambda: server.exec_run(["sh", "-c", listening]).exit_code == 0, 10)
+        for network, expected in (("c32h-a", "pong"), ("c32h-b", "refused"),
+                                  ("bridge", "refused")):  # fmt: skip
+            out = output_of(engine, ContainerConfig(
+                image="busybox", network=network, auto_remove=True,
+                command=["sh", "-c", attack.format(ip=ip)]))  # fmt: skip
+            assert expected in out and ("REACHED" not in out or expected == "pong"), (network, out)
+    finally:
+        if server is not None:
+            server.remove(force=True)
+        for name in ("c32h-a", "c32h-b"):
+            engine.networks.remove(name)
