@@ -43,6 +43,7 @@ from codex32._runtime.launch import (
 from codex32._store.events import Event, EventHooks, EventWatcher, follow_events, read_events
 from codex32._store.logs import LogEntry
 from codex32._store.state import (
+    REMOVING_PREFIX,
     ContainerRecord,
     ContainerState,
     StateStore,
@@ -1234,6 +1235,10 @@ class ContainerEngine:
         fixed: list[str] = []
         lost: list[str] = []
         for path in self._store.containers.iterdir():
+            if path.name.startswith(REMOVING_PREFIX):  # a removal killed half-way
+                shutil.rmtree(path, ignore_errors=True)
+                fixed.append(path.name[len(REMOVING_PREFIX) :])
+                continue
             if not (path / "state.json").exists():
                 if self._store.creation_under_way(path.name):
                     continue  # another process is creating it right now

@@ -86,6 +86,8 @@ class ContainerRecord:
 _FIELDS = frozenset(ContainerRecord.__dataclass_fields__)
 #: How young a lock-less container directory must be to count as being created.
 _CREATION_GRACE = 10.0
+#: A container directory being removed (``StateStore.delete``), never a container.
+REMOVING_PREFIX = ".removing-"
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
@@ -337,9 +339,25 @@ class StateStore:
         """Every container with a state file."""
         if not self.containers.is_dir():
             return []
-        return sorted(p.parent.name for p in self.containers.glob("*/state.json"))
+        return sorted(
+            p.parent.name
+            for p in self.containers.glob("*/state.json")
+            if not p.parent.name.startswith(".")
+        )
 
     def delete(self, record: ContainerRecord) -> None:
-        """Remove the name and the whole directory."""
+        """Remove the name and the whole directory.
+
+        The directory is first renamed out of the way (one atomic step), then removed:
+        a removal killed half-way leaves a ``.removing-ID`` that ``reconcile`` removes,
+        not a directory without state that looks like a create under way.
+        """
         self.release_name(record.name, record.id)
-        shutil.rmtree(self.directory(record.id), ignore_errors=True)
+        doomed = self.containers / f"{REMOVING_PREFIX}{record.id}"
+        try:
+            os.rename(self.directory(record.id), doomed)
+        except FileNotFoundError:
+            return
+        except OSError:
+            doomed = self.directory(record.id)
+        shutil.rmtree(doomed, ignore_errors=True)

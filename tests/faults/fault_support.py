@@ -44,10 +44,12 @@ class Trial:
     network: str = "none"
     restart: str = "no"
     auto_remove: bool = False
+    via: str = "api"  # the caller: fault_driver.py (the API) or the codex32 CLI
 
     @property
     def id(self) -> str:
-        extra = "-rm" if self.auto_remove else ""
+        extra = "-cli" if self.via == "cli" else ""
+        extra += "-rm" if self.auto_remove else ""
         extra += f"-{self.restart}" if self.restart != "no" else ""
         return f"{self.verb}-{self.step}-kill-{self.victim}-{self.isolation}-{self.network}{extra}"
 
@@ -159,6 +161,13 @@ class FaultRun:
     def call(self, *args: str) -> None:
         self.caller = subprocess.Popen(
             [sys.executable, DRIVER, *args], env=self.env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    def call_cli(self, *args: str) -> None:
+        """The caller is the ``codex32`` console script (a once-server becomes the monitor)."""
+        self.caller = subprocess.Popen(
+            [str(Path(sys.executable).with_name("codex32")), *args], env=self.env(),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_driver import COUNTER
 from fault_support import (
     FaultRun,
     Trial,
@@ -33,6 +34,7 @@ from fault_support import (
     wait_gone,
 )
 from helpers import assert_nothing_new, session_cgroups, snapshot
+from lifecycle_support import eventually
 
 from codex32 import ContainerEngine, ContainerNotFoundError, ContainerState
 
@@ -96,6 +98,11 @@ def _matrix() -> list[Trial]:
         trials += [Trial("crash", s, v, isolation, restart="on-failure:3")
                    for s, vs in _CRASH.items() for v in vs]  # fmt: skip
         trials += [Trial("crash", "monitor.remove", "monitor", isolation, auto_remove=True)]
+    # The CLI as the caller (its fork server is a once-server that becomes the monitor).
+    trials += [Trial("run", s, v, via="cli") for s, vs in _START.items() for v in vs
+               if v != "forkserver"]  # fmt: skip
+    for verb, steps in (("stop", _STOP), ("restart", _RESTART), ("rm", _RM), ("exec", _EXEC)):
+        trials += [Trial(verb, s, v, via="cli") for s, vs in steps.items() for v in vs]
     return trials
 
 
@@ -103,9 +110,11 @@ def _bounded(trials: list[Trial]) -> list[Trial]:
     """One trial per (verb, step), the last victim listed (the deepest process)."""
     chosen: dict[tuple[str, str], Trial] = {}
     for trial in trials:
-        if trial.isolation == "standard" and trial.network == "none":
+        if trial.isolation == "standard" and trial.network == "none" and trial.via == "api":
             chosen[(trial.verb, trial.step)] = trial
-    return list(chosen.values())
+    cli = [t for t in trials if t.via == "cli" and t.verb == "run" and t.victim == "caller"
+           and t.step in ("start.placed", "monitor.started")]  # fmt: skip
+    return [*chosen.values(), *cli]
 
 
 ALL = _matrix()
@@ -147,6 +156,13 @@ def _cmd(pid: int) -> str:
         return ""
 
 
+def _removed(storage_dir: Path, cid: str) -> bool:
+    containers = storage_dir / "containers"
+    return not monitors(cid) and not any(
+        (containers / n).exists() for n in (cid, f".removing-{cid}")
+    )
+
+
 def _procs(cgroup: str) -> str:
     try:
         return (Path(cgroup) / "cgroup.procs").read_text().strip()
@@ -158,21 +174,44 @@ def _links() -> set[str]:
     return {name for _i, name in socket.if_nameindex() if "c32" in name}
 
 
-def _prepare(trial: Trial, run: FaultRun, name: str) -> None:
+def _prepare(trial: Trial, run: FaultRun, name: str) -> str:
     """Bring the container to where the verb starts from; the pause is disarmed
-    meanwhile (its marker exists), though the processes started carry it."""
+    meanwhile (its marker exists), though the processes started carry it. Returns the
+    container's id once it exists (a fast ``rm`` may have removed its name by the
+    time the pause is seen)."""
     marker = run.dir / trial.step
     marker.write_text("0")
     args = [trial.isolation, trial.network, trial.restart, "1" if trial.auto_remove else "0"]
     if trial.verb in {"run", "crash"}:
         marker.unlink()
-        run.call(trial.verb, name, *args)
-        return
+        if trial.via == "cli":
+            run.call_cli(*_cli_run(trial, name))
+        else:
+            run.call(trial.verb, name, *args)
+        return ""
     run.call("create" if trial.verb == "start" else "run", name, *args)
     result = run.finish_caller()
     assert result.startswith("exit 0"), result
+    cid = os.path.basename(os.readlink(run.storage_dir / "names" / name))
     marker.unlink()
-    run.call(trial.verb, name)
+    if trial.via == "cli":
+        run.call_cli(*_CLI_VERBS[trial.verb], name, *_CLI_TAIL.get(trial.verb, []))
+    else:
+        run.call(trial.verb, name)
+    return cid
+
+
+_CLI_VERBS = {"stop": ["stop", "-t", "2"], "restart": ["restart", "-t", "2"], "rm": ["rm", "-f"],
+              "exec": ["exec"], "start": ["start"]}  # fmt: skip
+_CLI_TAIL = {"exec": ["--", "sh", "-c", "echo exec-ran"]}
+
+
+def _cli_run(trial: Trial, name: str) -> list[str]:
+    return [
+        "run", "-d", "--name", name, "--network", trial.network, "--isolation", trial.isolation,
+        "--restart", trial.restart, "--stop-timeout", "2", *(["--rm"] if trial.auto_remove else []),
+        "busybox", "--", "sh", "-c", COUNTER,
+    ]  # fmt: skip
 
 
 def _run_trial(trial: Trial, engine: ContainerEngine, storage_dir: Path) -> None:
@@ -182,9 +221,9 @@ def _run_trial(trial: Trial, engine: ContainerEngine, storage_dir: Path) -> None
     run = FaultRun(storage_dir, trial.step)
     cid = ""
     try:
-        _prepare(trial, run, name)
+        cid = _prepare(trial, run, name)
         paused = run.paused_pid()
-        cid = (storage_dir / "names" / name).resolve().name
+        cid = cid or os.path.basename(os.readlink(storage_dir / "names" / name))
         victim = _victim(trial, run, paused, engine, cid)
         logged = log_lines(storage_dir, cid)
         kill(victim)
@@ -199,6 +238,8 @@ def _run_trial(trial: Trial, engine: ContainerEngine, storage_dir: Path) -> None
             container = engine.containers.get(name)
         except ContainerNotFoundError:
             container = None
+            # Gone: its monitor may still be finishing the removal it was held in.
+            assert eventually(lambda: _removed(storage_dir, cid), 10), "removal not finished"
         if container is not None:
             kept = log_lines(storage_dir, cid)
             assert kept[: len(logged)] == logged, "log lines written before the kill were lost"
