@@ -796,6 +796,8 @@ class ContainerEngine:
                 stdout=stdout if stdout is not None else subprocess.DEVNULL,
                 stderr=stderr if stderr is not None else subprocess.DEVNULL,
             )  # fmt: skip
+        # Read now: once we detach, an --rm container's monitor removes its config too.
+        auto_remove = container.config.auto_remove
         try:
             with _forwarding(launch, forward_signals):
                 status = _wait(launch)
@@ -806,7 +808,7 @@ class ContainerEngine:
                     captured[entry.stream] += entry.text.encode()
         finally:
             launch.detach()  # an --rm container's monitor now removes it
-        if container.config.auto_remove:
+        if auto_remove:
             self._wait_removed(container.id, timeout=10)
         return RunResult(
             exit_code=status.exit_code,
@@ -1068,12 +1070,13 @@ class ContainerEngine:
                     r.stopped_by_user = True
 
                 record = self._store.update(container.id, mark)
+                auto_remove = container.config.auto_remove  # (gone with it once it dies)
                 self._signal_pid1(record, signal.SIGKILL)
                 self._thaw(container.id)
                 self._wait_exit(record, 10)
                 # An --rm container's monitor removes it as it dies (and says "destroy"):
                 # leave that to it rather than race it, as long as it is there to do it.
-                if container.config.auto_remove and self._wait_removed_by_monitor(record):
+                if auto_remove and self._wait_removed_by_monitor(record):
                     container._record.status = ContainerState.REMOVED
                     return
                 try:

@@ -21,6 +21,9 @@ from codex32 import (
 
 #: A container that writes a numbered line every 20 ms (the log-loss check reads them).
 COUNTER = "trap 'exit 0' TERM; i=0; while true; do i=$((i+1)); echo line$i; sleep 0.02; done"
+#: The same, deaf to SIGTERM: a stop then waits its grace, so that at ``stop.signalled``
+#: its PID 1 and monitor are surely still there to be killed.
+DEAF = COUNTER.replace("trap 'exit 0' TERM", "trap '' TERM")
 #: One that writes a few lines and fails: its restart policy brings it back.
 CRASHER = "i=0; while [ $i -lt 5 ]; do i=$((i+1)); echo line$i; sleep 0.02; done; exit 3"
 
@@ -31,9 +34,10 @@ def main(argv: list[str]) -> int:
         try:
             if verb in ("run", "create", "crash"):
                 isolation, network, restart, auto_remove = argv[2:6]
+                deaf = argv[6:7] == ["deaf"]
                 config = ContainerConfig(
                     image="busybox", name=name,
-                    command=["sh", "-c", CRASHER if verb == "crash" else COUNTER],
+                    command=["sh", "-c", CRASHER if verb == "crash" else DEAF if deaf else COUNTER],
                     isolation=IsolationType(isolation), network=network,
                     restart_policy=RestartPolicy.parse(restart), auto_remove=auto_remove == "1",
                     stop_timeout=2,

@@ -181,7 +181,8 @@ def _prepare(trial: Trial, run: FaultRun, name: str) -> str:
     time the pause is seen)."""
     marker = run.dir / trial.step
     marker.write_text("0")
-    args = [trial.isolation, trial.network, trial.restart, "1" if trial.auto_remove else "0"]
+    args = [trial.isolation, trial.network, trial.restart, "1" if trial.auto_remove else "0",
+            "deaf" if trial.step == "stop.signalled" else "hears"]  # fmt: skip
     if trial.verb in {"run", "crash"}:
         marker.unlink()
         if trial.via == "cli":
