@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 CODEX32 := $(BIN)/codex32
 export CODEX32_STORAGE_DIR ?= /var/lib/codex32
 
-.PHONY: setup run serve test lint typecheck unit integration bench clean
+.PHONY: setup run serve test lint typecheck unit integration bench clean stress
 
 TEMPLATES := busybox python
 
@@ -48,6 +48,14 @@ integration: setup
 
 test: lint typecheck
 	$(BIN)/pytest
+
+# The full fault, hostile-input and load suites (make test runs a bounded subset of
+# each; pytest's `stress` marker selects the rest), then the figures they measured.
+stress: setup
+	rm -f $(CURDIR)/.stress-figures.jsonl
+	CODEX32_FIGURES=$(CURDIR)/.stress-figures.jsonl \
+		$(BIN)/pytest tests/faults tests/hostile tests/load -m "stress or not stress" -q
+	@echo "==> figures (docs/reliability.md):"; cat $(CURDIR)/.stress-figures.jsonl
 
 bench: setup
 	$(BIN)/python bench/run.py

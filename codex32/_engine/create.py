@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,9 +16,10 @@ from codex32._engine import records
 from codex32._engine.image_defaults import RootSource, apply_image_defaults, image_meta
 from codex32._plan.plan import ContainerPaths, Plan, build_plan, command_args
 from codex32._plan.profiles import Profile
-from codex32._store.state import ContainerRecord
+from codex32._runtime.faults import point as fault_point
+from codex32._store.state import ContainerRecord, storage_error
 from codex32.config.container import ContainerConfig
-from codex32.errors import CgroupError, ConfigError, ImageError, LaunchError
+from codex32.errors import CgroupError, Codex32Error, ConfigError, ImageError, LaunchError
 
 if TYPE_CHECKING:
     from codex32._engine.container import Container
@@ -82,7 +84,10 @@ def create(engine: ContainerEngine, config: ContainerConfig) -> Container:
     # The directory first, then the name: a name never points at nothing. The
     # operation lock marks the creation as under way until state.json exists, so a
     # concurrent init_engine()'s reconcile leaves the half-made directory alone.
-    directory.mkdir(mode=0o700)
+    try:
+        directory.mkdir(mode=0o700)
+    except OSError as exc:
+        raise storage_error(exc, directory) from exc
     try:
         with engine._store.operation(container_id):
             engine._store.reserve_name(name, container_id)
@@ -99,15 +104,19 @@ def create(engine: ContainerEngine, config: ContainerConfig) -> Container:
             else:
                 os.chmod(directory, 0o700)  # Docker's overlay2 layer directories
             engine._store.save_config(container_id, config.model_dump(mode="json"))
+            fault_point("create.config")
             write_private(directory / "image.json", json.dumps(image_meta(source)))
             hostname = config.hostname or container_id[:12]
             engine._networking.prepare(container_id, name, hostname, config, profile.network)
             plan = compile_plan(engine, container_id, config, profile, source)
             write_private(directory / "plan.json", plan.describe())  # -e secrets
             engine._store.save(record)
-    except BaseException:
-        engine._networking.release(container_id)
+    except BaseException as exc:
+        with contextlib.suppress(Codex32Error, OSError):  # (reconcile frees a lease left)
+            engine._networking.release(container_id)
         engine._store.delete(record)
+        if isinstance(exc, OSError):  # a full disk, most often
+            raise storage_error(exc, directory) from exc
         raise
     container = container_module.Container(engine, record)
     records.event(engine, container, "create")

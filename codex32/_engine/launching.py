@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from codex32._engine import create, records, threads, waiting
 from codex32._engine.results import RunResult
 from codex32._plan.plan import Plan
+from codex32._runtime.faults import point as fault_point
 from codex32._runtime.launch import ExitStatus, FileArg, Launch
 from codex32._store.state import ContainerRecord, ContainerState
 from codex32.config.container import ContainerConfig
@@ -94,6 +95,7 @@ def launch_container(
             r.cgroup_paths = paths
 
         engine._store.update(container.id, remember)
+        fault_point("start.placed")
 
     try:
         launch.start(stdin=stdin, stdout=stdout, stderr=stderr, on_created=place)
@@ -154,6 +156,7 @@ def start(
                 r.restart_count = 0
 
         engine._store.update(container.id, prepare)
+        fault_point("start.launch")
         attach = stdout is not None
         launch = launch_container(
             engine,
@@ -186,6 +189,8 @@ def run_attached(
             stdout=stdout if stdout is not None else subprocess.DEVNULL,
             stderr=stderr if stderr is not None else subprocess.DEVNULL,
         )  # fmt: skip
+    # Read now: once we detach, an --rm container's monitor removes its config too.
+    auto_remove = container.config.auto_remove
     try:
         with forwarding(launch, forward_signals):
             status = wait_launch(launch)
@@ -196,7 +201,7 @@ def run_attached(
                 captured[entry.stream] += entry.text.encode()
     finally:
         launch.detach()  # an --rm container's monitor now removes it
-    if container.config.auto_remove:
+    if auto_remove:
         waiting.wait_removed(engine, container.id, timeout=10)
     return RunResult(
         exit_code=status.exit_code,

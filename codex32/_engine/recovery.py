@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 from typing import TYPE_CHECKING
 
-from codex32._engine import records
-from codex32._store.state import ContainerRecord
+from codex32._engine import records, stopping, waiting
+from codex32._store.state import REMOVING_PREFIX, ContainerRecord, ContainerState, is_same_process
 from codex32.errors import Codex32Error, ContainerNotFoundError, DamagedRecordError
 
 if TYPE_CHECKING:
@@ -40,12 +41,30 @@ def recover_lost(engine: ContainerEngine, container_id: str) -> None:
         log.warning("could not recover container %s: %s", container_id[:12], exc)
 
 
+def stop_unmonitored(engine: ContainerEngine, container_id: str) -> None:
+    """Kill a container whose monitor died while it ran: nobody would log it, record
+    its exit or apply its restart policy. It is then found lost (exit unknown), and
+    ``recover`` restarts it under a fresh monitor if its policy asks."""
+    record = engine._store.load(container_id)
+    if record.status not in (ContainerState.RUNNING, ContainerState.PAUSED):
+        return
+    if record.monitor_pid is None or is_same_process(record.monitor_pid, record.monitor_start_time):
+        return
+    if stopping.signal_pid1(engine, record, signal.SIGKILL):  # its whole pid namespace goes
+        stopping.thaw(engine, container_id)
+        waiting.wait_exit(engine, record, 10)
+
+
 def reconcile(engine: ContainerEngine) -> tuple[list[str], list[str]]:
     """(ids fixed, ids of containers found dead with no exit written)."""
     engine._store.ensure_layout()
     fixed: list[str] = []
     lost: list[str] = []
     for path in engine._store.containers.iterdir():
+        if path.name.startswith(REMOVING_PREFIX):  # a removal killed half-way
+            shutil.rmtree(path, ignore_errors=True)
+            fixed.append(path.name[len(REMOVING_PREFIX) :])
+            continue
         if not (path / "state.json").exists():
             if engine._store.creation_under_way(path.name):
                 continue  # another process is creating it right now
@@ -54,6 +73,7 @@ def reconcile(engine: ContainerEngine) -> tuple[list[str], list[str]]:
             continue
         try:
             before = engine._store.load(path.name).status
+            stop_unmonitored(engine, path.name)
             after = records.refresh(engine, path.name)
         except ContainerNotFoundError:
             continue  # removed meanwhile by another process

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from codex32._engine import records, stopping, waiting
 from codex32._engine.results import LIVE
+from codex32._runtime.faults import point as fault_point
 from codex32._store.state import ContainerRecord, ContainerState, is_container_id
 from codex32.errors import ContainerNotFoundError, DamagedRecordError, StateError
 
@@ -32,12 +33,13 @@ def remove(engine: ContainerEngine, container: Container, force: bool) -> None:
                 r.stopped_by_user = True
 
             record = engine._store.update(container.id, mark)
+            auto_remove = container.config.auto_remove  # (gone with it once it dies)
             stopping.signal_pid1(engine, record, signal.SIGKILL)
             stopping.thaw(engine, container.id)
             waiting.wait_exit(engine, record, 10)
             # An --rm container's monitor removes it as it dies (and says "destroy"):
             # leave that to it rather than race it, as long as it is there to do it.
-            if container.config.auto_remove and waiting.wait_removed_by_monitor(engine, record):
+            if auto_remove and waiting.wait_removed_by_monitor(engine, record):
                 container._record.status = ContainerState.REMOVED
                 return
             try:
@@ -45,6 +47,7 @@ def remove(engine: ContainerEngine, container: Container, force: bool) -> None:
             except ContainerNotFoundError:
                 container._record.status = ContainerState.REMOVED
                 return
+        fault_point("remove.cleaning")
         engine._cgroups.destroy(container.id)
         for path in set(record.cgroup_paths.values()):  # made under another parent
             with contextlib.suppress(OSError):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from codex32._engine import records, waiting
 from codex32._engine.results import LIVE
 from codex32._linux.process import in_cgroup_named, is_namespace_init
+from codex32._runtime.faults import point as fault_point
 from codex32._store.state import ContainerRecord, ContainerState, is_same_process
 from codex32.config.container import signal_name
 from codex32.errors import CgroupError, ContainerNotFoundError, StateError
@@ -76,6 +77,7 @@ def stop(engine: ContainerEngine, container: Container, timeout: float | None) -
         record = engine._store.update(container.id, mark)
         if record.status is not ContainerState.EXITED:
             signal_pid1(engine, record, signal.Signals[config.stop_signal])
+            fault_point("stop.signalled")
             thaw(engine, container.id)  # a paused container gets the signal too
             if not waiting.wait_exit(engine, record, grace):
                 signal_pid1(engine, record, signal.SIGKILL)

@@ -13,6 +13,8 @@ mounts. docs/architecture.md says why this beat idmapped mounts for now.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import threading
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -100,6 +103,7 @@ class TemplateStore:
         # creates from many threads, and two builds of one template share a staging
         # directory (named after the process) and would each replace the other's tree.
         self._lock = threading.RLock()
+        self._held: set[str] = set()  # templates whose flock this object holds
 
     def names(self) -> list[str]:
         """Every recipe's name, sorted."""
@@ -152,13 +156,36 @@ class TemplateStore:
         return stamp.is_file() and stamp.read_text().strip() == template.recipe_hash()
 
     def ensure_built(self, template: Template, *, quiet: bool = False) -> Path:
-        """Build the template unless the current recipe is already built."""
-        if self.is_built(template):
-            return self.rootfs(template)
-        with self._lock:
-            if not self.is_built(template):
-                self.build(template, quiet=quiet)
+        """Build the template unless the current recipe is already built.
+
+        Concurrent starts (threads of a service, CLI processes) may all find it
+        unbuilt: one builds under the template's lock, the others wait and use it.
+        """
+        if not self.is_built(template):
+            with self._locked(template):
+                if not self.is_built(template):
+                    self.build(template, quiet=quiet)
         return self.rootfs(template)
+
+    @contextlib.contextmanager
+    def _locked(self, template: Template) -> Iterator[None]:
+        """The template's lock: this object's thread lock, and an exclusive flock on the
+        template's directory for other processes. Re-entered by the thread holding it
+        (a build under ``ensure_built``): a second flock would wait on the first."""
+        with self._lock:
+            if template.name in self._held:
+                yield
+                return
+            base = self.root / template.name
+            base.mkdir(parents=True, exist_ok=True)
+            fd = os.open(base / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._held.add(template.name)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                self._held.discard(template.name)
+                os.close(fd)
 
     def build(
         self, template: Template, *, quiet: bool = False, progress: IO[str] | None = None
@@ -166,7 +193,7 @@ class TemplateStore:
         """Run the recipe into a fresh directory, then swap it in (never half-built).
 
         The recipe's output (its progress) goes to ``progress``, else to stderr."""
-        with self._lock:
+        with self._locked(template):
             return self._build(template, quiet=quiet, progress=progress)
 
     def _build(self, template: Template, *, quiet: bool, progress: IO[str] | None) -> Path:
@@ -213,7 +240,7 @@ class TemplateStore:
         target = self.root / template.name / f"rootfs-uid{host_base}"
         if target.is_dir():
             return target
-        with self._lock:
+        with self._locked(template):
             if target.is_dir():
                 return target
             return self._shift(template, source, target, host_base)

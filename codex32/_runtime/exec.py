@@ -39,6 +39,7 @@ import time
 from typing import Any, NoReturn
 
 from codex32._linux import caps, syscalls
+from codex32._runtime import faults as _faults
 from codex32._runtime import protocol as _sync
 from codex32._runtime.init import Setup, StepError
 
@@ -139,6 +140,7 @@ def main() -> int:
     try:
         setup = _ExecSetup({"steps": message["steps"]})  # reads the seccomp program
         setup.pause = float(message.get("pause") or 0)
+        _faults.point("exec.setup")  # before setns: the fault directory is in reach
         _join(int(message["pid"]))
         ours, theirs = _sync.socket_pair()
         pid = os.fork()

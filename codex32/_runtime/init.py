@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from codex32._linux import bpf, caps, mounts, process, pty, syscalls
 from codex32._linux.paths import open_beneath
+from codex32._runtime import faults as _faults
 from codex32._runtime import protocol as _sync
 from codex32._runtime.protocol import Message
 
@@ -203,6 +204,7 @@ def _pid1(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
         message = _sync.receive(sock)
         if not message or message.get("type") != "proceed":
             os._exit(125)
+        _faults.point("pid1.proceed")  # before pivot_root: the fault directory is in reach
         Setup(plan, sock).run()
     except StepError as exc:
         _report(sock, _sync.error_message(exc.step, exc.errno, exc.message, exc.exit_code))
@@ -237,6 +239,7 @@ def stage2(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
             if name != "user":
                 flags |= syscalls.NAMESPACE_FLAGS[name]
         syscalls.unshare(flags)
+        _faults.point("stage2.namespaces")
         pid = os.fork()
         if pid == 0:
             _pid1(plan, sock)

@@ -21,6 +21,7 @@ from typing import IO
 
 from codex32._linux import process as process_info
 from codex32._plan.plan import Plan
+from codex32._runtime import faults as _faults
 from codex32._runtime import protocol as _sync
 from codex32.errors import LaunchError, printable
 
@@ -31,6 +32,7 @@ FileArg = int | IO[bytes] | None
 MONITOR_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    **_faults.environment(),  # a fault test's pause point (tests/faults), else nothing
 }
 
 
@@ -402,6 +404,7 @@ def run_exec(
                         process.kill()
                         process.wait()
                         raise
+                    _faults.point("exec.created")
                     _sync.send(sock, {"type": "proceed"})
             finally:
                 for received in fds:

@@ -30,6 +30,7 @@ from codex32._cgroups.oom import OomWatch, oom_kill_count
 from codex32._linux.caps import set_child_subreaper, set_process_name
 from codex32._linux.process import pid_of_pidfd
 from codex32._linux.pty import copy_window_size, write_all
+from codex32._runtime import faults as _faults
 from codex32._runtime import protocol as _sync
 from codex32._runtime.init import stage2
 from codex32._store.events import Event, append_event
@@ -215,6 +216,7 @@ class Monitor:
                     return False
             _reap(stage2_pid)
             stage2_pid = 0
+            _faults.point("monitor.created")
             self._tell({"type": "created", "pid": self.pid1})
             reply = _sync.receive(self.engine) if self.engine else None
             if not reply or reply.get("type") != "proceed":
@@ -229,6 +231,7 @@ class Monitor:
                 self.pid1 = None
                 return False
             self._record_start()
+            _faults.point("monitor.started")
             self._tell({"type": "started", "pid": self.pid1})
             return True
         except BaseException:
@@ -405,6 +408,7 @@ class Monitor:
 
     def finish(self, status: int) -> None:
         """Record the exit, tell the engine, then remove or restart as configured."""
+        _faults.point("monitor.exited")
         code, sig = _exit_code(status)
         finished = time.time()
         count = max(oom_kill_count(self.cgroup_paths), self.oom_reported)
@@ -428,12 +432,14 @@ class Monitor:
         self._report_oom(count)  # kills not reported live (PID 1's own, often): once each
         self._event("die", exitCode=str(code))
         self._tell({"type": "exited", "exit_code": code, "signal": sig})
+        _faults.point("monitor.recorded")
         remove_cgroup(self.cgroup_paths)  # its figures are in the record (Docker's, runc's)
         if self._should_restart(record, code, finished):
             self._restart(record, finished)
             return
         if self.config.auto_remove and not record.keep_after_exit:
             self._wait_for_engine_to_let_go()
+            _faults.point("monitor.remove")
             try:
                 if (self.directory / "network.json").exists():  # lease, hosts, links
                     self._release_network(record.id)
@@ -487,6 +493,7 @@ class Monitor:
         if current.stopped_by_user or current.status is not ContainerState.RESTARTING:
             self.store.update(self.config.container_id, give_up)
             return
+        _faults.point("monitor.restart")
         with open(self.directory / "restart.log", "ab") as log:  # why a restart failed
             result = subprocess.run(
                 [
@@ -545,12 +552,13 @@ def serve(engine: socket.socket, *, daemonize: bool = True) -> int:
         _daemonize()
     set_child_subreaper()
     set_process_name(f"c32mon-{config.container_id[:8]}")
+    _faults.point("monitor.plan")
     monitor = Monitor(first["plan"], config, engine)
     try:
         if not monitor.start():
             return 125
-    except OSError as exc:
-        monitor._tell(_sync.error_message("setup", exc.errno or 0, str(exc)))
+    except (OSError, Codex32Error) as exc:  # a full disk at the start's record, say
+        monitor._tell(_sync.error_message("setup", getattr(exc, "errno", 0) or 0, str(exc)))
         return 125
     monitor.finish(monitor.supervise())
     return 0

@@ -27,7 +27,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from codex32.errors import ConfigError, ContainerNotFoundError, DamagedRecordError, printable
+from codex32.errors import (
+    ConfigError,
+    ContainerError,
+    ContainerNotFoundError,
+    DamagedRecordError,
+    printable,
+)
 
 
 class ContainerState(StrEnum):
@@ -92,6 +98,8 @@ class ContainerRecord:
 _FIELDS = frozenset(ContainerRecord.__dataclass_fields__)
 #: How young a lock-less container directory must be to count as being created.
 _CREATION_GRACE = 10.0
+#: A container directory being removed (``StateStore.delete``), never a container.
+REMOVING_PREFIX = ".removing-"
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
@@ -202,6 +210,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def storage_error(exc: OSError, path: Path | str) -> ContainerError:
+    """A write under the storage directory failed (a full disk, most often): one line
+    naming the file and what to do, instead of a bare OSError."""
+    return ContainerError(
+        "cannot write the engine's records", errno=exc.errno, path=str(path),
+        hint="free space on the storage directory's disk (or fix its permissions), then retry",
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -347,12 +364,20 @@ class StateStore:
             return record
 
     def save(self, record: ContainerRecord) -> None:
-        """Write state.json atomically."""
-        write_json_atomic(self.directory(record.id) / "state.json", record.to_dict())
+        """Write state.json atomically (the old one stays whole if this fails)."""
+        path = self.directory(record.id) / "state.json"
+        try:
+            write_json_atomic(path, record.to_dict())
+        except OSError as exc:
+            raise storage_error(exc, path) from exc
 
     def save_config(self, container_id: str, config: dict[str, Any]) -> None:
         """Write config.json atomically."""
-        write_json_atomic(self.directory(container_id) / "config.json", config)
+        path = self.directory(container_id) / "config.json"
+        try:
+            write_json_atomic(path, config)
+        except OSError as exc:
+            raise storage_error(exc, path) from exc
 
     def load(self, container_id: str) -> ContainerRecord:
         """Read state.json; a record that cannot be trusted is a ``DamagedRecordError``.
@@ -385,8 +410,11 @@ class StateStore:
     def resolve(self, name_or_id: str) -> str:
         """The id of a container given its name, its id, or a unique id prefix."""
         link = self.names / name_or_id
-        if "/" not in name_or_id and link.is_symlink():
-            return os.path.basename(os.readlink(link))
+        try:
+            if "/" not in name_or_id and "\0" not in name_or_id and link.is_symlink():
+                return os.path.basename(os.readlink(link))
+        except OSError:  # a name too long for a file (ENAMETOOLONG) is no name of ours
+            pass
         if _is_id_prefix(name_or_id):
             # Ids are hex: anything else (a glob pattern among them) is no id prefix.
             matches = [
@@ -408,9 +436,25 @@ class StateStore:
         """Every container with a state file."""
         if not self.containers.is_dir():
             return []
-        return sorted(p.parent.name for p in self.containers.glob("*/state.json"))
+        return sorted(
+            p.parent.name
+            for p in self.containers.glob("*/state.json")
+            if not p.parent.name.startswith(".")
+        )
 
     def delete(self, record: ContainerRecord) -> None:
-        """Remove the name and the whole directory."""
+        """Remove the name and the whole directory.
+
+        The directory is first renamed out of the way (one atomic step), then removed:
+        a removal killed half-way leaves a ``.removing-ID`` that ``reconcile`` removes,
+        not a directory without state that looks like a create under way.
+        """
         self.release_name(record.name, record.id)
-        shutil.rmtree(self.directory(record.id), ignore_errors=True)
+        doomed = self.containers / f"{REMOVING_PREFIX}{record.id}"
+        try:
+            os.rename(self.directory(record.id), doomed)
+        except FileNotFoundError:
+            return
+        except OSError:
+            doomed = self.directory(record.id)
+        shutil.rmtree(doomed, ignore_errors=True)

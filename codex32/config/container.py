@@ -37,6 +37,7 @@ NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
 NAME_MAX = 128
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_SIZE_MAX = 2**63 - 1
 
 RLIMIT_NAMES = frozenset(
     {
@@ -98,12 +99,18 @@ def default_isolation() -> IsolationType:
 def parse_size(value: str | int) -> int:
     """Parse a Docker-style size (``512m``, ``1g``, ``1048576``) into bytes."""
     if isinstance(value, int):
-        return value
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?\s*", value.lower())
-    if not match:
-        raise ValueError(f"invalid size {value!r}: use a number with an optional unit b, k, m, g")
-    number, unit = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit])
+        size = value
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?\s*", value.lower())
+        if not match:
+            raise ValueError(
+                f"invalid size {value!r}: use a number with an optional unit b, k, m, g"
+            )
+        number, unit = match.groups()
+        size = int(float(number) * _SIZE_UNITS[unit])
+    if size > _SIZE_MAX:  # the kernel's (and Docker's) sizes are signed 64-bit
+        raise ValueError(f"size {value!r} is too large: at most {_SIZE_MAX} bytes (8 EiB)")
+    return size
 
 
 def signal_name(value: str | int) -> str:
@@ -295,8 +302,9 @@ class Ulimit(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    soft: int = Field(ge=-1)
-    hard: int = Field(ge=-1)
+    # -1 is RLIM_INFINITY; past 2^63-1 setrlimit would fail only at the start.
+    soft: int = Field(ge=-1, le=_SIZE_MAX)
+    hard: int = Field(ge=-1, le=_SIZE_MAX)
 
     @field_validator("name")
     @classmethod
@@ -526,7 +534,7 @@ class ResourceLimits(BaseModel):
     def _sizes(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip() == "-1":
             return -1
-        return parse_size(value) if isinstance(value, str) else value
+        return parse_size(value) if isinstance(value, str | int) else value
 
     @field_validator(*DEVICE_LIMITS, mode="before")
     @classmethod
