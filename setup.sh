@@ -11,9 +11,10 @@ cd "$(dirname "$0")"
 # the anchors `make bench` compares against;
 # qemu-system-x86 + linux-image-amd64 (a stock kernel in /boot; the running kernel is not
 # changed): the cgroup v2 tests boot it with virtme-ng, since this host's controllers are v1.
+# postgresql: the executor's tests start a real server from its binaries (initdb, pg_ctl).
 PACKAGES=(busybox-static tini libcap-dev libseccomp2 python3 python3-venv python3-dev gcc
           iproute2 util-linux procps nftables qemu-system-x86 linux-image-amd64
-          crun runc bubblewrap)
+          crun runc bubblewrap postgresql)
 # docker.io: only its docker CLI, which the Docker-socket tests drive (no dockerd is run).
 DOCKER_CLIENT=docker.io
 # Extra packages named by the caller (e.g. the cgroup v2 VM tools), space separated.

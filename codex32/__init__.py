@@ -14,13 +14,13 @@ if TYPE_CHECKING:
     from ._cgroups.containers import ContainerStats as ContainerStats
     from ._engine.async_engine import AsyncContainer as AsyncContainer
     from ._engine.async_engine import AsyncContainerEngine as AsyncContainerEngine
-    from ._engine.engine import Container as Container
+    from ._engine.container import Container as Container
     from ._engine.engine import ContainerEngine as ContainerEngine
-    from ._engine.engine import ExecResult as ExecResult
-    from ._engine.engine import RunResult as RunResult
     from ._engine.engine import get_engine as get_engine
     from ._engine.engine import init_engine as init_engine
     from ._engine.engine import shutdown_engine as shutdown_engine
+    from ._engine.results import ExecResult as ExecResult
+    from ._engine.results import RunResult as RunResult
     from ._network.ipam import NetworkDefinition as NetworkDefinition
     from ._runtime.launch import prestart_fork_server as prestart_fork_server
     from ._store.events import Event as Event
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "ContainerStats": "._cgroups.containers",
-    "ExecResult": "._engine.engine",
+    "ExecResult": "._engine.results",
     "NetworkDefinition": "._network.ipam",
     "prestart_fork_server": "._runtime.launch",
     "Event": "._store.events",
@@ -62,9 +62,9 @@ _EXPORTS = {
     "ContainerRecord": "._store.state",
     "AsyncContainer": "._engine.async_engine",
     "AsyncContainerEngine": "._engine.async_engine",
-    "Container": "._engine.engine",
+    "Container": "._engine.container",
     "ContainerEngine": "._engine.engine",
-    "RunResult": "._engine.engine",
+    "RunResult": "._engine.results",
     "get_engine": "._engine.engine",
     "init_engine": "._engine.engine",
     "shutdown_engine": "._engine.engine",

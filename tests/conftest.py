@@ -63,7 +63,9 @@ def _setup_processes() -> list[str]:
         "codex32-forksrv",
         "codex32._runtime.monitor",
         "codex32._runtime.forkserver",
-    )
+        "executor/_shim.py",
+        "codex32.executor.supervisor",
+    )  # bots' keepers, supervisors
     ours = os.path.dirname(sys.executable)  # not another checkout's runs on this machine
     return [
         line.strip()

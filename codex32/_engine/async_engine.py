@@ -31,13 +31,16 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from codex32._cgroups.containers import ContainerStats
-from codex32._engine.engine import Container, ContainerEngine, ExecResult, RunResult
+from codex32._engine.container import Container
+from codex32._engine.engine import ContainerEngine
+from codex32._engine.results import ExecResult, RunResult
 from codex32._network.ipam import NetworkDefinition
 from codex32._store.events import Event
 from codex32._store.logs import LogEntry
 from codex32._store.state import ContainerRecord, ContainerState
 from codex32.config.container import ContainerConfig
 from codex32.config.images import ContainerImage
+from codex32.errors import DamagedRecordError
 
 T = TypeVar("T")
 
@@ -45,7 +48,7 @@ T = TypeVar("T")
 _WAIT_SLICE = 1.0
 #: Items a stream's thread may get ahead of its reader.
 _STREAM_QUEUE = 256
-_LIVE = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
+LIVE = (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING)
 _END = object()
 
 
@@ -250,7 +253,7 @@ class AsyncContainer:
             yield await self._threads.call(self.sync.stats)
             await asyncio.sleep(interval)
             await self.reload()
-            if self.state not in _LIVE:
+            if self.state not in LIVE:
                 return
 
     async def top(self) -> list[dict[str, object]]:
@@ -338,6 +341,10 @@ class AsyncContainerCollection:
 
     async def create(self, config: ContainerConfig) -> AsyncContainer:
         return self._wrap(await self._threads.call(self._engine.containers.create, config))
+
+    async def damaged(self) -> tuple[DamagedRecordError, ...]:
+        """Each container record that cannot be trusted, with its path and why."""
+        return await self._threads.call(self._engine.containers.damaged)
 
     async def run_detached(self, config: ContainerConfig) -> AsyncContainer:
         return self._wrap(await self._threads.call(self._engine.containers.run_detached, config))

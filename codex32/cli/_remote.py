@@ -302,6 +302,10 @@ class RemoteContainers:
             self._client, self._client.request("GET", f"/containers/{name_or_id}").json()
         )
 
+    def damaged(self) -> tuple[codex32.DamagedRecordError, ...]:
+        rows = self._client.request("GET", "/containers/_damaged").json()
+        return tuple(codex32.DamagedRecordError(r["message"], path=r["path"]) for r in rows)
+
     def list(self, *, all: bool = False) -> list[RemoteContainer]:
         rows = self._client.request("GET", "/containers", params={"all": all}).json()
         found = []

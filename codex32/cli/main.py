@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from codex32.cli import network, verbs, views
+from codex32.cli import bot, network, verbs, views
 from codex32.cli._common import state
 from codex32.cli._usage import UsageError, UsageGroup
 from codex32.cli._usage import report as report_usage_error
@@ -108,6 +108,8 @@ app.command("doctor")(views.doctor)
 app.command("info", hidden=True)(views.doctor)
 app.add_typer(network.app, name="network")
 app.command("serve")(serve)
+app.add_typer(bot.app, name="bot")
+app.add_typer(bot.db_app, name="db")
 
 
 def main() -> None:

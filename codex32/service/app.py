@@ -65,9 +65,15 @@ def create_app(
         await engine.call(settings.state_dir().mkdir, mode=0o711, parents=True, exist_ok=True)
         context = ServiceContext(engine=engine, policy=policy, settings=settings, audit=audit)
         app.state.context = context
+        from codex32.executor import AdaptiveExecutor
+
+        # The bot executor (routes/bots.py) supervises the bots of this storage.
+        bots = AdaptiveExecutor(sync_engine.settings.storage_dir, engine=sync_engine)
+        app.state.bots = await bots.start()
         try:
             running = await start_all(context, servers or [])
         except BaseException:
+            await bots.close()
             await engine.close()
             await shutdown_engine()
             raise
@@ -76,6 +82,7 @@ def create_app(
             yield
         finally:
             await stop_all(running)
+            await bots.close()
             await engine.close()
             await shutdown_engine()
             log.info("codex32 service stopped; containers keep running")
@@ -88,13 +95,14 @@ def create_app(
     )
     _install_error_handlers(app)
     _system_routes(app)
+    from codex32.service.routes.bots import router as bots
     from codex32.service.routes.containers import router as containers
     from codex32.service.routes.events import router as events
     from codex32.service.routes.exec import router as exec_routes
     from codex32.service.routes.images import router as images
     from codex32.service.routes.networks import router as networks
 
-    for router in (containers, exec_routes, images, networks, events):
+    for router in (containers, exec_routes, images, networks, events, bots):
         app.include_router(router, prefix=API)
     return AuthMiddleware(app, token=token, audit=audit)
 

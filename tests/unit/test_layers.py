@@ -1,9 +1,10 @@
 """The layers of docs/architecture.md, checked: no module imports a layer above its own.
 
 Each line may import from the lines below it. Packages on the same line are
-independent of each other. The CLI, the executor and the service use the public API
-(``codex32`` and its public modules) only. Imports under ``if TYPE_CHECKING:`` count
-too: a type from a higher layer is a sign the code belongs elsewhere.
+independent of each other. The executor, the CLI and the service use the public API
+(``codex32`` and its public modules), never the engine's private ``codex32._*``.
+Imports under ``if TYPE_CHECKING:`` count too: a type from a higher layer is a sign
+the code belongs elsewhere.
 """
 
 from __future__ import annotations
@@ -31,15 +32,13 @@ LAYERS: dict[str, int] = {
     "codex32._runtime": 4,
     "codex32._engine": 5,
     "codex32": 6,  # the public API: the package's __init__
-    "codex32.__main__": 8,  # ``python -m codex32``: the CLI's launcher
-    "codex32.cli": 7,
     "codex32.executor": 7,
-    "codex32.service": 8,
+    "codex32.cli": 8,  # its ``bot`` verbs drive the executor
+    "codex32.__main__": 9,  # ``python -m codex32``: the CLI's launcher
+    "codex32.service": 9,
 }
 #: Within layer 0 the order is errors, config, settings.
 L0_ORDER = ("codex32.errors", "codex32.config", "codex32.settings")
-#: What the layers above the public API may import of the package.
-PUBLIC = ("codex32", "codex32.errors", "codex32.settings", "codex32.config")
 #: Upward imports allowed by name: the verb that starts the service, imported when run.
 UPWARD = {("codex32.cli.serve", "codex32.service")}
 #: Old paths kept for monitors started by an earlier version (re-exports only).
@@ -105,11 +104,9 @@ def violation(importer: str, imported: str) -> str | None:
         return None  # the service may use the CLI's and the executor's modules
     if dst == "codex32" and importer.startswith("codex32.") and LAYERS[src] < LAYERS[dst]:
         return "imports the public API from below it"
-    public = imported == "codex32" or any(
-        imported == p or imported.startswith(p + ".") for p in PUBLIC[1:]
-    )
-    if LAYERS[src] >= 7 and not public:
-        return f"{src} uses the public API only (codex32, its errors, settings, config)"
+    private = imported.startswith("codex32._")
+    if LAYERS[src] >= 7 and private:
+        return f"{src} uses the public API only (codex32, not the engine's private modules)"
     if dst == "codex32":
         return None
     if LAYERS[dst] > LAYERS[src]:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from codex32._engine.engine import _liveness
+from codex32._engine.records import liveness as _liveness
 from codex32._store.state import ContainerRecord, ContainerState, process_start_time
 
 ALIVE = (os.getpid(), process_start_time(os.getpid()))

@@ -69,6 +69,14 @@ async def summary(container: AsyncContainer) -> dict[str, Any]:
 # -- list, create, run -----------------------------------------------------------
 
 
+@router.get("/_damaged")
+async def damaged_records(request: Request) -> list[dict[str, Any]]:
+    """Container records that cannot be trusted (``ps -a`` warns of each; ``rm -f``
+    removes one). ``_damaged`` can name no container: names start with a letter or digit."""
+    found = await _context(request).engine.containers.damaged()
+    return [{"message": str(exc), "path": exc.path} for exc in found]
+
+
 @router.get("")
 async def list_containers(
     request: Request,

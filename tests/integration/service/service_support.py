@@ -46,8 +46,10 @@ class Service:
         listen: str | None = None,
         extra_args: list[str] | None = None,
         prefix: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.storage_dir = storage_dir
+        self.env = env or {}  # DATABASE_URL, say
         self.workdir = workdir
         self.socket = workdir / "api.sock"
         self.policy = policy
@@ -77,7 +79,7 @@ class Service:
         return args + self.extra_args
 
     def start(self, timeout: float = 60) -> Service:
-        env = dict(os.environ, CODEX32_DOCKER_SOCKET="")
+        env = dict(os.environ, CODEX32_DOCKER_SOCKET="", **self.env)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(),
