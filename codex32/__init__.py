@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .errors import ContainerNotFoundError as ContainerNotFoundError
     from .errors import DamagedRecordError as DamagedRecordError
     from .errors import ImageError as ImageError
+    from .errors import ImageNotFoundError as ImageNotFoundError
     from .errors import LaunchError as LaunchError
     from .errors import NetworkError as NetworkError
     from .errors import StateError as StateError
@@ -86,6 +87,7 @@ _EXPORTS = {
     "ContainerNotFoundError": ".errors",
     "DamagedRecordError": ".errors",
     "ImageError": ".errors",
+    "ImageNotFoundError": ".errors",
     "LaunchError": ".errors",
     "NetworkError": ".errors",
     "StateError": ".errors",

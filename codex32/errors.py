@@ -58,7 +58,11 @@ class ConfigError(Codex32Error):
 
 
 class ImageError(Codex32Error):
-    """A rootfs template that does not exist or cannot be built."""
+    """An image or rootfs template that cannot be found, fetched, unpacked or built."""
+
+
+class ImageNotFoundError(ImageError):
+    """No image or template by that name (Docker's "No such image")."""
 
 
 class ContainerError(Codex32Error):

@@ -26,7 +26,7 @@ from codex32._images.unpack import UnpackLimits
 from codex32._plan.profiles import Profile
 from codex32.config.container import ContainerConfig
 from codex32.config.images import ContainerImage
-from codex32.errors import ConfigError, ImageError
+from codex32.errors import ConfigError, ImageError, ImageNotFoundError
 
 if TYPE_CHECKING:
     from codex32._engine.engine import ContainerEngine
@@ -131,7 +131,7 @@ class ImageCollection:
     def _record(self, name: str) -> ImageRecord:
         record = self.store.find(name)
         if record is None:
-            raise ImageError(
+            raise ImageNotFoundError(
                 f"no image named {name!r}",
                 hint="`codex32 images` lists them; `codex32 pull` or `codex32 load` adds one",
             )
@@ -331,7 +331,7 @@ class ImageCollection:
         if record is None:
             if name not in self._templates.names():
                 known = ", ".join(self._templates.names()) or "none"
-                raise ImageError(
+                raise ImageNotFoundError(
                     f"no rootfs template or image named {name!r}",
                     hint=f"templates: {known}; `codex32 pull` or `codex32 load` adds an image",
                 )

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from codex32._images.image import HostBind, ImageConfig
-from codex32.errors import ImageError
+from codex32.errors import ImageError, ImageNotFoundError
 
 _STAMP = ".codex32-recipe"
 
@@ -116,7 +116,7 @@ class TemplateStore:
         manifest = self.recipes_dir / name / "template.toml"
         if "/" in name or not manifest.is_file():
             known = ", ".join(self.names()) or "none"
-            raise ImageError(
+            raise ImageNotFoundError(
                 f"no rootfs template named {name!r}",
                 hint=f"known templates: {known} (in {self.recipes_dir})",
             )

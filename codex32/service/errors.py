@@ -19,6 +19,7 @@ from codex32 import (
     ConfigError,
     ContainerNotFoundError,
     ImageError,
+    ImageNotFoundError,
     LaunchError,
     NetworkError,
     StateError,
@@ -82,9 +83,9 @@ def status_of(error: Codex32Error) -> int:
         return 400 if error.exit_code in (126, 127) else 500
     if isinstance(error, ConfigError):
         return 409 if any(w in text for w in _CONFLICT_WORDS) else 400
+    if isinstance(error, ImageNotFoundError):
+        return 404
     if isinstance(error, ImageError):
-        if text.startswith("no rootfs template"):
-            return 404
         return 400 if text.startswith("bot script") else 500
     if isinstance(error, NetworkError):
         if "does not exist" in text:

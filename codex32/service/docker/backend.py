@@ -19,6 +19,7 @@ from codex32 import (
     ConfigError,
     ContainerNotFoundError,
     ImageError,
+    ImageNotFoundError,
     IsolationType,
     LaunchError,
     NetworkError,
@@ -182,10 +183,9 @@ def docker_error(exc: Exception, *, image: str | None = None) -> DockerAPIError:
     if isinstance(exc, ContainerNotFoundError):
         message = exc.message if isinstance(exc, Codex32Error) else text
         return DockerAPIError(404, message[:1].upper() + message[1:])
+    if isinstance(exc, ImageNotFoundError):
+        return DockerAPIError(404, f"No such image: {image}" if image else text)
     if isinstance(exc, ImageError):
-        unknown = "no rootfs template" in text
-        if unknown:
-            return DockerAPIError(404, f"No such image: {image}" if image else text)
         return DockerAPIError(500, text)
     if isinstance(exc, LaunchError):
         # The CLI turns these words into docker run's exit codes 127 and 126.

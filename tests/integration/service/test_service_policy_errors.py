@@ -126,7 +126,7 @@ def test_not_found_answers(service: Service) -> None:
     with service.client() as client:
         for path, kind in [
             (f"{API}/containers/nope", "ContainerNotFoundError"),
-            (f"{API}/images/nope", "ImageError"),
+            (f"{API}/images/nope", "ImageNotFoundError"),
             (f"{API}/networks/nope", "NetworkError"),
             (f"{API}/nothing-here", "NotFound"),
         ]:
