@@ -7,13 +7,14 @@ cd "$(dirname "$0")"
 # busybox-static: the busybox template; tini: the --init reaper (tini-static);
 # libcap-dev + python3-dev + gcc: for Python packages that build C extensions;
 # libseccomp2: the seccomp profiles (loaded through pyseccomp); iproute2: tests look at links;
-# nftables: masquerade for networks created with --masquerade; crun, runc, bubblewrap:
-# the anchors `make bench` compares against;
+# nftables: masquerade for networks created with --masquerade; crun, runc, bubblewrap,
+# podman (+ its conmon, uidmap) and docker.io: the anchors `make bench` compares against
+# (hyperfine: the CLI comparison docs/performance.md quotes);
 # qemu-system-x86 + linux-image-amd64 (a stock kernel in /boot; the running kernel is not
 # changed): the cgroup v2 tests boot it with virtme-ng, since this host's controllers are v1.
 PACKAGES=(busybox-static tini libcap-dev libseccomp2 python3 python3-venv python3-dev gcc
           iproute2 util-linux procps nftables qemu-system-x86 linux-image-amd64
-          crun runc bubblewrap)
+          crun runc bubblewrap podman conmon uidmap docker.io hyperfine)
 # Extra packages named by the caller (e.g. the cgroup v2 VM tools), space separated.
 read -r -a EXTRA <<< "${CODEX32_EXTRA_PACKAGES:-}"
 

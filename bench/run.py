@@ -25,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` and ``codex32`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import breakdown, cgroup_attach, concurrency, host, latency, memory, report
+from bench import anchors, breakdown, cgroup_attach, concurrency, host, latency, memory, report
 from bench.env import Bench, BenchError
 
 SECTIONS = ("latency", "concurrency", "memory", "breakdown")
@@ -82,7 +82,14 @@ def _section(bench: Bench, section: str, args: argparse.Namespace) -> dict[str, 
             samples += memory.measure(bench, small, _log, fork_server=False)
             bench.close_engines()
             samples += memory.measure(bench, small, _log, via_cli=True)
-        return {"memory": [s.to_dict() for s in samples]}
+        memory_found: dict[str, Any] = {"memory": [s.to_dict() for s in samples]}
+        count = min(10, max(args.sizes))
+        memory_found["anchor_memory"] = [
+            anchors.monitors(anchor, count, _log)
+            for anchor in (bench.podman, bench.docker)
+            if anchor is not None
+        ]
+        return memory_found
     modes = breakdown.measure(bench, args.traced, _log)
     return {
         "breakdown": [
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"rounds={args.rounds} repeats={args.repeats} traced={args.traced} "
         f"sizes={','.join(map(str, args.sizes))} quick={args.quick}"
     )
+    host.private_network()
     bench = Bench(args.storage)
     try:
         _log(f"storage {bench.storage}, cgroup parents {bench.codex32_cgroup}[-oci]")
