@@ -22,8 +22,9 @@ container keeps its address across restarts and peers' ``hosts`` entries stay tr
 Every peer holding a lease on the network is listed in ``hosts``, running or not:
 the address is reserved for it, so the name never resolves to someone else.
 
-All netlink work is :mod:`codex32._linux.netlink` (pyroute2), imported only when a
-container actually joins a bridge; host and none containers never pay for it.
+A start on a bridge that is as it should be wires its veth with :mod:`codex32._linux.rtnl`
+(stdlib); :mod:`codex32._linux.netlink` (pyroute2, ~110-170 ms to import) only makes or
+fixes bridges, removes leftovers and sets rate limits.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class Networking:
         definition = self.ipam.get_network(network)
         self._check_ports(container_id, name, config.ports)
         lease = self.ipam.allocate(definition.name, container_id)
-        from codex32._linux.netlink import host_ifname, ifb_ifname
+        from codex32._linux.rtnl import host_ifname, ifb_ifname
 
         endpoint = Endpoint(
             network=definition.name,
@@ -238,22 +239,33 @@ class Networking:
         endpoint = load_endpoint(self._store, container_id)
         if endpoint is None:
             return  # host or none: the plan's loopback step is all there is
-        from codex32._linux import netlink
+        # pyroute2 (codex32._linux.netlink, ~110-170 ms to import) only for what the
+        # common start does not need: a bridge to make or fix, leftovers, rate limits.
+        from codex32._linux import rtnl
 
         definition = self.ipam.get_network(endpoint.network)
         self._stop_proxy(endpoint)  # one left by an earlier run, if it still lingers
-        if not bridge_cache.is_ready(definition.bridge, definition.gateway):
+        bridge, gateway = definition.bridge, definition.gateway
+        if not bridge_cache.is_ready(bridge, gateway) and not bridge_cache.verify(
+            bridge, definition.gateway_cidr
+        ):
+            from codex32._linux import netlink
+
             netlink.ensure_bridge(definition.bridge, definition.gateway_cidr, None)
             bridge_cache.remember(definition.bridge, definition.gateway)
         if definition.masquerade:
             self._apply_nat()
         if link_exists(endpoint.ifname_host) or link_exists(endpoint.ifname_ifb):
+            from codex32._linux import netlink
+
             netlink.detach_container(endpoint.ifname_host, None)  # an earlier run's
-        netlink.attach_container(
+        rtnl.attach_container(
             pid, definition.bridge, endpoint.ifname_host, endpoint.address, endpoint.gateway, None
         )
         try:
             if endpoint.egress_bps or endpoint.ingress_bps:
+                from codex32._linux import netlink
+
                 netlink.apply_rate_limits(
                     endpoint.ifname_host, endpoint.egress_bps, endpoint.ingress_bps, None
                 )
@@ -264,6 +276,8 @@ class Networking:
         except BaseException:
             self._stop_proxy(endpoint)
             with contextlib.suppress(Codex32Error):
+                from codex32._linux import netlink
+
                 netlink.detach_container(endpoint.ifname_host, None)
             raise
 
@@ -339,7 +353,7 @@ class Networking:
                 if cid not in known and not self._store.directory(cid).exists()
             ]
             for container_id in stale:
-                from codex32._linux.netlink import host_ifname, ifb_ifname
+                from codex32._linux.rtnl import host_ifname, ifb_ifname
 
                 veth = host_ifname(container_id)
                 drop_links(veth, ifb_ifname(veth))
