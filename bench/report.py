@@ -78,6 +78,22 @@ def memory_section(rows: list[dict[str, Any]]) -> str:
     )  # fmt: skip
 
 
+def scale_section(points: list[dict[str, Any]]) -> str:
+    ops = list(points[0]["ops"]) if points else []
+    body = [
+        [str(p["running"]), *(fmt_summary(_summary(p["ops"].get(op))) for op in ops),
+         fmt_bytes(p.get("engine_uss")), "; ".join(p.get("failures") or [])]
+        for p in points
+    ]  # fmt: skip
+    out = table(["running", *(f"`{op}`" for op in ops), "engine USS", "failures"], body)
+    return out + (
+        "\n\nAPI calls from the bench's engine: `start` = `containers.run(/bin/true)` --rm on"
+        " the default bridge, `stop` of a container that exits on SIGTERM, `ps` ="
+        " `containers.list()`, `inspect` = get + record + config + network settings, `stats`"
+        " of one container."
+    )
+
+
 def breakdown_section(modes: list[dict[str, Any]], imports: dict[str, Any] | None) -> str:
     keys: list[str] = []
     for mode in modes:
@@ -254,6 +270,9 @@ def render(results: dict[str, Any]) -> str:
     if "breakdown" in results:
         parts += ["", "## 4. Where one start spends its time", "",
                   breakdown_section(results["breakdown"], results.get("imports"))]  # fmt: skip
+    if "scale" in results:
+        parts += ["", "## 5. Verbs with N containers running on the default bridge (ms)", "",
+                  scale_section(results["scale"])]  # fmt: skip
     attach = results.get("cgroup_attach")
     if attach:
         rows = [
