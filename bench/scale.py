@@ -22,8 +22,8 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import psutil
