@@ -18,7 +18,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from codex32._network.etc_files import HOSTS, HostEntry, names_for, render_hosts, write_in_place
+from codex32._network.etc_files import (
+    HOSTS,
+    HostEntry,
+    names_for,
+    render_network_hosts,
+    write_in_place,
+)
 from codex32._network.ipam import IPAM
 from codex32._store.state import StateStore, file_lock, is_same_process
 from codex32.errors import NetworkError
@@ -140,26 +146,36 @@ class EndpointFiles:
                 endpoint = load_endpoint(self.store, container_id)
                 if endpoint is not None:
                     members.append((container_id, endpoint, str(leased)))
-            for container_id, endpoint, address in members:
-                own = HostEntry(address, names_for(endpoint.name, container_id, endpoint.hostname))
-                peers = [
-                    HostEntry(a, names_for(e.name, c)) for c, e, a in members if c != container_id
-                ]
+            texts = render_network_hosts(
+                [
+                    (
+                        c,
+                        HostEntry(a, names_for(e.name, c, e.hostname)),
+                        HostEntry(a, names_for(e.name, c)),
+                    )
+                    for c, e, a in members
+                ],
+                network,
+            )
+            for container_id, text in texts.items():
                 path = self.store.directory(container_id) / HOSTS
                 try:
-                    write_in_place(path, render_hosts(own, peers, network), create=False)
+                    write_in_place(path, text, create=False)
                 except OSError as exc:
                     log.debug("hosts file of %s not updated: %s", container_id[:12], exc)
 
-    def release(self, container_id: str) -> None:
+    def release(self, container_id: str, *, refresh: bool = True) -> str | None:
         """Give back everything a container holds on its network; idempotent.
 
         Best effort past the first failure: a link that cannot be deleted is logged and
         the lease and hosts entries are released anyway (``reconcile`` retries links).
+        Returns the network left. With ``refresh=False`` the peers' hosts files are the
+        caller's to refresh (``refresh_hosts``): a monitor removing its ``--rm``
+        container does it once the container is gone, off the removal's critical path.
         """
         endpoint = load_endpoint(self.store, container_id)
         if endpoint is None:
-            return
+            return None
         if endpoint.proxy_pid is not None and endpoint.proxy_alive():
             from codex32._network.ports import stop_process
 
@@ -168,7 +184,9 @@ class EndpointFiles:
         self.ipam.release(endpoint.network, container_id)
         with contextlib.suppress(FileNotFoundError):
             (self.store.directory(container_id) / ENDPOINT_FILE).unlink()
-        self.refresh_hosts(endpoint.network)
+        if refresh:
+            self.refresh_hosts(endpoint.network)
+        return endpoint.network
 
 
 def _boot_id() -> str:

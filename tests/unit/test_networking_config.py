@@ -22,6 +22,7 @@ from codex32._network.etc_files import (
     HostEntry,
     names_for,
     render_hosts,
+    render_network_hosts,
     render_resolv_conf,
     write_in_place,
 )
@@ -217,6 +218,24 @@ def test_render_hosts() -> None:
     assert f"10.88.0.2\tweb-host web {'a' * 12}\n" in text
     assert f"# other containers on network bridge\n10.88.0.3\tdb {'b' * 12}\n" in text
     assert names_for("x", "c" * 64, "x") == ("x", "c" * 12)  # no duplicate names
+
+
+@pytest.mark.parametrize("count", [1, 2, 7])
+def test_render_network_hosts_is_render_hosts_for_each_member(count: int) -> None:
+    """The O(N) refresh writes exactly what rendering each file alone would."""
+    members = []
+    for i in range(count):
+        cid = f"{i:x}" * 64
+        name = ["web", "db", "cache", "web2", "a", "zz", "db"][i]  # a duplicate name too
+        hostname = "shared-host" if i % 2 else None
+        address = f"10.88.0.{i + 2}"
+        members.append((cid, HostEntry(address, names_for(name, cid[:64], hostname)),
+                        HostEntry(address, names_for(name, cid[:64]))))  # fmt: skip
+    texts = render_network_hosts(members, "bridge")
+    assert set(texts) == {m[0] for m in members}
+    for key, own, _peer in members:
+        peers = [p for k, _o, p in members if k != key]
+        assert texts[key] == render_hosts(own, peers, "bridge")
 
 
 def test_resolv_conf_drops_loopback_resolvers() -> None:
