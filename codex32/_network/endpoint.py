@@ -9,8 +9,10 @@ container (a fresh interpreter importing pydantic and pyroute2).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -89,14 +91,36 @@ def link_exists(ifname: str) -> bool:
     return True
 
 
+#: path -> ((inode, mtime, size), parsed JSON): every hosts refresh reads the endpoint of
+#: every peer, and these files change only when written whole (atomic rename: a new inode).
+_parsed: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+_PARSED_MAX = 4096
+
+
 def load_endpoint(store: StateStore, container_id: str) -> Endpoint | None:
-    """A container's endpoint record, if it is on a bridge network."""
-    path = store.directory(container_id) / ENDPOINT_FILE
+    """A container's endpoint record, if it is on a bridge network.
+
+    A file already parsed by this process and not changed since (one ``stat``) is not
+    read again: a refresh on a network of N containers is N stats, not N reads.
+    """
+    path = os.path.join(store.containers, container_id, ENDPOINT_FILE)
     try:
-        data = json.loads(path.read_text())
+        st = os.stat(path)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        known = _parsed.get(path)
+        if known is not None and known[0] == key:
+            data = known[1]
+        else:
+            with open(path) as f:
+                data = json.load(f)
+            if not isinstance(data, dict):
+                return None
+            if len(_parsed) >= _PARSED_MAX:
+                _parsed.clear()
+            _parsed[path] = (key, data)
     except (OSError, ValueError):
         return None
-    return Endpoint.from_json(data) if isinstance(data, dict) else None
+    return Endpoint.from_json(copy.deepcopy(data))
 
 
 class EndpointFiles:
@@ -158,9 +182,9 @@ class EndpointFiles:
                 network,
             )
             for container_id, text in texts.items():
-                path = self.store.directory(container_id) / HOSTS
+                path = os.path.join(self.store.containers, container_id, HOSTS)
                 try:
-                    write_in_place(path, text, create=False)
+                    write_in_place(Path(path), text, create=False)
                 except OSError as exc:
                     log.debug("hosts file of %s not updated: %s", container_id[:12], exc)
 

@@ -378,6 +378,26 @@ def test_endpoint_round_trip() -> None:
     assert endpoint.ip == "10.0.0.2"
 
 
+def test_load_endpoint_rereads_a_rewritten_file_and_hands_out_copies(
+    networking: Networking,
+) -> None:
+    from codex32._network.endpoint import load_endpoint
+
+    a = "a" * 64
+    _make(networking, a, "alpha", ports=["8080:80"])
+    store = networking._store
+    first = load_endpoint(store, a)
+    assert first is not None and first.proxy_pid is None
+    first.ports.clear()  # a caller's change to its copy...
+    again = load_endpoint(store, a)
+    assert again is not None and again.ports  # ...is not what the next caller gets
+    again.proxy_pid = 4242
+    networking._save(a, again)  # rewritten whole, as the engine does
+    assert load_endpoint(store, a) == again
+    (store.directory(a) / ENDPOINT_FILE).unlink()
+    assert load_endpoint(store, a) is None
+
+
 def test_hosts_refreshes_coalesce_but_never_across_a_reboot(networking: Networking) -> None:
     """A refresh that began after a change already wrote it; a stamp of another boot
     (or a garbled one) never stands in for a refresh."""
