@@ -98,7 +98,13 @@ _PARSED_MAX = 4096
 
 
 def load_endpoint(store: StateStore, container_id: str) -> Endpoint | None:
-    """A container's endpoint record, if it is on a bridge network.
+    """A container's endpoint record, if it is on a bridge network (the caller's copy)."""
+    data = _endpoint_data(store, container_id)
+    return None if data is None else Endpoint.from_json(copy.deepcopy(data))
+
+
+def _endpoint_data(store: StateStore, container_id: str) -> dict[str, Any] | None:
+    """A container's endpoint record as parsed JSON, shared: not to be changed.
 
     A file already parsed by this process and not changed since (one ``stat``) is not
     read again: a refresh on a network of N containers is N stats, not N reads.
@@ -120,7 +126,7 @@ def load_endpoint(store: StateStore, container_id: str) -> Endpoint | None:
             _parsed[path] = (key, data)
     except (OSError, ValueError):
         return None
-    return Endpoint.from_json(copy.deepcopy(data))
+    return data
 
 
 class EndpointFiles:
@@ -167,20 +173,18 @@ class EndpointFiles:
                 raise
             members = []
             for container_id, leased in leases.items():
-                endpoint = load_endpoint(self.store, container_id)
-                if endpoint is not None:
-                    members.append((container_id, endpoint, str(leased)))
-            texts = render_network_hosts(
-                [
-                    (
-                        c,
-                        HostEntry(a, names_for(e.name, c, e.hostname)),
-                        HostEntry(a, names_for(e.name, c)),
+                data = _endpoint_data(self.store, container_id)
+                if data is not None:
+                    address, name = str(leased), str(data.get("name", ""))
+                    own = names_for(name, container_id, data.get("hostname"))
+                    members.append(
+                        (
+                            container_id,
+                            HostEntry(address, own),
+                            HostEntry(address, names_for(name, container_id)),
+                        )
                     )
-                    for c, e, a in members
-                ],
-                network,
-            )
+            texts = render_network_hosts(members, network)
             for container_id, text in texts.items():
                 path = os.path.join(self.store.containers, container_id, HOSTS)
                 try:
