@@ -101,7 +101,9 @@ def create(engine: ContainerEngine, config: ContainerConfig) -> Container:
                 os.chmod(directory, 0o700)  # Docker's overlay2 layer directories
             engine._store.save_config(container_id, config.model_dump(mode="json"))
             hostname = config.hostname or container_id[:12]
-            engine._networking.prepare(container_id, name, hostname, config, profile.network)
+            engine._networking.prepare(
+                container_id, name, hostname, config, profile.network, background_refresh=True
+            )
             plan = compile_plan(engine, container_id, config, profile, template, lower)
             write_private(directory / "plan.json", plan.describe())  # -e secrets
             engine._store.save(record)

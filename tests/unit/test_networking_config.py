@@ -378,6 +378,23 @@ def test_endpoint_round_trip() -> None:
     assert endpoint.ip == "10.0.0.2"
 
 
+def test_a_refresh_beside_the_launch_is_done_once_waited_for(networking: Networking) -> None:
+    """The engine's create refreshes the peers on a thread; attach or release waits."""
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    _make(networking, a, "alpha")
+    for cid, name in ((b, "beta"), (c, "gamma")):
+        networking._store.directory(cid).mkdir()
+        networking._store.save(ContainerRecord(cid, name, "t"))
+        conf = config(name=name)
+        networking.prepare(cid, name, name, conf, "bridge", background_refresh=True)
+    networking._refreshed(b)
+    networking.release(c)  # waits for its refresh first, then takes it out again
+    hosts_a = (networking._store.directory(a) / "hosts").read_text()
+    assert "beta" in hosts_a and "gamma" not in hosts_a
+    assert "alpha" in (networking._store.directory(b) / "hosts").read_text()
+    assert not networking._refreshing
+
+
 def test_load_endpoint_rereads_a_rewritten_file_and_hands_out_copies(
     networking: Networking,
 ) -> None:
