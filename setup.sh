@@ -7,8 +7,9 @@ cd "$(dirname "$0")"
 # busybox-static: the busybox template; tini: the --init reaper (tini-static);
 # libcap-dev + python3-dev + gcc: for Python packages that build C extensions;
 # libseccomp2: the seccomp profiles (loaded through pyseccomp); iproute2: tests look at links;
-# nftables: masquerade for networks created with --masquerade; crun, runc, bubblewrap:
-# the anchors `make bench` compares against;
+# nftables: masquerade for networks created with --masquerade; crun, runc, bubblewrap,
+# podman (+ its conmon, uidmap) and docker.io: the anchors `make bench` compares against
+# (hyperfine: the CLI comparison docs/performance.md quotes);
 # qemu-system-x86 + linux-image-amd64 (a stock kernel in /boot; the running kernel is not
 # changed): the cgroup v2 tests boot it with virtme-ng, since this host's controllers are v1.
 # postgresql: the executor's tests start a real server from its binaries (initdb, pg_ctl).
@@ -18,7 +19,8 @@ cd "$(dirname "$0")"
 PACKAGES=(busybox-static tini libcap-dev libseccomp2 python3 python3-venv python3-dev gcc
           iproute2 util-linux procps nftables qemu-system-x86 linux-image-amd64
           crun runc bubblewrap postgresql
-          docker-registry skopeo umoci apache2-utils mmdebstrap)
+          docker-registry skopeo umoci apache2-utils mmdebstrap
+          podman conmon uidmap hyperfine)
 # docker.io: only its docker CLI, which the Docker-socket tests drive (no dockerd is run).
 DOCKER_CLIENT=docker.io
 # Extra packages named by the caller (e.g. the cgroup v2 VM tools), space separated.

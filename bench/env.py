@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from . import host, oci
+from . import anchors, host, oci
 
 SPAWNER = Path(__file__).resolve().parent / "spawner.py"
 CGROUPNS = Path(__file__).resolve().parent / "cgroupns.sh"
@@ -160,6 +160,8 @@ class Bench:
         self._links_before = host.net_links()
         self._tables_before = host.nft_tables()
         self.removed_network_state: list[str] = []
+        self.podman: anchors.Podman | None = anchors.Podman(self.tmp, f"{self.tag}-podman")
+        self.docker: anchors.Docker | None = anchors.Docker(self.tmp, f"{self.tag}-docker")
 
     # -- set-up ------------------------------------------------------------------
 
@@ -186,6 +188,17 @@ class Bench:
              "/bin/sh", str(CGROUPNS)],
             "crun namespace", subreaper=True,
         )  # fmt: skip
+        for name in ("podman", "docker"):
+            anchor = getattr(self, name)
+            try:
+                log(f"preparing {name} (its own storage under {self.tmp})")
+                anchor.prepare(self.rootfs)
+            except Exception as exc:  # its rows are left out, the run goes on
+                log(f"{name} left out: {exc}")
+                problems = anchor.close()
+                for problem in problems:
+                    log(f"{name}: {problem}")
+                setattr(self, name, None)
 
     def _spawner(self, prefix: list[str], name: str, *, subreaper: bool = False) -> Spawner:
         spawner = Spawner(prefix, self.env, name, subreaper=subreaper)
@@ -270,13 +283,25 @@ class Bench:
         problems += self._remove_codex32_containers()
         self.close_engines()
         problems += self._remove_oci_containers()
+        for anchor in (self.podman, self.docker):
+            if anchor is not None:
+                problems += anchor.close()
+        anchors.unmount_under(self.tmp)
         for spawner in self._spawners:
             spawner.close()
         self._spawners.clear()
         self.removed_network_state = host.remove_new_network_state(
             self._links_before, self._tables_before, NETWORK_PREFIXES
         )
-        left = host.remove_cgroup_trees([self.codex32_cgroup, self.oci_cgroup, self.attach_cgroup])
+        left = host.remove_cgroup_trees(
+            [
+                self.codex32_cgroup,
+                self.oci_cgroup,
+                self.attach_cgroup,
+                f"{self.tag}-podman",
+                f"{self.tag}-docker",
+            ]
+        )
         problems += [f"cgroup {path} is still there" for path in left]
         # A monitor appends its last event ("destroy") just after it removed its
         # container, and that append creates the storage directory again if it is

@@ -110,6 +110,19 @@ def remove_cgroup_trees(names: list[str], timeout: float = 10.0) -> list[str]:
     return left
 
 
+def private_network() -> None:
+    """Move the bench (and all it starts from now on) into a network namespace of its own.
+
+    The engine's default bridge, the containers' veths and dockerd then never touch the
+    machine's real network namespace; only loopback is up, as in the tests
+    (tests/conftest.py ``isolated_host_network``). Call before any thread starts.
+    """
+    from codex32._linux import syscalls
+
+    syscalls.unshare(syscalls.CLONE_NEWNET)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
 def net_links() -> set[str]:
     """The network interfaces of the host's namespace."""
     try:
@@ -218,4 +231,6 @@ def facts() -> dict[str, str]:
         "crun": tool_version(["crun", "--version"]) or "missing",
         "runc": tool_version(["runc", "--version"]) or "missing",
         "bwrap": tool_version(["bwrap", "--version"]) or "missing",
+        "podman": tool_version(["podman", "--version"]) or "missing",
+        "docker": tool_version(["/usr/bin/docker", "--version"]) or "missing",
     }

@@ -100,6 +100,20 @@ def variants(bench: Bench) -> list[Variant]:
                               "/bin/true"],
                 spawner=bench.host, codex32=True)
     )  # fmt: skip
+    found.append(
+        Variant("cli-nonet", "Codex-32 CLI `codex32 run --rm --network none busybox /bin/true`",
+                found[-1].interpreter,
+                argv=lambda: [str(host.REPO / ".venv/bin/codex32"), "run", "--rm", "--network",
+                              "none", "busybox", "/bin/true"],
+                spawner=bench.host, codex32=True)
+    )  # fmt: skip
+    for anchor in (bench.podman, bench.docker):
+        if anchor is not None:
+            found.append(
+                Variant(anchor.key, f"{anchor.key} `run --rm --network none` (runc)", "-",
+                        argv=lambda a=anchor: a.run_argv("/bin/true"),  # type: ignore[misc]
+                        spawner=bench.host)
+            )  # fmt: skip
     crun_bundle = str(bench.bundle("crun", ["/bin/true"]))
     crun_plain = str(bench.bundle("crun-noseccomp", ["/bin/true"], seccomp=False))
     found += [

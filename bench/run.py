@@ -25,10 +25,20 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` and ``codex32`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import breakdown, cgroup_attach, concurrency, host, latency, memory, report
+from bench import (
+    anchors,
+    breakdown,
+    cgroup_attach,
+    concurrency,
+    host,
+    latency,
+    memory,
+    report,
+    scale,
+)
 from bench.env import Bench, BenchError
 
-SECTIONS = ("latency", "concurrency", "memory", "breakdown")
+SECTIONS = ("latency", "concurrency", "memory", "breakdown", "scale")
 
 
 def _log(message: str) -> None:
@@ -50,6 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="breakdown runs per mode (default 8, quick 3)")  # fmt: skip
     parser.add_argument("--sizes", default="1,10,50", help="concurrency and memory counts")
     parser.add_argument(
+        "--running", help="scale: containers running (default 0,100,500; quick 0,50)"
+    )
+    parser.add_argument("--scale-reps", type=int, help="scale: runs per verb (default 5; quick 3)")
+    parser.add_argument(
         "--storage", type=Path, help="reuse this storage directory (kept; not its containers)"
     )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
@@ -64,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.repeats = args.repeats or (1 if quick else 3)
     args.traced = args.traced or (3 if quick else 8)
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.running = [int(s) for s in (args.running or ("0,50" if quick else "0,100,500")).split(",")]
+    args.scale_reps = args.scale_reps or (3 if quick else 5)
     return args
 
 
@@ -82,7 +98,16 @@ def _section(bench: Bench, section: str, args: argparse.Namespace) -> dict[str, 
             samples += memory.measure(bench, small, _log, fork_server=False)
             bench.close_engines()
             samples += memory.measure(bench, small, _log, via_cli=True)
-        return {"memory": [s.to_dict() for s in samples]}
+        memory_found: dict[str, Any] = {"memory": [s.to_dict() for s in samples]}
+        count = min(10, max(args.sizes))
+        memory_found["anchor_memory"] = [
+            anchors.monitors(anchor, count, _log)
+            for anchor in (bench.podman, bench.docker)
+            if anchor is not None
+        ]
+        return memory_found
+    if section == "scale":
+        return {"scale": scale.measure(bench, args.running, args.scale_reps, _log)}
     modes = breakdown.measure(bench, args.traced, _log)
     return {
         "breakdown": [
@@ -100,8 +125,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"host": host.facts()}
     results["options"] = (
         f"rounds={args.rounds} repeats={args.repeats} traced={args.traced} "
-        f"sizes={','.join(map(str, args.sizes))} quick={args.quick}"
+        f"sizes={','.join(map(str, args.sizes))} running={','.join(map(str, args.running))} "
+        f"scale_reps={args.scale_reps} quick={args.quick}"
     )
+    host.private_network()
     bench = Bench(args.storage)
     try:
         _log(f"storage {bench.storage}, cgroup parents {bench.codex32_cgroup}[-oci]")

@@ -107,7 +107,9 @@ def create(engine: ContainerEngine, config: ContainerConfig) -> Container:
             fault_point("create.config")
             write_private(directory / "image.json", json.dumps(image_meta(source)))
             hostname = config.hostname or container_id[:12]
-            engine._networking.prepare(container_id, name, hostname, config, profile.network)
+            engine._networking.prepare(
+                container_id, name, hostname, config, profile.network, background_refresh=True
+            )
             plan = compile_plan(engine, container_id, config, profile, source)
             write_private(directory / "plan.json", plan.describe())  # -e secrets
             engine._store.save(record)

@@ -1,4 +1,4 @@
-"""Host-side container networking over netlink (pyroute2): bridge, veth pair, addresses, tc.
+"""Host-side container networking over netlink (pyroute2): bridge, addresses, tc, clean-up.
 
 The engine calls these functions in the launch protocol's network step, after the child
 has unshared its network namespace and before it execs. Every function takes the "host"
@@ -6,12 +6,15 @@ network namespace as a path (``/run/netns/NAME``, ``/proc/PID/ns/net``) or ``Non
 the caller's own, so tests can run the host side inside a namespace they created and
 never touch the machine's real network.
 
+The veth pair of a start (``attach_container``) and the links' names are
+:mod:`codex32._linux.rtnl`'s, stdlib only, re-exported here: a start on a bridge that
+is already as it should be never imports pyroute2 (~110-170 ms).
+
 Why a thread and not ``IPRoute(netns=...)``: pyroute2 creates a socket in another
 namespace by forking a child, and forking a threaded caller (the HTTP service) can
 deadlock; with a missing path it would even *create* a namespace. Here a short-lived
-thread ``setns()``-es into the namespace (network namespaces are per thread), opens the
-netlink socket there and hands the descriptor back; a socket stays bound to the
-namespace it was created in, whichever thread uses it afterwards.
+thread ``setns()``-es into the namespace (``rtnl.netlink_socket_in``) and hands the
+descriptor back.
 
 Direction of the rate limits (checked by ``tests/integration/test_network_lib.py``):
 
@@ -30,117 +33,61 @@ the errno, after removing what that call created.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno as errno_module
-import hashlib
-import ipaddress
 import os
-import re
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+# attach_container, the only call of a start, is rtnl's (no pyroute2); re-exported here.
+from codex32._linux.rtnl import (
+    CONTAINER_IFNAME,
+    HOST_IFNAME_PREFIX,
+    IFB_IFNAME_PREFIX,
+    IFNAMSIZ_MAX,
+    attach_container,
+    container_netns_path,
+    host_ifname,
+    ifb_ifname,
+)
+from codex32._linux.rtnl import check_ifname as _check_ifname
+from codex32._linux.rtnl import netlink_socket_in as _netlink_socket_in
+from codex32._linux.rtnl import open_netns as _open_netns
+from codex32._linux.rtnl import parse_interface as _parse_interface
 from codex32.errors import NetworkError
 
-IFNAMSIZ_MAX = 15
-"""Longest interface name the kernel accepts (IFNAMSIZ 16 minus the NUL)."""
+__all__ = [
+    "CONTAINER_IFNAME",
+    "HOST_IFNAME_PREFIX",
+    "IFB_IFNAME_PREFIX",
+    "IFNAMSIZ_MAX",
+    "Netns",
+    "apply_rate_limits",
+    "attach_container",
+    "container_netns_path",
+    "detach_container",
+    "ensure_bridge",
+    "host_ifname",
+    "ifb_ifname",
+    "remove_bridge",
+    "setup_loopback",
+]
 
-HOST_IFNAME_PREFIX = "c32"
-IFB_IFNAME_PREFIX = "i32"
-CONTAINER_IFNAME = "eth0"
 
-_CLONE_NEWNET = 0x40000000
 _ETH_P_ALL = 0x0003
 _TC_H_ROOT = 0xFFFFFFFF
 _ROOT_HANDLE = 0x00010000
 _INGRESS_HANDLE = 0xFFFF0000
-_IFNAME_RE = re.compile(r"^[^/\s:]{1,15}$")
 _MAX_RATE_BPS = (2**32 - 1) * 8  # tc's 32-bit rate field counts bytes per second
 _TBF_LATENCY_MS = 50
 _TBF_MIN_BURST = 16 * 1024  # above any MTU up to jumbo frames
-_HEX_ID_RE = re.compile(r"^[0-9a-f]{12,}$")
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 Netns = str | os.PathLike[str] | None
 
 
-def host_ifname(container_id: str) -> str:
-    """Name of the host-side veth: ``c32`` + 12 hex chars, stable for a container id.
-
-    A hex id (as the engine makes) is used as is so ``ip link`` shows which container a
-    veth belongs to; anything else is hashed so the name stays within IFNAMSIZ.
-    """
-    if not container_id:
-        raise NetworkError("empty container id", step="network.ifname")
-    lowered = container_id.lower()
-    suffix = (
-        lowered[:12]
-        if _HEX_ID_RE.match(lowered)
-        else hashlib.sha256(container_id.encode()).hexdigest()[:12]
-    )
-    return HOST_IFNAME_PREFIX + suffix
-
-
-def ifb_ifname(ifname_host: str) -> str:
-    """Name of the IFB device that shapes a host veth's ingress (container egress)."""
-    if ifname_host.startswith(HOST_IFNAME_PREFIX):
-        suffix = ifname_host[len(HOST_IFNAME_PREFIX) :]
-    else:
-        suffix = hashlib.sha256(ifname_host.encode()).hexdigest()[:12]
-    return (IFB_IFNAME_PREFIX + suffix)[:IFNAMSIZ_MAX]
-
-
-def container_netns_path(container_pid: int) -> str:
-    """The net namespace of a process, as the kernel exposes it."""
-    return f"/proc/{container_pid}/ns/net"
-
-
 # --- netlink sockets in a given namespace ------------------------------------------------
-
-
-def _open_netns(path: str | os.PathLike[str], link: str, step: str) -> int:
-    """Open a namespace file once, so a recycled pid cannot switch it under us."""
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise NetworkError(
-            f"cannot open network namespace for link {link}",
-            step=step,
-            errno=exc.errno,
-            path=os.fspath(path),
-            hint="is the process still running / does the namespace exist?",
-        ) from exc
-
-
-def _netlink_socket_in(ns_fd: int) -> int:
-    """Create an rtnetlink socket inside the namespace ``ns_fd``; return its descriptor."""
-    result: dict[str, int] = {}
-
-    def worker() -> None:
-        if _libc.setns(ns_fd, _CLONE_NEWNET) != 0:
-            result["errno"] = ctypes.get_errno()
-            return
-        try:
-            sock = socket.socket(
-                socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0
-            )  # 0 = NETLINK_ROUTE
-        except OSError as exc:
-            result["errno"] = exc.errno or errno_module.EIO
-            return
-        result["fd"] = sock.detach()
-
-    thread = threading.Thread(target=worker, name="codex32-netns", daemon=True)
-    thread.start()
-    thread.join()
-    if "fd" not in result:
-        code = result.get("errno", errno_module.EIO)
-        raise OSError(code, os.strerror(code))
-    return result["fd"]
 
 
 @contextlib.contextmanager
@@ -225,27 +172,6 @@ def _delete_link(ipr: Any, ifname: str) -> bool:
             return False
         raise
     return True
-
-
-def _check_ifname(name: str, what: str, step: str) -> None:
-    if not _IFNAME_RE.match(name):
-        raise NetworkError(
-            f"invalid {what} name {name!r}",
-            step=step,
-            hint=f"use 1 to {IFNAMSIZ_MAX} characters without '/', ':' or spaces",
-        )
-
-
-def _parse_interface(cidr: str, what: str, step: str) -> ipaddress.IPv4Interface:
-    try:
-        iface = ipaddress.IPv4Interface(cidr)
-    except ValueError as exc:
-        raise NetworkError(f"invalid {what} {cidr!r}: {exc}", step=step) from exc
-    if "/" not in cidr:
-        raise NetworkError(
-            f"{what} {cidr!r} has no prefix length", step=step, hint="write it as A.B.C.D/LEN"
-        )
-    return iface
 
 
 # --- bridge ----------------------------------------------------------------------------
@@ -334,98 +260,6 @@ def _loopback_up(ipr: Any, container_pid: int, step: str) -> None:
                 errno=errno_module.ENODEV,
             )
         ipr.link("set", index=index, state="up")
-
-
-def attach_container(
-    container_pid: int,
-    bridge: str,
-    ifname_host: str,
-    address_cidr: str,
-    gateway: str,
-    host_netns: Netns,
-    mtu: int = 1500,
-) -> None:
-    """Connect a container to a bridge: veth pair, ``eth0`` with address, default route.
-
-    The peer is created directly inside the container's namespace under its final name
-    ``eth0`` (IFLA_NET_NS_FD in the veth peer info), so it never exists in the host
-    namespace, where an ``eth0`` may already be taken. On failure the host end is
-    deleted, which takes the peer with it.
-    """
-    step = "network.attach"
-    _check_ifname(bridge, "bridge", step)
-    _check_ifname(ifname_host, "host veth", step)
-    address = _parse_interface(address_cidr, "container address", step)
-    try:
-        gateway_ip = ipaddress.IPv4Address(gateway)
-    except ValueError as exc:
-        raise NetworkError(f"invalid gateway {gateway!r}: {exc}", step=step) from exc
-    if gateway_ip not in address.network:
-        raise NetworkError(
-            f"gateway {gateway} is outside the container's subnet {address.network}",
-            step=step,
-        )
-    if not 68 <= mtu <= 65535:
-        raise NetworkError(f"invalid MTU {mtu}", step=step, hint="use 68..65535")
-
-    container_fd = _open_netns(container_netns_path(container_pid), ifname_host, step)
-    try:
-        with _host(host_netns, ifname_host, step) as host:
-            bridge_index = _index(host, bridge)
-            if bridge_index is None:
-                raise NetworkError(
-                    f"bridge {bridge} does not exist for link {ifname_host}",
-                    step=step,
-                    errno=errno_module.ENODEV,
-                    hint="call ensure_bridge() for the network first",
-                )
-            with _step(f"cannot create veth pair {ifname_host} <-> {CONTAINER_IFNAME}", step):
-                host.link(
-                    "add",
-                    ifname=ifname_host,
-                    kind="veth",
-                    mtu=mtu,
-                    peer={"ifname": CONTAINER_IFNAME, "net_ns_fd": container_fd, "mtu": mtu},
-                )
-            try:
-                with _step(f"cannot attach {ifname_host} to bridge {bridge}", step):
-                    index = _index(host, ifname_host)
-                    if index is None:
-                        raise NetworkError(f"veth {ifname_host} vanished", step=step)
-                    host.link("set", index=index, master=bridge_index, state="up")
-                _configure_container_side(container_fd, container_pid, address, gateway_ip, step)
-            except BaseException:
-                with contextlib.suppress(OSError, NetlinkError):
-                    _delete_link(host, ifname_host)
-                raise
-    finally:
-        os.close(container_fd)
-
-
-def _configure_container_side(
-    container_fd: int,
-    container_pid: int,
-    address: ipaddress.IPv4Interface,
-    gateway: ipaddress.IPv4Address,
-    step: str,
-) -> None:
-    where = f"the namespace of pid {container_pid}"
-    with _rtnl(container_fd, CONTAINER_IFNAME, step, where) as ipr:
-        _loopback_up(ipr, container_pid, step)
-        with _step(f"cannot configure {CONTAINER_IFNAME} in {where}", step):
-            index = _index(ipr, CONTAINER_IFNAME)
-            if index is None:
-                raise NetworkError(
-                    f"{CONTAINER_IFNAME} did not appear in {where}",
-                    step=step,
-                    errno=errno_module.ENODEV,
-                )
-            ipr.addr(
-                "add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
-            )
-            ipr.link("set", index=index, state="up")
-        with _step(f"cannot add default route via {gateway} in {where}", step):
-            ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
 
 
 def detach_container(ifname_host: str, host_netns: Netns) -> None:

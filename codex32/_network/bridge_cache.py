@@ -20,6 +20,7 @@ import threading
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCGIFADDR = 0x8915
+_SIOCGIFNETMASK = 0x891B
 _IFF_UP = 0x1
 
 _lock = threading.Lock()
@@ -59,6 +60,38 @@ def is_ready(name: str, gateway_ip: str) -> bool:
         return True
     forget(name)
     return False
+
+
+def verify(name: str, gateway_cidr: str) -> bool:
+    """Whether the bridge is already as ``ensure_bridge`` would leave it; remember it if so.
+
+    For a process that has not checked it yet (every CLI ``run``): one netlink request
+    (its kind and flags, :mod:`codex32._linux.rtnl`) and two ioctls (its primary address
+    and netmask) instead of importing pyroute2. False when anything differs (the gateway
+    as a secondary address included): the caller then runs the full ``ensure_bridge``.
+    """
+    from codex32._linux.rtnl import Rtnl
+
+    gateway_ip, _, prefix = gateway_cidr.partition("/")
+    try:
+        with Rtnl() as rtnl:
+            found = rtnl.link(name)
+        if found is None or found[2] != "bridge" or not found[1] & _IFF_UP:
+            return False
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            address = socket.inet_ntoa(_ifreq(sock, _SIOCGIFADDR, name)[20:24])
+            netmask = socket.inet_ntoa(_ifreq(sock, _SIOCGIFNETMASK, name)[20:24])
+    except OSError:
+        return False
+    if address != gateway_ip or str(_prefixlen(netmask)) != prefix:
+        return False
+    with _lock:
+        _checked[(_netns(), name, gateway_ip)] = found[0]
+    return True
+
+
+def _prefixlen(netmask: str) -> int:
+    return bin(int.from_bytes(socket.inet_aton(netmask), "big")).count("1")
 
 
 def remember(name: str, gateway_ip: str) -> None:

@@ -9,8 +9,10 @@ container (a fresh interpreter importing pydantic and pyroute2).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from codex32._network.etc_files import HOSTS, HostEntry, names_for, render_hosts, write_in_place
+from codex32._network.etc_files import (
+    HOSTS,
+    HostEntry,
+    names_for,
+    render_network_hosts,
+    write_in_place,
+)
 from codex32._network.ipam import IPAM
 from codex32._store.state import StateStore, file_lock, is_same_process
 from codex32.errors import NetworkError
@@ -83,14 +91,42 @@ def link_exists(ifname: str) -> bool:
     return True
 
 
+#: path -> ((inode, mtime, size), parsed JSON): every hosts refresh reads the endpoint of
+#: every peer, and these files change only when written whole (atomic rename: a new inode).
+_parsed: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+_PARSED_MAX = 4096
+
+
 def load_endpoint(store: StateStore, container_id: str) -> Endpoint | None:
-    """A container's endpoint record, if it is on a bridge network."""
-    path = store.directory(container_id) / ENDPOINT_FILE
+    """A container's endpoint record, if it is on a bridge network (the caller's copy)."""
+    data = _endpoint_data(store, container_id)
+    return None if data is None else Endpoint.from_json(copy.deepcopy(data))
+
+
+def _endpoint_data(store: StateStore, container_id: str) -> dict[str, Any] | None:
+    """A container's endpoint record as parsed JSON, shared: not to be changed.
+
+    A file already parsed by this process and not changed since (one ``stat``) is not
+    read again: a refresh on a network of N containers is N stats, not N reads.
+    """
+    path = os.path.join(store.containers, container_id, ENDPOINT_FILE)
     try:
-        data = json.loads(path.read_text())
+        st = os.stat(path)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        known = _parsed.get(path)
+        if known is not None and known[0] == key:
+            data = known[1]
+        else:
+            with open(path) as f:
+                data = json.load(f)
+            if not isinstance(data, dict):
+                return None
+            if len(_parsed) >= _PARSED_MAX:
+                _parsed.clear()
+            _parsed[path] = (key, data)
     except (OSError, ValueError):
         return None
-    return Endpoint.from_json(data) if isinstance(data, dict) else None
+    return data
 
 
 class EndpointFiles:
@@ -137,29 +173,37 @@ class EndpointFiles:
                 raise
             members = []
             for container_id, leased in leases.items():
-                endpoint = load_endpoint(self.store, container_id)
-                if endpoint is not None:
-                    members.append((container_id, endpoint, str(leased)))
-            for container_id, endpoint, address in members:
-                own = HostEntry(address, names_for(endpoint.name, container_id, endpoint.hostname))
-                peers = [
-                    HostEntry(a, names_for(e.name, c)) for c, e, a in members if c != container_id
-                ]
-                path = self.store.directory(container_id) / HOSTS
+                data = _endpoint_data(self.store, container_id)
+                if data is not None:
+                    address, name = str(leased), str(data.get("name", ""))
+                    own = names_for(name, container_id, data.get("hostname"))
+                    members.append(
+                        (
+                            container_id,
+                            HostEntry(address, own),
+                            HostEntry(address, names_for(name, container_id)),
+                        )
+                    )
+            texts = render_network_hosts(members, network)
+            for container_id, text in texts.items():
+                path = os.path.join(self.store.containers, container_id, HOSTS)
                 try:
-                    write_in_place(path, render_hosts(own, peers, network), create=False)
+                    write_in_place(Path(path), text, create=False)
                 except OSError as exc:
                     log.debug("hosts file of %s not updated: %s", container_id[:12], exc)
 
-    def release(self, container_id: str) -> None:
+    def release(self, container_id: str, *, refresh: bool = True) -> str | None:
         """Give back everything a container holds on its network; idempotent.
 
         Best effort past the first failure: a link that cannot be deleted is logged and
         the lease and hosts entries are released anyway (``reconcile`` retries links).
+        Returns the network left. With ``refresh=False`` the peers' hosts files are the
+        caller's to refresh (``refresh_hosts``): a monitor removing its ``--rm``
+        container does it once the container is gone, off the removal's critical path.
         """
         endpoint = load_endpoint(self.store, container_id)
         if endpoint is None:
-            return
+            return None
         if endpoint.proxy_pid is not None and endpoint.proxy_alive():
             from codex32._network.ports import stop_process
 
@@ -168,7 +212,9 @@ class EndpointFiles:
         self.ipam.release(endpoint.network, container_id)
         with contextlib.suppress(FileNotFoundError):
             (self.store.directory(container_id) / ENDPOINT_FILE).unlink()
-        self.refresh_hosts(endpoint.network)
+        if refresh:
+            self.refresh_hosts(endpoint.network)
+        return endpoint.network
 
 
 def _boot_id() -> str:

@@ -50,6 +50,31 @@ def render_hosts(own: HostEntry | None, peers: Sequence[HostEntry], network: str
     return text
 
 
+def render_network_hosts(
+    members: Sequence[tuple[str, HostEntry, HostEntry]], network: str
+) -> dict[str, str]:
+    """Every member's /etc/hosts at once: ``render_hosts(own, all other peers, network)``.
+
+    ``members`` are (key, own entry, entry as a peer sees it). Each peer line is made
+    once and each file is the whole peer block with the member's own line cut out (two
+    slices), so a refresh of N members costs O(N) lines, not O(N^2).
+    """
+    ordered = sorted(members, key=lambda m: m[2].names)
+    block = ""
+    spans: dict[str, tuple[int, int]] = {}
+    for key, _own, peer in ordered:
+        line = peer.line()
+        spans[key] = (len(block), len(block) + len(line))
+        block += line
+    header = f"# other containers on network {network}\n"
+    out = {}
+    for key, own, _peer in members:
+        start, end = spans[key]
+        peers = block[:start] + block[end:]
+        out[key] = render_hosts(own, [], network) + (header + peers if peers else "")
+    return out
+
+
 def nameservers(text: str) -> list[str]:
     """The ``nameserver`` addresses of a resolv.conf text."""
     found = []

@@ -22,14 +22,16 @@ container keeps its address across restarts and peers' ``hosts`` entries stay tr
 Every peer holding a lease on the network is listed in ``hosts``, running or not:
 the address is reserved for it, so the name never resolves to someone else.
 
-All netlink work is :mod:`codex32._linux.netlink` (pyroute2), imported only when a
-container actually joins a bridge; host and none containers never pay for it.
+A start on a bridge that is as it should be wires its veth with :mod:`codex32._linux.rtnl`
+(stdlib); :mod:`codex32._linux.netlink` (pyroute2, ~110-170 ms to import) only makes or
+fixes bridges, removes leftovers and sets rate limits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,8 @@ class Networking:
 
     def __init__(self, storage_dir: Path, store: StateStore) -> None:
         self._files = EndpointFiles(storage_dir, store)
+        self._refreshing: dict[str, threading.Thread] = {}
+        self._refreshing_lock = threading.Lock()
         self.directory = self._files.directory
         self.ipam = self._files.ipam
         self._store = store
@@ -163,12 +167,22 @@ class Networking:
     # -- create --------------------------------------------------------------------
 
     def prepare(
-        self, container_id: str, name: str, hostname: str, config: ContainerConfig, network: str
+        self,
+        container_id: str,
+        name: str,
+        hostname: str,
+        config: ContainerConfig,
+        network: str,
+        *,
+        background_refresh: bool = False,
     ) -> None:
         """At create: files, and for a bridge network the lease and the endpoint record.
 
         On failure the caller runs :meth:`release` (idempotent) and deletes the
-        container's directory, so nothing is left.
+        container's directory, so nothing is left. With ``background_refresh`` the
+        network's hosts files (the new one's peers, and it in every peer's: O(N)) are
+        rewritten on a thread, beside the launch's forks; ``attach`` (or ``release``)
+        waits for it, so once the container runs every peer can resolve its name.
         """
         directory = self._store.directory(container_id)
         if network == HOST:
@@ -183,7 +197,7 @@ class Networking:
         definition = self.ipam.get_network(network)
         self._check_ports(container_id, name, config.ports)
         lease = self.ipam.allocate(definition.name, container_id)
-        from codex32._linux.netlink import host_ifname, ifb_ifname
+        from codex32._linux.rtnl import host_ifname, ifb_ifname
 
         endpoint = Endpoint(
             network=definition.name,
@@ -204,7 +218,29 @@ class Networking:
             directory / RESOLV_CONF, render_resolv_conf(host_resolv, read_text(SYSTEMD_RESOLV_CONF))
         )
         write_in_place(directory / HOSTS, render_hosts(None, [], definition.name))
-        self._files.refresh_hosts(definition.name)
+        if background_refresh:
+            self._refresh_beside(container_id, definition.name)
+        else:
+            self._files.refresh_hosts(definition.name)
+
+    def _refresh_beside(self, container_id: str, network: str) -> None:
+        def refresh() -> None:
+            try:
+                self._files.refresh_hosts(network)
+            except Exception as exc:  # the network's next change refreshes them
+                log.warning("hosts files of network %s not refreshed: %s", network, exc)
+
+        thread = threading.Thread(target=refresh, name=f"codex32-hosts-{container_id[:12]}")
+        with self._refreshing_lock:
+            self._refreshing[container_id] = thread
+        thread.start()
+
+    def _refreshed(self, container_id: str) -> None:
+        """Wait for the hosts refresh ``prepare`` left running for this container."""
+        with self._refreshing_lock:
+            thread = self._refreshing.pop(container_id, None)
+        if thread is not None:
+            thread.join()
 
     def _check_ports(self, container_id: str, name: str, ports: list[PortMapping]) -> None:
         """Refuse a host port that a running container publishes already."""
@@ -238,22 +274,39 @@ class Networking:
         endpoint = load_endpoint(self._store, container_id)
         if endpoint is None:
             return  # host or none: the plan's loopback step is all there is
-        from codex32._linux import netlink
+        try:
+            self._wire(container_id, pid, endpoint)
+        finally:
+            self._refreshed(container_id)
+
+    def _wire(self, container_id: str, pid: int, endpoint: Endpoint) -> None:
+        # pyroute2 (codex32._linux.netlink, ~110-170 ms to import) only for what the
+        # common start does not need: a bridge to make or fix, leftovers, rate limits.
+        from codex32._linux import rtnl
 
         definition = self.ipam.get_network(endpoint.network)
         self._stop_proxy(endpoint)  # one left by an earlier run, if it still lingers
-        if not bridge_cache.is_ready(definition.bridge, definition.gateway):
+        bridge, gateway = definition.bridge, definition.gateway
+        if not bridge_cache.is_ready(bridge, gateway) and not bridge_cache.verify(
+            bridge, definition.gateway_cidr
+        ):
+            from codex32._linux import netlink
+
             netlink.ensure_bridge(definition.bridge, definition.gateway_cidr, None)
             bridge_cache.remember(definition.bridge, definition.gateway)
         if definition.masquerade:
             self._apply_nat()
         if link_exists(endpoint.ifname_host) or link_exists(endpoint.ifname_ifb):
+            from codex32._linux import netlink
+
             netlink.detach_container(endpoint.ifname_host, None)  # an earlier run's
-        netlink.attach_container(
+        rtnl.attach_container(
             pid, definition.bridge, endpoint.ifname_host, endpoint.address, endpoint.gateway, None
         )
         try:
             if endpoint.egress_bps or endpoint.ingress_bps:
+                from codex32._linux import netlink
+
                 netlink.apply_rate_limits(
                     endpoint.ifname_host, endpoint.egress_bps, endpoint.ingress_bps, None
                 )
@@ -264,6 +317,8 @@ class Networking:
         except BaseException:
             self._stop_proxy(endpoint)
             with contextlib.suppress(Codex32Error):
+                from codex32._linux import netlink
+
                 netlink.detach_container(endpoint.ifname_host, None)
             raise
 
@@ -321,6 +376,7 @@ class Networking:
         Best effort past the first failure: a link that cannot be deleted is logged and
         the lease and hosts entries are released anyway (``reconcile`` retries links).
         """
+        self._refreshed(container_id)
         self._files.release(container_id)
 
     # -- reconcile -----------------------------------------------------------------
@@ -339,7 +395,7 @@ class Networking:
                 if cid not in known and not self._store.directory(cid).exists()
             ]
             for container_id in stale:
-                from codex32._linux.netlink import host_ifname, ifb_ifname
+                from codex32._linux.rtnl import host_ifname, ifb_ifname
 
                 veth = host_ifname(container_id)
                 drop_links(veth, ifb_ifname(veth))

@@ -31,6 +31,7 @@ FileArg = int | IO[bytes] | None
 # skips site-packages (and their .pth files, ~20 ms), finding codex32 by PYTHONPATH.
 MONITOR_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    # The directory holding the codex32 package (this file is codex32/_runtime/launch.py).
     "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     **_faults.environment(),  # a fault test's pause point (tests/faults), else nothing
 }

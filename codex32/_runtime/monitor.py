@@ -440,15 +440,18 @@ class Monitor:
         if self.config.auto_remove and not record.keep_after_exit:
             self._wait_for_engine_to_let_go()
             _faults.point("monitor.remove")
+            network = None
             try:
                 if (self.directory / "network.json").exists():  # lease, hosts, links
-                    self._release_network(record.id)
+                    network = self._release_network(record.id)
             finally:
                 with contextlib.suppress(OSError):
                     self.store.delete(record)
                 self._event("destroy")
+            if network is not None:  # the peers' hosts files: O(peers), after the removal
+                self._refresh_peers(network)
 
-    def _release_network(self, container_id: str) -> None:
+    def _release_network(self, container_id: str) -> str | None:
         """Give back the endpoint; whatever fails is logged, and ``reconcile`` retries."""
         try:
             # Imported here: a monitor started as a fresh interpreter (the CLI's)
@@ -456,9 +459,20 @@ class Monitor:
             # server imports it up front, so forked monitors share it.
             from codex32._network.endpoint import EndpointFiles
 
-            EndpointFiles(Path(self.config.storage_dir), self.store).release(container_id)
+            files = EndpointFiles(Path(self.config.storage_dir), self.store)
+            return files.release(container_id, refresh=False)
         except Exception as exc:  # the removal goes on: a lease left is reconciled later
             print(f"codex32: network release of {container_id[:12]} failed: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            return None
+
+    def _refresh_peers(self, network: str) -> None:
+        from codex32._network.endpoint import EndpointFiles
+
+        try:
+            EndpointFiles(Path(self.config.storage_dir), self.store).refresh_hosts(network)
+        except Exception as exc:  # the next change of the network refreshes them
+            print(f"codex32: hosts refresh of network {network} failed: {exc}",
                   file=sys.stderr)  # fmt: skip
 
     def _should_restart(self, record: ContainerRecord, code: int, finished: float) -> bool:

@@ -194,21 +194,10 @@ def logout(registry: Annotated[str, typer.Argument(help="Registry host[:port].")
     typer.echo(f"Removing login credentials for {registry}")
 
 
-def register(app: typer.Typer) -> None:
-    """Add the image verbs to the top-level command."""
-    app.command("pull")(pull)
-    app.command("load")(load)
-    app.command("save")(save)
-    app.command("images")(list_images)
-    app.command("rmi")(remove)
-    app.command("tag")(tag)
-    app.command("commit")(commit)
-    app.command("login")(login)
-    app.command("logout")(logout)
-    image_app.command("ls")(list_images)
-    image_app.command("rm")(remove)
-    image_app.command("pull")(pull)
-    image_app.command("load")(load)
-    image_app.command("save")(save)
-    image_app.command("tag")(tag)
-    app.add_typer(image_app, name="image")
+# ``codex32 image ls|rm|pull|load|save|tag`` (the top-level verbs are in cli/main.py).
+image_app.command("ls")(list_images)
+image_app.command("rm")(remove)
+image_app.command("pull")(pull)
+image_app.command("load")(load)
+image_app.command("save")(save)
+image_app.command("tag")(tag)

@@ -8,7 +8,8 @@ when it is not found, else the container's own exit code.
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -16,17 +17,23 @@ from codex32.cli import bot, images, network, verbs, views
 from codex32.cli._common import state
 from codex32.cli._usage import UsageError, UsageGroup
 from codex32.cli._usage import report as report_usage_error
+from codex32.cli.entry import _verb
 from codex32.cli.run import Action, container_command
 from codex32.cli.serve import serve
 
-app = typer.Typer(
-    name="codex32",
-    help="Codex-32: run bots in Linux containers (namespaces, overlay rootfs, cgroups).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    cls=UsageGroup,
-)
+
+def _typer() -> typer.Typer:
+    return typer.Typer(
+        name="codex32",
+        help="Codex-32: run bots in Linux containers (namespaces, overlay rootfs, cgroups).",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        cls=UsageGroup,
+    )
+
+
+app = _typer()
 
 
 def _print_version(value: bool) -> None:
@@ -40,7 +47,6 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _global(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     cgroup_parent: Annotated[
@@ -80,36 +86,79 @@ def _global(
 
 
 _PASS_THROUGH = {"allow_interspersed_args": False}
-for _action in Action:
-    app.command(_action.value, context_settings=_PASS_THROUGH)(container_command(_action))
+#: (verb, function, options of ``Typer.command``), in the order ``--help`` lists them.
+_COMMANDS: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
+    *((a.value, container_command(a), {"context_settings": _PASS_THROUGH}) for a in Action),
+    ("start", verbs.start, {}),
+    ("stop", verbs.stop, {}),
+    ("restart", verbs.restart, {}),
+    ("kill", verbs.kill, {}),
+    ("wait", verbs.wait, {}),
+    ("rm", verbs.remove, {}),
+    ("remove", verbs.remove, {"hidden": True}),
+    ("prune", verbs.prune, {}),
+    ("exec", verbs.exec_, {"context_settings": _PASS_THROUGH}),
+    ("export", verbs.export, {}),
+    ("ps", views.list_containers, {}),
+    ("list", views.list_containers, {"hidden": True}),
+    ("inspect", views.inspect, {}),
+    ("logs", views.logs, {}),
+    ("events", views.events, {}),
+    ("pull", images.pull, {}),
+    ("load", images.load, {}),
+    ("save", images.save, {}),
+    ("images", images.list_images, {}),
+    ("rmi", images.remove, {}),
+    ("tag", images.tag, {}),
+    ("commit", images.commit, {}),
+    ("login", images.login, {}),
+    ("logout", images.logout, {}),
+    ("build", views.build, {}),
+    ("pause", verbs.pause, {}),
+    ("unpause", verbs.unpause, {}),
+    ("stats", views.stats, {}),
+    ("top", views.top, {}),
+    ("doctor", views.doctor, {}),
+    ("info", views.doctor, {"hidden": True}),
+    ("serve", serve, {}),
+]
+#: Verb groups: ``codex32 network ls``, ``image``, ``bot``, ``db``.
+_GROUPS: dict[str, typer.Typer] = {
+    "network": network.app,
+    "image": images.image_app,
+    "bot": bot.app,
+    "db": bot.db_app,
+}
 
-app.command("start")(verbs.start)
-app.command("stop")(verbs.stop)
-app.command("restart")(verbs.restart)
-app.command("kill")(verbs.kill)
-app.command("wait")(verbs.wait)
-app.command("rm")(verbs.remove)
-app.command("remove", hidden=True)(verbs.remove)
-app.command("prune")(verbs.prune)
-app.command("exec", context_settings=_PASS_THROUGH)(verbs.exec_)
-app.command("export")(verbs.export)
-app.command("ps")(views.list_containers)
-app.command("list", hidden=True)(views.list_containers)
-app.command("inspect")(views.inspect)
-app.command("logs")(views.logs)
-app.command("events")(views.events)
-app.command("build")(views.build)
-app.command("pause")(verbs.pause)
-app.command("unpause")(verbs.unpause)
-app.command("stats")(views.stats)
-app.command("top")(views.top)
-app.command("doctor")(views.doctor)
-app.command("info", hidden=True)(views.doctor)
-app.add_typer(network.app, name="network")
-app.command("serve")(serve)
-app.add_typer(bot.app, name="bot")
-app.add_typer(bot.db_app, name="db")
-images.register(app)
+
+def _register(target: typer.Typer, only: str | None = None) -> None:
+    """Give ``target`` the global options and every verb (or only the verb ``only``)."""
+    target.callback()(_global)
+    for name, function, options in _COMMANDS:
+        if only is None or name == only:
+            target.command(name, **options)(function)
+    for name, group in _GROUPS.items():
+        if only is None or only == name:
+            target.add_typer(group, name=name)
+
+
+_register(app)
+
+
+def _app_for(args: list[str]) -> typer.Typer:
+    """The app with only the verb ``args`` name, or the whole app.
+
+    Typer turns every registered verb into a Click command (signature, type hints) at
+    each call: ~30 ms for all of them, a few for one. A known verb gets an app with it
+    alone (its parsing, help and errors are the same); anything else (no verb, a
+    misspelt one, ``--help``) the whole app, which lists and suggests verbs.
+    """
+    verb = _verb(args)
+    if verb is None or verb not in {name for name, _f, _o in _COMMANDS} | set(_GROUPS):
+        return app
+    single = _typer()
+    _register(single, only=verb)
+    return single
 
 
 def main() -> None:
@@ -120,7 +169,7 @@ def main() -> None:
     program is ``codex32`` however it was started (``python -m codex32`` too).
     """
     try:
-        code = app(prog_name="codex32", standalone_mode=False)
+        code = _app_for(sys.argv[1:])(prog_name="codex32", standalone_mode=False)
     except UsageError as exc:
         sys.exit(report_usage_error(exc))
     except typer.Abort:  # end of input at a prompt, or Ctrl-C with older Click

@@ -178,17 +178,6 @@ def events(
             )
 
 
-def images(json_output: Json = False) -> None:
-    """List the rootfs templates."""
-    found = guard(engine().images.list)
-    if json_output:
-        typer.echo(json.dumps([i.model_dump() for i in found], indent=2))
-        return
-    rows = [["TEMPLATE", "BUILT", "DESCRIPTION"]]
-    rows += [[i.name, "yes" if i.built else "no", i.description] for i in found]
-    table(rows)
-
-
 def build(name: Annotated[str, typer.Argument(help="Template to (re)build.")]) -> None:
     """Build a rootfs template from its recipe (shipped, or in $CODEX32_TEMPLATES_DIR)."""
     guard(partial(engine().images.build, name))

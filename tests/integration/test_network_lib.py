@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from codex32._linux import netlink as network
+from codex32._linux import rtnl
 from codex32.errors import NetworkError
 
 BRIDGE = "c32tbr0"
@@ -379,13 +380,13 @@ def test_failures_raise_network_error_and_leave_nothing(
     assert other not in lab.host_links()
 
     # a failure after the pair exists rolls it back (the peer goes with the host end)
-    real_configure = network._configure_container_side
+    real_configure = rtnl._configure_container_side  # attach_container is rtnl's
 
     def configure_then_fail(*args: Any, **kwargs: Any) -> None:
         real_configure(*args, **kwargs)
         raise NetworkError("injected failure", step="network.attach")
 
-    monkeypatch.setattr(network, "_configure_container_side", configure_then_fail)
+    monkeypatch.setattr(rtnl, "_configure_container_side", configure_then_fail)
     with pytest.raises(NetworkError, match="injected"):
         network.attach_container(pid2, BRIDGE, other, "10.231.0.5/24", GATEWAY, lab.host_netns)
     monkeypatch.undo()
@@ -433,3 +434,28 @@ def test_setup_loopback_brings_only_lo_up(lab: Lab) -> None:
     assert "127.0.0.1/8" in _addresses(lab, pid)
     assert len(lab.run_in(pid, "ip", "-o", "link", "show").splitlines()) == 1  # only lo
     assert lab.transfer(pid, pid, "127.0.0.1", "echo", 4).received == 4
+
+
+@pytest.mark.root
+def test_bridge_verify_accepts_only_what_ensure_bridge_leaves() -> None:
+    """The light check a fresh process (the CLI) makes instead of importing pyroute2."""
+    from codex32._network import bridge_cache
+
+    other = "c32tvfy1"
+    try:
+        assert not bridge_cache.verify(BRIDGE, GATEWAY_CIDR)  # missing
+        network.ensure_bridge(BRIDGE, GATEWAY_CIDR, None)
+        assert bridge_cache.verify(BRIDGE, GATEWAY_CIDR)
+        assert bridge_cache.is_ready(BRIDGE, GATEWAY)  # remembered
+        assert not bridge_cache.verify(BRIDGE, "10.231.0.1/16")  # another prefix
+        assert not bridge_cache.verify(BRIDGE, "10.231.0.9/24")  # another address
+        _ip("link", "set", BRIDGE, "down")
+        assert not bridge_cache.verify(BRIDGE, GATEWAY_CIDR)
+        _ip("link", "add", other, "type", "veth", "peer", "name", "c32tvfy2")
+        _ip("addr", "add", GATEWAY_CIDR.replace(".0.1/", ".9.1/"), "dev", other)
+        _ip("link", "set", other, "up")
+        assert not bridge_cache.verify(other, "10.231.9.1/24")  # up, addressed, no bridge
+    finally:
+        bridge_cache.forget(BRIDGE)
+        for name in (BRIDGE, other):
+            subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)

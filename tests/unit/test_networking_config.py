@@ -22,6 +22,7 @@ from codex32._network.etc_files import (
     HostEntry,
     names_for,
     render_hosts,
+    render_network_hosts,
     render_resolv_conf,
     write_in_place,
 )
@@ -219,6 +220,24 @@ def test_render_hosts() -> None:
     assert names_for("x", "c" * 64, "x") == ("x", "c" * 12)  # no duplicate names
 
 
+@pytest.mark.parametrize("count", [1, 2, 7])
+def test_render_network_hosts_is_render_hosts_for_each_member(count: int) -> None:
+    """The O(N) refresh writes exactly what rendering each file alone would."""
+    members = []
+    for i in range(count):
+        cid = f"{i:x}" * 64
+        name = ["web", "db", "cache", "web2", "a", "zz", "db"][i]  # a duplicate name too
+        hostname = "shared-host" if i % 2 else None
+        address = f"10.88.0.{i + 2}"
+        members.append((cid, HostEntry(address, names_for(name, cid[:64], hostname)),
+                        HostEntry(address, names_for(name, cid[:64]))))  # fmt: skip
+    texts = render_network_hosts(members, "bridge")
+    assert set(texts) == {m[0] for m in members}
+    for key, own, _peer in members:
+        peers = [p for k, _o, p in members if k != key]
+        assert texts[key] == render_hosts(own, peers, "bridge")
+
+
 def test_resolv_conf_drops_loopback_resolvers() -> None:
     host = "search example.org\nnameserver 127.0.0.53\nnameserver 192.0.2.53\noptions edns0\n"
     assert render_resolv_conf(host) == "search example.org\nnameserver 192.0.2.53\noptions edns0\n"
@@ -357,6 +376,43 @@ def test_endpoint_round_trip() -> None:
     endpoint = Endpoint("n", "x", "x", "10.0.0.2/24", "10.0.0.1", "br", "c32x")
     assert Endpoint.from_json({**endpoint.__dict__, "future_field": 1}) == endpoint
     assert endpoint.ip == "10.0.0.2"
+
+
+def test_a_refresh_beside_the_launch_is_done_once_waited_for(networking: Networking) -> None:
+    """The engine's create refreshes the peers on a thread; attach or release waits."""
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    _make(networking, a, "alpha")
+    for cid, name in ((b, "beta"), (c, "gamma")):
+        networking._store.directory(cid).mkdir()
+        networking._store.save(ContainerRecord(cid, name, "t"))
+        conf = config(name=name)
+        networking.prepare(cid, name, name, conf, "bridge", background_refresh=True)
+    networking._refreshed(b)
+    networking.release(c)  # waits for its refresh first, then takes it out again
+    hosts_a = (networking._store.directory(a) / "hosts").read_text()
+    assert "beta" in hosts_a and "gamma" not in hosts_a
+    assert "alpha" in (networking._store.directory(b) / "hosts").read_text()
+    assert not networking._refreshing
+
+
+def test_load_endpoint_rereads_a_rewritten_file_and_hands_out_copies(
+    networking: Networking,
+) -> None:
+    from codex32._network.endpoint import load_endpoint
+
+    a = "a" * 64
+    _make(networking, a, "alpha", ports=["8080:80"])
+    store = networking._store
+    first = load_endpoint(store, a)
+    assert first is not None and first.proxy_pid is None
+    first.ports.clear()  # a caller's change to its copy...
+    again = load_endpoint(store, a)
+    assert again is not None and again.ports  # ...is not what the next caller gets
+    again.proxy_pid = 4242
+    networking._save(a, again)  # rewritten whole, as the engine does
+    assert load_endpoint(store, a) == again
+    (store.directory(a) / ENDPOINT_FILE).unlink()
+    assert load_endpoint(store, a) is None
 
 
 def test_hosts_refreshes_coalesce_but_never_across_a_reboot(networking: Networking) -> None:
