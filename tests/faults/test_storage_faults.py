@@ -2,7 +2,7 @@
 
 * A ``state.json``/``config.json`` a crash (or a hostile hand) tore: the damaged
   container is reported with one line naming it, the others carry on, ``rm -f``
-  cleans it. (The fix is issue 11, item 10: marked xfail until it lands here.)
+  cleans it.
 * A torn last line in ``events.jsonl`` or ``container.log`` (a writer killed
   mid-line): readers skip it, writers carry on.
 * A full storage disk (a small tmpfs filled to the last byte) during create, start,
@@ -70,7 +70,6 @@ TORN = {
 }
 
 
-@pytest.mark.xfail(reason="issue 11: item 10 (corrupt state.json)", strict=True)
 @pytest.mark.parametrize("damage", sorted(TORN))
 def test_torn_state_json_is_reported_and_removable(
     damage: str, engine: ContainerEngine, storage_dir: Path

@@ -2,10 +2,9 @@
 that ``export`` and ``rm`` must not follow, setuid files in a volume, fork bombs,
 memory hogs, filling its tmpfs and writable layer, log floods.
 
-Each test fails if the attack works. Weak defaults that the issue-11 branch changes
-(no default pids limit, STRICT's unsized /tmp, no default log size) are strict xfails
-that flip when it lands; the writable layer has no quota (not held, see
-docs/reliability.md).
+Each test fails if the attack works. The default pids limit, STRICT's sized /tmp and
+the default log size hold them; the writable layer has no quota (not held, a strict
+xfail: see docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -107,7 +106,6 @@ def _refusals(pids: Path) -> int:
         return 0
 
 
-@pytest.mark.xfail(reason="issue 11: no default pids limit", strict=True)
 def test_a_container_has_a_pids_limit_by_default(engine: ContainerEngine) -> None:
     assert ContainerConfig(image="busybox").resources.pids_limit is not None
 
@@ -128,7 +126,6 @@ def test_a_tmpfs_holds_its_size(engine: ContainerEngine) -> None:
     assert int(out.split()[-1]) <= 1024
 
 
-@pytest.mark.xfail(reason="issue 11: STRICT's /tmp tmpfs unsized", strict=True)
 def test_strict_tmp_is_sized_by_default(engine: ContainerEngine) -> None:
     out = output_of(engine, sh("df -k /tmp | tail -1", isolation=IsolationType.STRICT))
     size_kb = int(out.split()[1])
@@ -165,6 +162,5 @@ def test_a_log_flood_is_held_by_rotation(engine: ContainerEngine, storage_dir: P
         container.remove(force=True)
 
 
-@pytest.mark.xfail(reason="issue 11: no default log size", strict=True)
 def test_logs_rotate_by_default() -> None:
     assert ContainerConfig(image="busybox").log_max_size is not None

@@ -5,7 +5,7 @@ forked child) and reports; the host side listens on its own 127.0.0.1 for the
 network ones and checks its hostname after. The ones ``test_runtime_isolation.py``
 and ``test_seccomp_kernel.py`` already cover from other angles (capability sets,
 masked paths, the filter on its own) are tried here as an attacker would try them.
-Attacks whose fix is in the issue-11 branch are xfail (strict) until it lands.
+An attack not contained yet would be listed in ``PENDING`` as a strict xfail; none is.
 """
 
 from __future__ import annotations
@@ -37,13 +37,6 @@ def _root_disk() -> str:
     return (entry / "dev").read_text().strip() if (entry / "dev").exists() else ""
 
 
-def _io_uring_on_host() -> bool:
-    try:
-        return Path("/proc/sys/kernel/io_uring_disabled").read_text().strip() == "0"
-    except OSError:
-        return True  # older kernels have no switch: io_uring is on
-
-
 ATTACKS = [
     "mount", "umount", "pivot_root", "unshare_mnt", "unshare_user", "setns", "kcore",
     "sysrq", "proc_sys", "core_pattern", "sys_write", "self_exe", "release_agent",
@@ -55,9 +48,6 @@ ATTACKS = [
 
 #: (attack, level) -> why it is not contained yet (strict xfail: flips when fixed).
 PENDING: dict[tuple[str, IsolationType], str] = {}
-if _io_uring_on_host():
-    for _level in LEVELS:
-        PENDING[("io_uring", _level)] = "issue 11: io_uring allowed by seccomp"
 
 
 @pytest.fixture(scope="module")

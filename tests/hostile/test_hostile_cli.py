@@ -26,7 +26,6 @@ pytestmark = pytest.mark.root
 HERE = Path(__file__).parent
 LONG = "x" * 5000
 UNDECODABLE = b"n\xff\xfe".decode("utf-8", "surrogateescape")
-I11 = "issue 11: "  # fixes that land from the issue-11 branch (see the report)
 
 
 def _run(*options: str, image: str = "busybox") -> list[str]:
@@ -83,7 +82,7 @@ CASES: list[tuple[str, list[str], str | None]] = [
     ],
     # environment
     ("env-empty-key", _run("-e", "=v"), None),
-    ("env-newline-key", _run("-e", "A\nB=1"), I11 + "item 9 (newline in env key)"),
+    ("env-newline-key", _run("-e", "A\nB=1"), None),
     ("env-undecodable-key", _run("-e", f"{UNDECODABLE}=1"), None),
     # volumes
     *[
@@ -97,7 +96,7 @@ CASES: list[tuple[str, list[str], str | None]] = [
                 ("/nonexistent-codex32-xyz:/x", None),
                 ("/tmp:/x:rw,bogus", None),
                 ("/tmp:/x:ro:extra", None),
-                ("/tmp:/x\nb", I11 + "item 9 (newline in volume target)"),
+                ("/tmp:/x\nb", None),
                 ("/tmp:/", None),
                 ("/tmp:/proc", None),
                 ("/tmp:/proc/sys/kernel", None),
@@ -174,7 +173,7 @@ CASES: list[tuple[str, list[str], str | None]] = [
                 "-1",
                 "99",
                 "99999999999999999999",
-                "",
+                "SIG",
                 "KILL;id",
                 "SIG\nKILL",
             ]
@@ -199,7 +198,7 @@ CASES: list[tuple[str, list[str], str | None]] = [
                 ("--pids-limit", str(2**64)),
                 ("--blkio-weight", "5"),
                 ("--blkio-weight", "99999"),
-                ("--log-max-size", "-1"),
+                ("--log-max-size", "-2"),  # (-1: never rotate)
                 ("--log-max-size", "abc"),
                 ("--log-max-files", "0"),
                 ("--log-max-files", "-1"),
@@ -214,7 +213,7 @@ CASES: list[tuple[str, list[str], str | None]] = [
         )
     ],
     # users and workdirs
-    ("user-uint32-max", _run("-u", "4294967295"), I11 + "item 6 (uid 4294967295)"),
+    ("user-uint32-max", _run("-u", "4294967295"), None),
     ("user-overflow", _run("-u", "4294967296"), None),
     ("user-negative", _run("-u", "-1"), None),
     ("user-three-parts", _run("-u", "a:b:c"), None),
@@ -259,6 +258,11 @@ CASES: list[tuple[str, list[str], str | None]] = [
 @pytest.fixture(scope="module")
 def results(storage_dir: Path) -> Iterator[dict[str, dict[str, Any]]]:
     env = {**os.environ, "CODEX32_STORAGE_DIR": str(storage_dir)}
+    # Built first, so that a case which reaches a start is judged by its refusal alone
+    # (the first start of a session would print the build's progress too).
+    for template in ("busybox", "python"):
+        subprocess.run([sys.executable, "-m", "codex32", "build", template], env=env,
+                       capture_output=True, check=True, timeout=600)  # fmt: skip
     with host_tmpdir() as tmp:
         env_file = tmp / "env"
         env_file.write_bytes(b"A=1\x002\n")
