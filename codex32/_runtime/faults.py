@@ -33,12 +33,15 @@ def _hold(step: str) -> None:
         fd = os.open(os.path.join(_DIR, step), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return  # this trial's pause happened already (a restart passes here again)
+    except OSError:
+        return  # the trial is over (its directory is gone)
     # The host's pid, also from a process in a new pid namespace: /proc is still the
     # host's until the container mounts its own.
     os.write(fd, os.readlink("/proc/self").encode())
     os.close(fd)
     go = os.path.join(_DIR, "go")
-    while not os.path.exists(go):
+    # (A trial over, its directory gone: nothing will let go; never hold for ever.)
+    while not os.path.exists(go) and os.path.isdir(_DIR):
         time.sleep(0.002)
 
 

@@ -46,6 +46,7 @@ from codex32.errors import Codex32Error
 _BACKOFF_START = 0.1
 _BACKOFF_MAX = 60.0
 _BACKOFF_RESET_AFTER = 10.0  # a run this long resets the back-off, as Docker does
+_REMOVAL_CHECK = 0.25  # how often a backing-off monitor looks whether rm took its container
 
 
 @dataclass(frozen=True)
@@ -497,13 +498,17 @@ class Monitor:
         if self.store.update(self.config.container_id, change).stopped_by_user:
             return
         self._forget_engine()
-        time.sleep(delay)
+        if not self._back_off(delay):
+            return  # removed meanwhile (rm -f): nothing left to restart
 
         def give_up(r: ContainerRecord) -> None:
             if r.status is ContainerState.RESTARTING:
                 r.status = ContainerState.EXITED
 
-        current = self.store.load(self.config.container_id)
+        try:
+            current = self.store.load(self.config.container_id)
+        except (OSError, Codex32Error):
+            return
         if current.stopped_by_user or current.status is not ContainerState.RESTARTING:
             self.store.update(self.config.container_id, give_up)
             return
@@ -524,7 +529,19 @@ class Monitor:
                 check=False,
             )
         if result.returncode != 0:
-            self.store.update(self.config.container_id, give_up)
+            with contextlib.suppress(OSError, Codex32Error):  # (removed meanwhile)
+                self.store.update(self.config.container_id, give_up)
+
+    def _back_off(self, delay: float) -> bool:
+        """Wait out the restart back-off (up to a minute); False as soon as the container
+        is removed meanwhile, so that its monitor does not linger that long for nothing."""
+        deadline = time.monotonic() + delay
+        state = self.directory / "state.json"
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, _REMOVAL_CHECK))
+            if not state.exists():
+                return False
+        return True
 
     def _wait_for_engine_to_let_go(self) -> None:
         """An attached engine reads the log after the exit; wait until it hangs up."""

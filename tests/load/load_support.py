@@ -33,6 +33,21 @@ def rss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
+def uss_mib(pids: list[int]) -> float:
+    """The summed private memory (USS) of ``pids``, MiB: unlike PSS it does not move
+    when other processes sharing the same pages (sibling monitors) come and go."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
 def record(name: str, **figures: object) -> None:
     """Print the figures and append them to ``$CODEX32_FIGURES`` (if set)."""
     line = json.dumps({"test": name, "at": time.strftime("%H:%M:%S"), **figures})
