@@ -170,12 +170,11 @@ def small_disk(size_mb: int) -> Iterator[Path]:
 def _fill(disk: Path) -> Path:
     """Fill the disk to the last byte (a file of blocks, then one of bytes)."""
     filler = disk / "filler"
-    with open(filler, "wb") as f:
-        block = b"\0" * 65536
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(block)
-                f.flush()
+    block = b"\0" * 65536
+    # Unbuffered: a buffered file would raise ENOSPC again as it closes.
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(block)
     with open(disk / "filler-bytes", "wb", buffering=0) as f, contextlib.suppress(OSError):
         while True:
             f.write(b"\0")

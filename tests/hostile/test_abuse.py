@@ -25,6 +25,7 @@ from codex32 import (
     TmpfsMount,
     Volume,
 )
+from codex32.config.container import DEFAULT_PIDS_LIMIT
 
 pytestmark = pytest.mark.root
 
@@ -107,7 +108,13 @@ def _refusals(pids: Path) -> int:
 
 
 def test_a_container_has_a_pids_limit_by_default(engine: ContainerEngine) -> None:
-    assert ContainerConfig(image="busybox").resources.pids_limit is not None
+    """No --pids-limit: the container's pids cgroup still caps it (podman's 2048)."""
+    container = engine.containers.run_detached(sh("sleep 30", network="none"))
+    try:
+        pids = Path(container.record.cgroup_paths["pids"])
+        assert (pids / "pids.max").read_text().strip() == str(DEFAULT_PIDS_LIMIT)
+    finally:
+        container.remove(force=True)
 
 
 def test_a_memory_hog_is_killed_at_its_limit(engine: ContainerEngine) -> None:
