@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 from typing import TYPE_CHECKING
@@ -93,9 +94,16 @@ def stop(engine: ContainerEngine, container: Container, timeout: float | None) -
 
 
 def thaw(engine: ContainerEngine, container_id: str) -> None:
+    """Thaw a frozen container, so that it gets a signal or can die. A cgroup that its
+    monitor removed meanwhile (the container exited: it gives its cgroup back) has
+    nothing to thaw."""
     cgroup = engine._cgroups.handle(container_id)
-    if cgroup is not None and cgroup.is_frozen():
-        cgroup.thaw()
+    try:
+        if cgroup is not None and cgroup.is_frozen():
+            cgroup.thaw()
+    except CgroupError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
 
 
 def pause(engine: ContainerEngine, container: Container, pause: bool) -> None:

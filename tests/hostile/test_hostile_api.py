@@ -58,7 +58,7 @@ BAD: dict[str, dict[str, Any]] = {
     "ulimit-overflow": {"ulimits": [{"name": "nofile", "soft": 2**70, "hard": 2**70}]},
     "memory-negative": {"resources": {"memory_bytes": -5}},
     "memory-overflow": {"resources": {"memory_bytes": 2**70}},
-    "pids-zero": {"resources": {"pids_limit": 0}},
+    "pids-below-unlimited": {"resources": {"pids_limit": -2}},  # (0 and -1: unlimited)
     "cpus-negative": {"resources": {"cpus": -1.0}},
     "cpus-nan": {"resources": {"cpus": float("nan")}},
     "device-nul": {"resources": {"device_read_bps": ["/dev/sd\0a:1mb"]}},

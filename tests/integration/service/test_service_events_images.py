@@ -93,7 +93,7 @@ def test_images_and_templates(service: Service) -> None:
         assert [i["name"] for i in client.get(f"{API}/templates").json()] == names
         busybox_image = client.get(f"{API}/images/busybox").json()
         assert busybox_image["built"] is True
-        assert error_of(client.get(f"{API}/templates/nope"))["kind"] == "ImageError"
+        assert error_of(client.get(f"{API}/templates/nope"))["kind"] == "ImageNotFoundError"
 
 
 def test_build_streams_its_progress(service: Service) -> None:
