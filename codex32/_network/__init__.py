@@ -1,4 +1,6 @@
-"""Container networks as objects: definitions and address leases (no OS calls here).
+"""Container networks: definitions and address leases (ipam), endpoints, hosts files,
+the bridge cache, published ports and their proxy, and the engine's manager.
 
-The netlink side (bridge, veth, tc) lives in :mod:`codex32._linux.netlink`.
+What they decide is made real through the kernel interfaces in ``codex32._linux``
+(``netlink``, ``rtnl``, ``nftables``).
 """
