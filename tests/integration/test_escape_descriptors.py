@@ -203,7 +203,7 @@ seen, done, active, seized, fds = 0, set(), set(), set(), set()
 def setup(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"\0codex32._exec\0" in f.read()  # "-m codex32._runtime.exec FD"
+            return b"\0codex32._runtime.exec\0" in f.read()  # "-m codex32._runtime.exec FD"
     except OSError:
         return False
 
