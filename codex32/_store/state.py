@@ -387,6 +387,9 @@ class StateStore:
         link = self.names / name_or_id
         if "/" not in name_or_id and link.is_symlink():
             return os.path.basename(os.readlink(link))
+        whole_id = len(name_or_id) == 64 and _is_id_prefix(name_or_id)
+        if whole_id and (self.containers / name_or_id).is_dir():  # no listing of all
+            return name_or_id
         if _is_id_prefix(name_or_id):
             # Ids are hex: anything else (a glob pattern among them) is no id prefix.
             matches = [
