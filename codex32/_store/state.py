@@ -415,6 +415,9 @@ class StateStore:
                 return os.path.basename(os.readlink(link))
         except OSError:  # a name too long for a file (ENAMETOOLONG) is no name of ours
             pass
+        whole_id = len(name_or_id) == 64 and _is_id_prefix(name_or_id)
+        if whole_id and (self.containers / name_or_id).is_dir():  # no listing of all
+            return name_or_id
         if _is_id_prefix(name_or_id):
             # Ids are hex: anything else (a glob pattern among them) is no id prefix.
             matches = [

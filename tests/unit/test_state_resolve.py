@@ -39,3 +39,8 @@ def test_patterns_and_non_hex_text_name_no_container(store: StateStore, pattern:
     # A glob pattern once matched ids: `rm -f '[0-9]'` removed a container.
     with pytest.raises(ContainerNotFoundError, match="no such container"):
         store.resolve(pattern)
+
+
+def test_a_whole_id_without_its_directory_is_no_container(store: StateStore) -> None:
+    with pytest.raises(ContainerNotFoundError, match="no such container"):
+        store.resolve("0c" + "3" * 62)
