@@ -102,7 +102,8 @@ def thaw(engine: ContainerEngine, container_id: str) -> None:
         if cgroup is not None and cgroup.is_frozen():
             cgroup.thaw()
     except CgroupError as exc:
-        if exc.errno != errno.ENOENT:
+        # ENOENT: the directory is gone; ENODEV: a file of a cgroup being removed.
+        if exc.errno not in (errno.ENOENT, errno.ENODEV):
             raise
 
 

@@ -41,7 +41,8 @@ def test_fifty_parallel_creations_no_failure_no_leak(service: Service, storage_d
                     client.delete(f"{API}/containers/{cid}", params={"force": True}) for cid in ids
                 ]
                 removed = await asyncio.gather(*removals)
-            assert [r.status_code for r in removed] == [204] * len(ids)
+            refused = [(r.status_code, r.text) for r in removed if r.status_code != 204]
+            assert refused == []
             left = (await client.get(f"{API}/containers", params={"all": True})).json()
             assert [c["name"] for c in left if c["name"].startswith("par-")] == []
 
