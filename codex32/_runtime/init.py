@@ -199,11 +199,22 @@ class Setup:
 
 
 def _pid1(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
-    """PID 1 of the new pid namespace: wait for the go-ahead, set up, exec."""
+    """PID 1 of the new pid namespace: wait for the go-ahead, set up, exec.
+
+    A pooled sandbox's PID 1 (made before any container asked for it) learns its
+    plan from the go-ahead, which brings its stdio along: until then it holds
+    /dev/null and nothing of any container.
+    """
     try:
-        message = _sync.receive(sock)
+        message, fds = _sync.receive_with_fds(sock)
         if not message or message.get("type") != "proceed":
             os._exit(125)
+        if "plan" in message:
+            plan = message["plan"]
+            _adopt_stdio(fds)
+        else:
+            for fd in fds:
+                os.close(fd)
         _faults.point("pid1.proceed")  # before pivot_root: the fault directory is in reach
         Setup(plan, sock).run()
     except StepError as exc:
@@ -212,6 +223,16 @@ def _pid1(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
     except BaseException as exc:
         _report(sock, _sync.error_message("setup", 0, f"{type(exc).__name__}: {exc}"))
         os._exit(125)
+
+
+def _adopt_stdio(fds: list[int]) -> None:
+    """Make the three descriptors the go-ahead carried our stdin, stdout and stderr."""
+    if len(fds) != 3:
+        raise StepError("stdio", 0, f"{len(fds)} descriptors came with the go-ahead, not 3")
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in set(fds) - {0, 1, 2}:
+        os.close(fd)
 
 
 def _report(sock: socket.socket, message: Message) -> None:

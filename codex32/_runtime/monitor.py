@@ -21,6 +21,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ from codex32._store.state import (
     process_start_time,
 )
 from codex32.errors import Codex32Error
+
+#: The plan's fields a sandbox is made to: a claim must ask for exactly these.
+SHAPE_KEYS = ("namespaces", "uid_mappings", "gid_mappings")
 
 _BACKOFF_START = 0.1
 _BACKOFF_MAX = 60.0
@@ -101,6 +105,80 @@ def _exit_code(status: int) -> tuple[int, int]:
         sig = os.WTERMSIG(status)
         return 128 + sig, sig
     return os.WEXITSTATUS(status), 0
+
+
+def make_namespaces(
+    plan: dict[str, Any],
+    out_w: int,
+    err_w: int,
+    *,
+    tty: bool,
+    host_terminal: bool,
+    closing: list[socket.socket | int | None],
+) -> tuple[socket.socket, int] | _sync.Message:
+    """Fork stage2, which enters the plan's namespaces (the id maps written from here)
+    and forks PID 1; return the socket to PID 1 and its pid, or the error to report.
+
+    ``out_w``/``err_w`` become stage2's (so PID 1's) stdout and stderr and are closed
+    here; ``-t`` makes ``out_w`` stdin too (``host_terminal``: a host pty to make the
+    controlling terminal). ``closing``: what of ours the child must not keep.
+    """
+    ours, theirs = _sync.socket_pair()
+    stage2_pid = os.fork()
+    if stage2_pid == 0:
+        ours.close()
+        for item in closing:
+            if isinstance(item, socket.socket):
+                item.close()
+        if tty:
+            if host_terminal:
+                os.setsid()
+                fcntl.ioctl(out_w, termios.TIOCSCTTY, 0)
+            os.dup2(out_w, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        ours_fds = {out_w, err_w} | {fd for fd in closing if isinstance(fd, int)}
+        for fd in ours_fds - {0, 1, 2}:
+            os.close(fd)
+        stage2(plan, theirs)
+    theirs.close()
+    os.close(out_w)
+    if err_w != out_w:
+        os.close(err_w)
+    pid1: int | None = None
+    try:
+        while pid1 is None:
+            message, fds = _sync.receive_with_fds(ours)
+            try:  # PID 1 comes as a pidfd: its pid is the kernel's word, not a number sent
+                if message and message.get("type") == "pid" and len(fds) == 1:
+                    pid1 = pid_of_pidfd(fds[0])
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            if message is None:
+                ours.close()
+                return _sync.error_message("namespaces", 0, "set-up process died")
+            kind = message.get("type")
+            if kind == "map_request":
+                try:
+                    _write_maps(stage2_pid, plan)
+                except OSError as exc:
+                    ours.close()
+                    return _sync.error_message("uid_map", exc.errno or 0, str(exc))
+                _sync.send(ours, {"type": "map_done"})
+            elif kind != "pid" or pid1 is None:
+                ours.close()
+                return message
+        _reap(stage2_pid)
+        stage2_pid = 0
+        return ours, pid1
+    except BaseException:
+        _kill_and_reap(pid1)
+        ours.close()
+        raise
+    finally:
+        if stage2_pid:
+            _kill_and_reap(stage2_pid)
 
 
 class Monitor:
@@ -168,55 +246,36 @@ class Monitor:
     def start(self) -> bool:
         """Run the launch handshake; True once the container's command is running."""
         out_w, err_w, self.out_r, self.err_r = self._stdio()
-        ours, theirs = _sync.socket_pair()
-        stage2_pid = os.fork()
-        if stage2_pid == 0:
-            ours.close()
-            if self.engine is not None:
-                self.engine.close()
-            if self.config.tty:
-                if self.out_r is not None:  # a host terminal (a plan without console)
-                    os.setsid()
-                    fcntl.ioctl(out_w, termios.TIOCSCTTY, 0)
-                os.dup2(out_w, 0)
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            for fd in {out_w, err_w, self.out_r, self.err_r} - {None, 0, 1, 2}:
-                assert fd is not None
-                os.close(fd)
-            stage2(self.plan, theirs)
-        theirs.close()
-        os.close(out_w)
-        if err_w != out_w:
-            os.close(err_w)
+        made = make_namespaces(
+            self.plan,
+            out_w,
+            err_w,
+            tty=self.config.tty,
+            host_terminal=self.config.tty and self.out_r is not None,
+            closing=[self.engine, self.out_r, self.err_r],
+        )
+        if isinstance(made, dict):
+            self._tell(made)
+            return False
+        ours, self.pid1 = made
+        return self._go(ours, {"type": "proceed"}, [])
+
+    def start_claimed(self, ours: socket.socket) -> bool:
+        """Start the container in a pooled sandbox whose PID 1 (``self.pid1``) waits on
+        ``ours``: the go-ahead brings it the plan and its stdio, as ``start``'s fork would
+        have given them (``-t``: the console step makes its terminal)."""
+        out_w, err_w, self.out_r, self.err_r = self._stdio()
         try:
-            while self.pid1 is None:
-                message, fds = _sync.receive_with_fds(ours)
-                pid1 = None
-                try:  # PID 1 comes as a pidfd: its pid is the kernel's word, not a number sent
-                    if message and message.get("type") == "pid" and len(fds) == 1:
-                        pid1 = pid_of_pidfd(fds[0])
-                finally:
-                    for fd in fds:
-                        os.close(fd)
-                if message is None:
-                    self._tell(_sync.error_message("namespaces", 0, "set-up process died"))
-                    return False
-                kind = message.get("type")
-                if kind == "map_request":
-                    try:
-                        _write_maps(stage2_pid, self.plan)
-                    except OSError as exc:
-                        self._tell(_sync.error_message("uid_map", exc.errno or 0, str(exc)))
-                        return False
-                    _sync.send(ours, {"type": "map_done"})
-                elif kind == "pid" and pid1 is not None:
-                    self.pid1 = pid1
-                else:
-                    self._tell(message)
-                    return False
-            _reap(stage2_pid)
-            stage2_pid = 0
+            stdin = out_w if self.config.tty else 0
+            proceed = {"type": "proceed", "plan": self.plan}
+            return self._go(ours, proceed, [stdin, out_w, err_w])
+        finally:
+            for fd in {out_w, err_w} - {0, 1, 2}:
+                os.close(fd)
+
+    def _go(self, ours: socket.socket, proceed: _sync.Message, fds: list[int]) -> bool:
+        """Tell the engine PID 1 exists, relay its go-ahead, report how the exec went."""
+        try:
             _faults.point("monitor.created")
             self._tell({"type": "created", "pid": self.pid1})
             reply = _sync.receive(self.engine) if self.engine else None
@@ -224,11 +283,11 @@ class Monitor:
                 _kill_and_reap(self.pid1)
                 self.pid1 = None
                 return False
-            _sync.send(ours, {"type": "proceed"})
+            _sync.send_with_fds(ours, proceed, fds)
             outcome = self._outcome(ours)
             if outcome is not None:
                 self._tell(outcome)
-                _reap(self.pid1)
+                _reap(self.pid1)  # type: ignore[arg-type]
                 self.pid1 = None
                 return False
             self._record_start()
@@ -241,8 +300,6 @@ class Monitor:
             raise
         finally:
             ours.close()
-            if stage2_pid:
-                _kill_and_reap(stage2_pid)
 
     def _outcome(self, sock: socket.socket) -> _sync.Message | None:
         """PID 1's error, or None once it has exec'd; takes its terminal on the way."""
@@ -576,6 +633,10 @@ def serve(engine: socket.socket, *, daemonize: bool = True) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     first = _sync.receive(engine)
+    if first and first.get("type") == "sandbox":
+        if daemonize:
+            _daemonize()
+        return _serve_sandbox(engine, first["shape"])
     if not first or first.get("type") != "plan":
         return 125
     config = MonitorConfig.from_message(first["monitor"])
@@ -585,14 +646,92 @@ def serve(engine: socket.socket, *, daemonize: bool = True) -> int:
     set_process_name(f"c32mon-{config.container_id[:8]}")
     _faults.point("monitor.plan")
     monitor = Monitor(first["plan"], config, engine)
+    return _run(monitor, monitor.start)
+
+
+def _run(monitor: Monitor, start: Callable[[], bool]) -> int:
     try:
-        if not monitor.start():
+        if not start():
             return 125
     except (OSError, Codex32Error) as exc:  # a full disk at the start's record, say
         monitor._tell(_sync.error_message("setup", getattr(exc, "errno", 0) or 0, str(exc)))
         return 125
     monitor.finish(monitor.supervise())
     return 0
+
+
+def same_shape(plan: dict[str, Any], shape: dict[str, Any]) -> bool:
+    """Whether a plan asks for exactly the namespaces and id maps a sandbox has."""
+    return all(plan.get(key) == shape.get(key) for key in SHAPE_KEYS)
+
+
+def _serve_sandbox(pool: socket.socket, shape: dict[str, Any]) -> int:
+    """A pooled sandbox (``_runtime.sandbox``): make the namespaces and PID 1 now, wait
+    for the container that claims them, then be its monitor as if freshly forked.
+
+    A claim whose plan has another shape, or a hang-up, ends the sandbox: PID 1 is
+    killed unused. Nothing of a container is here before its claim.
+    """
+    set_child_subreaper()
+    set_process_name("c32pool")
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    out_w, err_w = os.dup(null), os.dup(null)
+    os.close(null)
+    plan = {**{key: shape[key] for key in SHAPE_KEYS}, "container": "", "steps": []}
+    made = make_namespaces(plan, out_w, err_w, tty=False, host_terminal=False, closing=[pool])
+    if isinstance(made, dict):
+        with contextlib.suppress(OSError):
+            _sync.send(pool, made)
+        return 125
+    ours, pid1 = made
+    claim: _sync.Message | None = None
+    fds: list[int] = []
+    try:
+        _sync.send(pool, {"type": "ready", "pid": pid1})
+        claim, fds = _sync.receive_with_fds(pool)
+    except OSError:
+        claim = None
+    refusal = _claim_refusal(claim, fds, shape)
+    if refusal is not None:
+        for fd in fds:
+            os.close(fd)
+        _kill_and_reap(pid1)
+        ours.close()
+        if claim is not None:
+            with contextlib.suppress(OSError):
+                _sync.send(pool, _sync.error_message("claim", 0, refusal))
+        return 125
+    assert claim is not None
+    for target, fd in enumerate(fds):  # the claimant's stdio, as a spawn brings it
+        os.dup2(fd, target)
+    for fd in set(fds) - {0, 1, 2}:
+        os.close(fd)
+    config = MonitorConfig.from_message(claim["monitor"])
+    set_process_name(f"c32mon-{config.container_id[:8]}")
+    _faults.point("monitor.plan")
+    monitor = Monitor(claim["plan"], config, pool)
+    monitor.pid1 = pid1
+    return _run(monitor, lambda: monitor.start_claimed(ours))
+
+
+def _claim_refusal(
+    claim: _sync.Message | None, fds: list[int], shape: dict[str, Any]
+) -> str | None:
+    """Why a claim cannot be served here, or None."""
+    if claim is None:
+        return "the pool hung up"
+    if claim.get("type") != "claim" or len(fds) != 3:
+        return "not a claim with three descriptors"
+    plan = claim.get("plan")
+    if not isinstance(plan, dict) or not same_shape(plan, shape):
+        return "the plan's namespaces or id maps differ from the sandbox's"
+    monitor = claim.get("monitor")
+    steps = plan.get("steps", [])
+    if not isinstance(monitor, dict) or not isinstance(steps, list):
+        return "a malformed claim"
+    if monitor.get("tty") and not any(step.get("op") == "console" for step in steps):
+        return "a terminal made outside the container cannot be pooled"
+    return None
 
 
 def main() -> int:

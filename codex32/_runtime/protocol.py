@@ -89,6 +89,14 @@ def send_with_fd(sock: socket.socket, message: Message, fd: int) -> None:
     socket.send_fds(sock, [json.dumps(message, separators=(",", ":")).encode()], [fd])
 
 
+def send_with_fds(sock: socket.socket, message: Message, fds: list[int]) -> None:
+    """Send one message with any number of descriptors attached (none: a plain send)."""
+    if not fds:
+        send(sock, message)
+        return
+    socket.send_fds(sock, [json.dumps(message, separators=(",", ":")).encode()], fds)
+
+
 def receive_with_fds(sock: socket.socket) -> tuple[Message | None, list[int]]:
     """Receive one message and the descriptors attached to it, if any."""
     data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 4)
