@@ -11,6 +11,8 @@ from codex32.config.container import IsolationType, default_isolation
 from codex32.errors import ConfigError
 
 DEFAULT_STORAGE_DIR = "/var/lib/codex32"
+#: Most sandboxes a pool may keep per shape (each is a monitor and a waiting PID 1).
+MAX_SANDBOX_POOL = 64
 
 
 def _find_templates_dir() -> Path:
@@ -35,6 +37,8 @@ class Settings:
     userns_uid_base: int
     userns_size: int
     cgroup_parent: str = "codex32"
+    #: Ready sandboxes kept per shape (``_engine.pool``); 0 disables the pool.
+    sandbox_pool: int = 0
 
     @classmethod
     def from_env(
@@ -60,7 +64,14 @@ class Settings:
                 f"user namespace range {base}+{size} is out of range",
                 hint="set CODEX32_USERNS_UID_BASE >= 1 and CODEX32_USERNS_SIZE so the sum < 2^32",
             )
+        pool = _int_env("CODEX32_SANDBOX_POOL", 0)
+        if not 0 <= pool <= MAX_SANDBOX_POOL:
+            raise ConfigError(
+                f"CODEX32_SANDBOX_POOL={pool} is out of range",
+                hint=f"set it between 0 (no pool) and {MAX_SANDBOX_POOL}",
+            )
         return cls(
+            sandbox_pool=pool,
             cgroup_parent=cgroup_parent or env.get("CODEX32_CGROUP_PARENT") or "codex32",
             storage_dir=Path(storage).absolute(),
             templates_dir=_find_templates_dir(),
@@ -71,7 +82,8 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """These settings as the variables ``from_env`` reads: for engine processes
-        started on this engine's behalf (a monitor's restart runs one)."""
+        started on this engine's behalf (a monitor's restart runs one). Not the pool:
+        such a process starts one container and exits."""
         return {
             "CODEX32_STORAGE_DIR": str(self.storage_dir),
             "CODEX32_TEMPLATES_DIR": str(self.templates_dir),

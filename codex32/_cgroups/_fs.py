@@ -88,6 +88,20 @@ class CgroupFS:
         except OSError as exc:
             raise _error(f"cannot create cgroup {path}", path, exc, step) from exc
 
+    def rename(self, path: str, target: str, step: str) -> None:
+        """Rename a cgroup directory beside itself (v1); the target must not exist."""
+        if os.path.lexists(target):
+            raise CgroupError(f"cgroup {target} already exists", step=step, path=target)
+        try:
+            os.rename(path, target)
+        except OSError as exc:
+            raise CgroupError(
+                f"cannot rename {path} to {os.path.basename(target)}: {exc.strerror}",
+                step=step,
+                path=path,
+                errno=exc.errno,
+            ) from exc
+
     def rmdir(self, path: str) -> None:
         """Remove an (empty) cgroup directory; raises OSError so callers can retry EBUSY."""
         os.rmdir(path)

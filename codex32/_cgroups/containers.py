@@ -82,9 +82,10 @@ class LimitProbe:
 
 
 def _dead_probe(name: str) -> bool:
-    """A probe cgroup (``probe-PID-HEX``) left by an engine process that died in it."""
+    """A probe or pool cgroup (``probe-PID-HEX``, ``pool-PID-HEX``) left by an engine
+    process that died with it."""
     parts = name.split("-")
-    if len(parts) != 3 or parts[0] != "probe" or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] not in ("probe", "pool") or not parts[1].isdigit():
         return False
     return not os.path.exists(f"/proc/{parts[1]}")
 
@@ -205,7 +206,16 @@ class ContainerCgroups:
             return None
         with contextlib.suppress(CgroupError):
             driver.open(container_id).destroy(kill=True)
-        cgroup = driver.create(container_id)
+        return self._limit(driver, driver.create(container_id), limits, devices)
+
+    def _limit(
+        self,
+        driver: CgroupDriver,
+        cgroup: Cgroup,
+        limits: ResourceLimits,
+        devices: Sequence[DeviceRule] | None,
+    ) -> Cgroup:
+        """Write a container's device rules and limits; on failure the cgroup goes."""
         if limits.pids_limit is None and "pids" in driver.controllers():
             limits = limits.model_copy(update={"pids_limit": DEFAULT_PIDS_LIMIT})
         try:
@@ -218,6 +228,46 @@ class ContainerCgroups:
                 cgroup.destroy(kill=True)
             raise
         return cgroup
+
+    def hold(self, pid: int) -> Cgroup | None:
+        """Put a pooled sandbox's PID 1 in a cgroup of its own (``pool-PID-HEX``), so
+        that the move, and the RCU grace period it waits out, happen before any
+        container asks; ``adopt`` makes it the container's. Only where cgroups can be
+        renamed (v1); None elsewhere, and the claim moves PID 1 as a fresh start does.
+        """
+        driver = self.driver()
+        if driver is None or driver.version != "v1":
+            return None
+        cgroup = driver.create(f"pool-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            cgroup.add_pid(pid)
+        except BaseException:
+            with contextlib.suppress(CgroupError):
+                cgroup.destroy(kill=True)
+            raise
+        return cgroup
+
+    def adopt(
+        self,
+        held: Cgroup,
+        container_id: str,
+        limits: ResourceLimits,
+        devices: Sequence[DeviceRule] | None = None,
+    ) -> Cgroup:
+        """A held sandbox's cgroup renamed to the container's, with its limits written
+        (as ``prepare`` writes them; the cgroup has had nothing but the waiting PID 1
+        in it). A cgroup of an earlier run of the container is removed first."""
+        driver = self.driver()
+        assert driver is not None
+        with contextlib.suppress(CgroupError):
+            driver.open(container_id).destroy(kill=True)
+        try:
+            cgroup = held.rename(container_id)
+        except BaseException:
+            with contextlib.suppress(CgroupError):
+                held.destroy(kill=True)
+            raise
+        return self._limit(driver, cgroup, limits, devices)
 
     def place(self, cgroup: Cgroup | None, pid: int) -> dict[str, str]:
         """Move ``pid`` into a prepared cgroup; its paths per controller ({} without one).

@@ -151,6 +151,12 @@ class Cgroup(Protocol):
         """Write every limit that is set; a limit the host cannot enforce is a CgroupError."""
         ...
 
+    def rename(self, name: str) -> Cgroup:
+        """The same cgroup, processes and all, under another name beside it (v1 only:
+        the kernel refuses renames on the unified hierarchy). A pooled sandbox's
+        cgroup becomes its container's so."""
+        ...
+
     def set_devices(self, rules: Sequence[DeviceRule]) -> None:
         """Deny every device node but those ``rules`` allow (v1: devices.deny/allow;
         v2: a BPF device program). Done before any process joins."""

@@ -51,6 +51,14 @@ class FakeCgroup:
         if self.destroyed:
             raise CgroupError(f"cgroup {self._name} was destroyed", step=step)
 
+    def rename(self, name: str) -> FakeCgroup:
+        self._alive("rename")
+        if name in self.driver.groups:
+            raise CgroupError(f"cgroup {name} already exists", step="rename")
+        self.driver.groups[name] = self.driver.groups.pop(self._name)
+        self._name = name
+        return self
+
     def add_pid(self, pid: int) -> None:
         self._alive("add_pid")
         if pid not in self.members:

@@ -118,6 +118,23 @@ class V1Cgroup:
         for directory in self._unique_dirs():
             self._fs.write(os.path.join(directory, "cgroup.procs"), str(pid), "add_pid")
 
+    def rename(self, name: str) -> V1Cgroup:
+        check_name(name)
+        done: list[tuple[str, str]] = []
+        try:
+            for directory in self._unique_dirs():
+                target = os.path.join(os.path.dirname(directory), name)
+                self._fs.rename(directory, target, "rename")
+                done.append((directory, target))
+        except BaseException:
+            for old, new in reversed(done):
+                with contextlib.suppress(OSError, CgroupError):
+                    self._fs.rename(new, old, "rename")
+            raise
+        moved = dict(done)
+        dirs = {controller: moved[path] for controller, path in self._dirs.items()}
+        return V1Cgroup(name, dirs, self._fs, self._timeout)
+
     def apply(self, limits: ResourceLimits) -> None:
         """Check every file first, so a limit the host lacks fails before any write."""
         writes = self._limit_writes(limits)

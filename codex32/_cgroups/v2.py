@@ -108,6 +108,14 @@ class V2Cgroup:
     def add_pid(self, pid: int) -> None:
         self._write("cgroup.procs", pid, "add_pid")
 
+    def rename(self, name: str) -> V2Cgroup:
+        raise CgroupError(
+            "cgroups cannot be renamed on the unified (v2) hierarchy",
+            step="rename",
+            path=self._path,
+            hint="make the cgroup under its final name",
+        )
+
     def set_devices(self, rules: Sequence[DeviceRule]) -> None:
         """Attach a BPF device program built from ``rules`` (v2 has no devices files)."""
         from codex32._cgroups.devicefilter import device_program

@@ -20,6 +20,7 @@ from codex32._engine import (
 )
 from codex32._engine.collections import ContainerCollection
 from codex32._engine.images import ImageCollection
+from codex32._engine.pool import SandboxPool
 from codex32._images.templates import TemplateStore
 from codex32._network.manager import NetworkCollection, Networking
 from codex32._plan.plan import Plan
@@ -35,7 +36,8 @@ from codex32._store.events import (
 )
 from codex32._store.state import StateStore
 from codex32.config.container import ContainerConfig
-from codex32.settings import Settings
+from codex32.errors import ConfigError
+from codex32.settings import MAX_SANDBOX_POOL, Settings
 
 
 class ContainerEngine:
@@ -47,15 +49,25 @@ class ContainerEngine:
         settings: Settings | None = None,
         *,
         fork_server: bool = True,
+        sandbox_pool: int | None = None,
     ) -> None:
         """``fork_server``: start containers' monitors from a warm launcher process
         (started on first use, or adopted from ``prestart_fork_server``, as the CLI
-        does); off, each monitor is a fresh interpreter."""
+        does); off, each monitor is a fresh interpreter. ``sandbox_pool``: sandboxes
+        kept ready per shape (``settings.sandbox_pool`` if None; needs the fork
+        server; 0: none)."""
         self.settings = settings or Settings.from_env(storage_dir)
         self._fork_server = (take_prestarted_fork_server() or ForkServer()) if fork_server else None
         self._store = StateStore(self.settings.storage_dir, group=self.settings.userns_uid_base)
         self._templates = TemplateStore(self.settings.templates_dir, self.settings.storage_dir)
         self._cgroups = ContainerCgroups(self.settings.cgroup_parent)
+        size = self.settings.sandbox_pool if sandbox_pool is None else sandbox_pool
+        if not 0 <= size <= MAX_SANDBOX_POOL:
+            raise ConfigError(
+                f"sandbox_pool={size} is out of range",
+                hint=f"give a size between 0 (no pool) and {MAX_SANDBOX_POOL}",
+            )
+        self._pool = SandboxPool(size, self._fork_server, self._cgroups)
         self._networking = Networking(self.settings.storage_dir, self._store)
         self.containers = ContainerCollection(self)
         self.images = ImageCollection(self)
@@ -126,6 +138,7 @@ class ContainerEngine:
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher = None
+        self._pool.close()
         if self._fork_server is not None:
             self._fork_server.close()
 

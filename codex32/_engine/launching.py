@@ -20,6 +20,7 @@ from codex32.config.container import ContainerConfig
 from codex32.errors import CgroupError, Codex32Error, LaunchError, NetworkError, StateError
 
 if TYPE_CHECKING:
+    from codex32._cgroups.driver import Cgroup
     from codex32._engine.container import Container
     from codex32._engine.engine import ContainerEngine
 
@@ -57,19 +58,31 @@ def launch_container(
     plan = Plan.from_json((directory / "plan.json").read_text())
     devices = create.device_rules_of(container, config)  # before anything is started
     monitor = monitor_config(engine, container, config, attach, config.tty)
-    launch = Launch(plan, container.name, monitor, engine._fork_server)
+    sandbox = engine._pool.take(plan)
+    launch = Launch(plan, container.name, monitor, engine._fork_server, sandbox)
+    held = sandbox.cgroup if sandbox is not None else None
     # The cgroup is made, with its limits, while the monitor and PID 1 are forked;
     # at ``created`` only the move of PID 1 is left. That move waits out an RCU
     # grace period (5-20 ms of kernel time, see docs/performance.md): a bridged
     # container's veth is wired meanwhile. Both finish before PID 1's go-ahead.
-    preparing = threads.Background(
-        lambda: engine._cgroups.prepare(container.id, config.resources, devices)
-    )
+    # A pooled sandbox's PID 1 is in a cgroup already (v1): it is renamed instead.
+    preparing: threads.Background[Cgroup | None]
+    if held is not None:
+        preparing = threads.Background(
+            lambda: engine._cgroups.adopt(held, container.id, config.resources, devices)
+        )
+    else:
+        preparing = threads.Background(
+            lambda: engine._cgroups.prepare(container.id, config.resources, devices)
+        )
     pending: list[threads.Background[Any]] = [preparing]
 
     def place(pid: int) -> None:
         def move_in() -> dict[str, str]:
-            return engine._cgroups.place(preparing.result(), pid)
+            cgroup = preparing.result()
+            if held is not None and launch.sandbox is not None:
+                return dict(cgroup.paths) if cgroup is not None else {}
+            return engine._cgroups.place(cgroup, pid)
 
         placing = threads.Background(move_in)
         pending.append(placing)

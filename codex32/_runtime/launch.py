@@ -17,13 +17,16 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from codex32._linux import process as process_info
 from codex32._plan.plan import Plan
 from codex32._runtime import faults as _faults
 from codex32._runtime import protocol as _sync
 from codex32.errors import LaunchError, printable
+
+if TYPE_CHECKING:
+    from codex32._runtime.sandbox import Sandbox
 
 FileArg = int | IO[bytes] | None
 
@@ -210,14 +213,23 @@ class Launch:
         container: str,
         monitor: dict[str, object],
         fork_server: ForkServer | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
+        """``sandbox``: a pooled one to start in (its namespaces and PID 1 exist
+        already) instead of a monitor forked for this start."""
         self.plan = plan
         self.container = container
         self.monitor = monitor
         self.fork_server = fork_server
+        self.sandbox = sandbox
         self.pid: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._sock, self._child_sock = _sync.socket_pair()
+        self._sock: socket.socket
+        self._child_sock: socket.socket | None = None
+        if sandbox is None:
+            self._sock, self._child_sock = _sync.socket_pair()
+        else:
+            self._sock = sandbox.sock
 
     def start(
         self,
@@ -228,29 +240,25 @@ class Launch:
         on_created: Callable[[int], None] | None = None,
     ) -> int:
         """Run the plan up to the container's exec; return PID 1's host pid."""
-        fd = self._child_sock.fileno()
+        stdin = stdin if stdin is not None else subprocess.DEVNULL
+        created = self._claim(stdin, stdout, stderr) if self.sandbox is not None else None
+        if created is None:
+            self._spawn(stdin, stdout, stderr)
         try:
-            stdin = stdin if stdin is not None else subprocess.DEVNULL
-            if self.fork_server is None or not self.fork_server.spawn(fd, stdin, stdout, stderr):
-                self._process = subprocess.Popen(
-                    [sys.executable, "-S", "-m", "codex32._runtime.monitor", str(fd)],
-                    pass_fds=(fd,),
-                    env=MONITOR_ENV,
-                    stdin=stdin,
-                    stdout=stdout,
-                    stderr=stderr,
-                    start_new_session=True,
-                )
-        finally:
-            self._child_sock.close()
-        try:
-            message = {"type": "plan", "plan": asdict(self.plan), "monitor": self.monitor}
-            _sync.send(self._sock, message)
-            created = self._expect("created")
+            if created is None:
+                message = {"type": "plan", "plan": asdict(self.plan), "monitor": self.monitor}
+                _sync.send(self._sock, message)
+                created = self._expect("created")
             if self._process is not None:
                 # The monitor has daemonized by now; its first process has exited.
                 self._process.wait()
             self.pid = int(created["pid"])
+            if self.sandbox is not None and self.pid != self.sandbox.pid:
+                raise LaunchError(
+                    f"the sandbox reported pid {self.pid}, not its PID 1 ({self.sandbox.pid})",
+                    container=self.container,
+                    step="created",
+                )
             if not process_info.is_namespace_init(self.pid):
                 raise LaunchError(
                     f"pid {self.pid} is not the first process of a pid namespace",
@@ -277,6 +285,38 @@ class Launch:
         except BaseException:
             self.abort()
             raise
+
+    def _claim(self, stdin: FileArg, stdout: FileArg, stderr: FileArg) -> _sync.Message | None:
+        """Start in the pooled sandbox up to ``created``; None (the sandbox dropped, a
+        fresh monitor to be spawned) if it cannot take this container: it died while
+        pooled, or refused the claim. Nothing of the container ran in it."""
+        assert self.sandbox is not None
+        try:
+            self.sandbox.claim(asdict(self.plan), self.monitor, stdin, stdout, stderr)
+            return self._expect("created")
+        except (LaunchError, OSError):
+            self.sandbox.discard()
+            self.sandbox = None
+            self._sock, self._child_sock = _sync.socket_pair()
+            return None
+
+    def _spawn(self, stdin: FileArg, stdout: FileArg, stderr: FileArg) -> None:
+        """A monitor for this start: forked by the fork server, else a fresh interpreter."""
+        assert self._child_sock is not None
+        fd = self._child_sock.fileno()
+        try:
+            if self.fork_server is None or not self.fork_server.spawn(fd, stdin, stdout, stderr):
+                self._process = subprocess.Popen(
+                    [sys.executable, "-S", "-m", "codex32._runtime.monitor", str(fd)],
+                    pass_fds=(fd,),
+                    env=MONITOR_ENV,
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
+        finally:
+            self._child_sock.close()
 
     def _expect(self, kind: str) -> _sync.Message:
         try:
