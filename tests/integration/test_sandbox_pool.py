@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import BUSYBOX, NAMESPACES, assert_nothing_new, snapshot
@@ -54,13 +55,13 @@ def pooled(storage_dir: Path, engine: ContainerEngine) -> Iterator[ContainerEngi
     eng.close()
 
 
-def _config(isolation: IsolationType, **options: object) -> ContainerConfig:
+def _config(isolation: IsolationType, **options: Any) -> ContainerConfig:
     return ContainerConfig(
         image=BUSYBOX,
         command=["sleep", "60"],
         isolation=isolation,
         resources=ResourceLimits(memory_bytes=64 << 20, pids_limit=100, cpus=0.5),
-        **options,  # type: ignore[arg-type]
+        **options,
     )
 
 
@@ -91,8 +92,8 @@ def _view(container: Container) -> dict[str, object]:
     with open(f"/proc/{pid}/status") as f:
         status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
     fds = {fd: clean(os.readlink(f"/proc/{pid}/fd/{fd}")) for fd in os.listdir(f"/proc/{pid}/fd")}
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        environ = sorted(clean(item.decode()) for item in f.read().split(b"\0") if item)
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    environ = sorted(clean(item.decode()) for item in raw.split(b"\0") if item)
     with open(f"/proc/{pid}/mountinfo") as f:  # mount point, fs type, options
         mounts = sorted(
             clean(" ".join((fields[4], fields[5], fields[-3], fields[-1])))
