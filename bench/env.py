@@ -206,11 +206,15 @@ class Bench:
         spawner.run([["/bin/true"]])  # fails here, not mid-measurement, if it cannot start
         return spawner
 
-    def engine(self, *, fork_server: bool = True) -> Any:
+    def engine(self, *, fork_server: bool = True, sandbox_pool: int = 0) -> Any:
         """A new ContainerEngine on the bench's storage (closed by ``close``)."""
         from codex32 import ContainerEngine
 
-        if self.supports_fork_server():
+        if self.supports_sandbox_pool():
+            engine = ContainerEngine(
+                self.storage, fork_server=fork_server, sandbox_pool=sandbox_pool
+            )
+        elif self.supports_fork_server():
             engine = ContainerEngine(self.storage, fork_server=fork_server)
         else:
             engine = ContainerEngine(self.storage)
@@ -223,6 +227,12 @@ class Bench:
             with contextlib.suppress(Exception):
                 engine.close()
         self._engines.clear()
+
+    @staticmethod
+    def supports_sandbox_pool() -> bool:
+        from codex32 import ContainerEngine
+
+        return "sandbox_pool" in inspect.signature(ContainerEngine).parameters
 
     @staticmethod
     def supports_fork_server() -> bool:

@@ -77,7 +77,7 @@ def launch_container(
         )
     pending: list[threads.Background[Any]] = [preparing]
 
-    def place(pid: int) -> None:
+    def place(pid: int) -> dict[str, object]:
         def move_in() -> dict[str, str]:
             cgroup = preparing.result()
             if held is not None and launch.sandbox is not None:
@@ -104,11 +104,9 @@ def launch_container(
                 errno=exc.errno, path=exc.path, hint=exc.hint,
             ) from exc  # fmt: skip
 
-        def remember(r: ContainerRecord) -> None:
-            r.cgroup_paths = paths
-
-        engine._store.update(container.id, remember)
         fault_point("start.placed")
+        # The monitor records them with the start, in the same write (not one more here).
+        return {"cgroup_paths": paths}
 
     try:
         launch.start(stdin=stdin, stdout=stdout, stderr=stderr, on_created=place)

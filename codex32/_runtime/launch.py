@@ -237,9 +237,13 @@ class Launch:
         stdin: FileArg = None,
         stdout: FileArg = None,
         stderr: FileArg = None,
-        on_created: Callable[[int], None] | None = None,
+        on_created: Callable[[int], dict[str, object] | None] | None = None,
     ) -> int:
-        """Run the plan up to the container's exec; return PID 1's host pid."""
+        """Run the plan up to the container's exec; return PID 1's host pid.
+
+        ``on_created(pid)`` places PID 1 before it runs anything of the container's;
+        what it returns goes to the monitor with the go-ahead (the cgroup paths, which
+        the monitor records with the start)."""
         stdin = stdin if stdin is not None else subprocess.DEVNULL
         created = self._claim(stdin, stdout, stderr) if self.sandbox is not None else None
         if created is None:
@@ -265,13 +269,14 @@ class Launch:
                     container=self.container,
                     step="created",
                 )
+            placed: dict[str, object] | None = None
             if on_created is not None:
                 try:
-                    on_created(self.pid)
+                    placed = on_created(self.pid)
                 except BaseException:
                     _sync.send(self._sock, {"type": "abort"})
                     raise
-            _sync.send(self._sock, {"type": "proceed"})
+            _sync.send(self._sock, {**(placed or {}), "type": "proceed"})
             self._expect("started")
             return self.pid
         except LaunchError as exc:

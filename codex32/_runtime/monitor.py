@@ -107,6 +107,13 @@ def _exit_code(status: int) -> tuple[int, int]:
     return os.WEXITSTATUS(status), 0
 
 
+def _paths(value: object) -> dict[str, str]:
+    """The cgroup paths the engine's go-ahead carries ({} without a cgroup)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
+
+
 def make_namespaces(
     plan: dict[str, Any],
     out_w: int,
@@ -283,6 +290,7 @@ class Monitor:
                 _kill_and_reap(self.pid1)
                 self.pid1 = None
                 return False
+            self.cgroup_paths = _paths(reply.get("cgroup_paths"))
             _sync.send_with_fds(ours, proceed, fds)
             outcome = self._outcome(ours)
             if outcome is not None:
@@ -321,9 +329,11 @@ class Monitor:
         assert self.pid1 is not None
         pid = self.pid1
         started = time.time()
+        paths = self.cgroup_paths
 
         def change(record: ContainerRecord) -> None:
             record.status = ContainerState.RUNNING
+            record.cgroup_paths = dict(paths)
             record.pid = pid
             record.pid_start_time = process_start_time(pid)
             record.monitor_pid = os.getpid()
@@ -339,9 +349,8 @@ class Monitor:
             record.died_unseen = False
             record.keep_after_exit = False
 
-        record = self.store.update(self.config.container_id, change)
+        self.store.update(self.config.container_id, change)
         self.started_at = started
-        self.cgroup_paths = dict(record.cgroup_paths)
         self.oom_baseline = self.oom_reported = oom_kill_count(self.cgroup_paths)
         self._event("start")
 
