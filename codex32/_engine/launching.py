@@ -110,7 +110,9 @@ def launch_container(
 
     try:
         launch.start(stdin=stdin, stdout=stdout, stderr=stderr, on_created=place)
+        engine._pool.replenish()
     except BaseException as exc:  # a launch error, or Ctrl-C in the middle of one
+        engine._pool.replenish()
         if isinstance(exc, LaunchError):
             code, message = exc.exit_code, str(exc)
         else:

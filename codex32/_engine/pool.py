@@ -69,11 +69,20 @@ class SandboxPool:
                 self.misses += 1
             else:
                 self.hits += 1
-            self._ensure_thread()
-            self._lock.notify_all()
         for sandbox in stale:
             self._drop(sandbox)
         return found
+
+    def replenish(self) -> None:
+        """Refill what ``take`` used, now: called once the start that took it is done,
+        so that making the next sandboxes (three forks, namespaces) does not compete
+        with that start for the CPUs."""
+        if self.size <= 0:
+            return
+        with self._lock:
+            if not self._closed:
+                self._ensure_thread()
+                self._lock.notify_all()
 
     def ready(self) -> dict[Shape, int]:
         """How many sandboxes wait per shape (``codex32 info``, tests)."""
