@@ -163,6 +163,7 @@ class ContainerEngine:
             "storage_dir": str(self.settings.storage_dir),
             "templates_dir": str(self.settings.templates_dir),
             "default_isolation": self.settings.default_isolation.value,
+            "sandbox_pool": self._pool.describe(),
         }
 
     # -- compile -------------------------------------------------------------
@@ -216,12 +217,17 @@ def get_engine() -> ContainerEngine:
     return _engine
 
 
-async def init_engine(storage_dir: str | os.PathLike[str] | None = None) -> ContainerEngine:
-    """Create the process-wide engine (awaitable, as the FastAPI start-up uses it)."""
+async def init_engine(
+    storage_dir: str | os.PathLike[str] | None = None, *, sandbox_pool: int | None = None
+) -> ContainerEngine:
+    """Create the process-wide engine (awaitable, as the FastAPI start-up uses it).
+
+    ``sandbox_pool``: sandboxes kept ready per shape (None: ``CODEX32_SANDBOX_POOL``,
+    else none); a long-lived process is where a pool pays."""
     import asyncio  # only the service's start-up needs it (~25 ms for every CLI call)
 
     global _engine  # noqa: PLW0603
-    _engine = ContainerEngine(storage_dir)
+    _engine = ContainerEngine(storage_dir, sandbox_pool=sandbox_pool)
     # reconcile uses pyroute2, which runs an event loop of its own: not on this one.
     await asyncio.to_thread(_engine.recover)
     return _engine

@@ -89,6 +89,12 @@ class SandboxPool:
         with self._lock:
             return {shape: len(queue) for shape, queue in self._ready.items()}
 
+    def describe(self) -> dict[str, int]:
+        """Size, sandboxes waiting (all shapes), hits and misses so far (``info``)."""
+        with self._lock:
+            ready = sum(len(queue) for queue in self._ready.values())
+            return {"size": self.size, "ready": ready, "hits": self.hits, "misses": self.misses}
+
     def wait_ready(self, timeout: float) -> bool:
         """Block until every shape asked for is full (tests, the bench); False on time-out."""
         with self._lock:

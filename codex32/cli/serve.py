@@ -53,6 +53,15 @@ def serve(
     make_token: Annotated[
         bool, typer.Option("--init-token", help="Make a new TCP bearer token, print it, exit.")
     ] = False,
+    sandbox_pool: Annotated[
+        int | None,
+        typer.Option(
+            "--sandbox-pool",
+            metavar="N",
+            help="Sandboxes kept ready per shape for fast starts (default 2; 0: none). "
+            "Also CODEX32_SANDBOX_POOL.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
 ) -> None:
     """Run the host service: the REST and WebSocket API over the engine (foreground)."""
@@ -71,6 +80,7 @@ def serve(
             tls_cert=tls_cert,
             tls_key=tls_key,
             socket_group=socket_group,
+            sandbox_pool=sandbox_pool,
         )
         if docker_socket is not None:
             import dataclasses

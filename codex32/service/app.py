@@ -60,7 +60,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sync_engine = await init_engine(settings.storage_dir)
+        sync_engine = await init_engine(settings.storage_dir, sandbox_pool=settings.sandbox_pool)
         engine = AsyncContainerEngine(sync_engine)
         await engine.call(settings.state_dir().mkdir, mode=0o711, parents=True, exist_ok=True)
         context = ServiceContext(engine=engine, policy=policy, settings=settings, audit=audit)

@@ -26,6 +26,10 @@ def socket_path(host: str) -> Path:
     return Path(host)
 
 
+#: Sandboxes per shape the service keeps ready unless told otherwise.
+DEFAULT_SERVICE_POOL = 2
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """Everything ``codex32 serve`` was given (flags over ``CODEX32_*`` variables)."""
@@ -45,6 +49,9 @@ class ServiceSettings:
     socket_mode: int = 0o660
     #: The Docker-compatible socket (``None``: not started).
     docker_socket: Path | None = Path(DEFAULT_DOCKER_SOCKET)
+    #: Sandboxes kept ready per shape (``--sandbox-pool``, ``CODEX32_SANDBOX_POOL``): a
+    #: long-lived service is where a pool pays; 0 turns it off.
+    sandbox_pool: int = DEFAULT_SERVICE_POOL
     #: Extra options for the extra servers, by name (free-form, for their own flags).
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -62,8 +69,18 @@ class ServiceSettings:
         storage = os.environ.get("CODEX32_STORAGE_DIR") or os.environ.get("CONTAINER_STORAGE_DIR")
         if storage:
             values["storage_dir"] = Path(storage)
+        pool = os.environ.get("CODEX32_SANDBOX_POOL")
+        if pool:
+            values["sandbox_pool"] = _whole_number("CODEX32_SANDBOX_POOL", pool)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
+        from codex32.settings import MAX_SANDBOX_POOL
+
+        if not 0 <= settings.sandbox_pool <= MAX_SANDBOX_POOL:
+            raise ConfigError(
+                f"sandbox pool size {settings.sandbox_pool} is out of range",
+                hint=f"give --sandbox-pool between 0 (no pool) and {MAX_SANDBOX_POOL}",
+            )
         if (settings.tls_cert is None) != (settings.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together", hint="give both, or neither")
         if settings.tls_cert is not None and settings.listen is None:
@@ -85,3 +102,10 @@ class ServiceSettings:
     @property
     def audit_file(self) -> Path:
         return self.state_dir() / AUDIT_FILE_NAME
+
+
+def _whole_number(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a whole number") from None
