@@ -2,7 +2,8 @@
 
 ``tests/vm/run_engine_v2.sh`` boots the VM and runs a short selection of
 ``test_resources.py`` (OOM kill reported, pids limit, pause, per-device I/O throttling
-on a loop device) and ``test_oom_live.py`` (OOM kills reported live) with real containers;
+on a loop device), ``test_oom_live.py`` (OOM kills reported live) and the sandbox pool's
+comparison of pooled and fresh containers (``test_sandbox_pool.py``) with real containers;
 this checks that it ran them all and they passed. Skips only when the VM cannot be
 built here, naming what is missing (``vng``, ``qemu-system-x86_64``, a kernel image).
 """
@@ -16,8 +17,9 @@ from helpers import run_v2_vm_suite
 
 pytestmark = pytest.mark.root
 
-EXPECTED = 8  # the runner's default selection: OOM, pids, pause, device throttling, blkio
-# weight (applied there: io.weight; refused on hosts without BFQ); 3 live OOM
+EXPECTED = 11  # the runner's default selection: OOM, pids, pause, device throttling, blkio
+# weight (applied there: io.weight; refused on hosts without BFQ); 3 live OOM; the sandbox
+# pool's pooled-versus-fresh comparison at STANDARD and STRICT and its clean close
 
 
 def test_engine_resource_limits_pass_on_cgroup_v2_in_a_vm() -> None:
