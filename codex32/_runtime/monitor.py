@@ -44,9 +44,6 @@ from codex32._store.state import (
 )
 from codex32.errors import Codex32Error
 
-#: The plan's fields a sandbox is made to: a claim must ask for exactly these.
-SHAPE_KEYS = ("namespaces", "uid_mappings", "gid_mappings")
-
 _BACKOFF_START = 0.1
 _BACKOFF_MAX = 60.0
 _BACKOFF_RESET_AFTER = 10.0  # a run this long resets the back-off, as Docker does
@@ -671,7 +668,7 @@ def _run(monitor: Monitor, start: Callable[[], bool]) -> int:
 
 def same_shape(plan: dict[str, Any], shape: dict[str, Any]) -> bool:
     """Whether a plan asks for exactly the namespaces and id maps a sandbox has."""
-    return all(plan.get(key) == shape.get(key) for key in SHAPE_KEYS)
+    return all(plan.get(key) == shape.get(key) for key in _sync.SHAPE_KEYS)
 
 
 def _serve_sandbox(pool: socket.socket, shape: dict[str, Any]) -> int:
@@ -686,7 +683,7 @@ def _serve_sandbox(pool: socket.socket, shape: dict[str, Any]) -> int:
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     out_w, err_w = os.dup(null), os.dup(null)
     os.close(null)
-    plan = {**{key: shape[key] for key in SHAPE_KEYS}, "container": "", "steps": []}
+    plan = {**{key: shape[key] for key in _sync.SHAPE_KEYS}, "container": "", "steps": []}
     made = make_namespaces(plan, out_w, err_w, tty=False, host_terminal=False, closing=[pool])
     if isinstance(made, dict):
         with contextlib.suppress(OSError):

@@ -41,6 +41,22 @@ stage1     engine          ``{"type": "exited", "exit_code": C, "signal": S}`` o
                            is reaped (signal is 0 for a normal exit)
 =========  ==============  ==============================================================
 
+A pooled sandbox (``sandbox``, ``_engine.pool``) runs the same table in two parts:
+
+=========  ==============  ==============================================================
+engine     stage1          ``{"type": "sandbox", "shape": {namespaces, id maps}}``
+                           instead of the plan; stage1 forks stage2 as above
+stage1     engine          ``{"type": "ready", "pid": N}``: PID 1 waits, holding /dev/null
+engine     stage1          ``{"type": "claim", "plan", "monitor"}`` with the caller's
+                           stdin, stdout, stderr attached; a plan of another shape is
+                           answered with an ``error`` (step ``claim``) and PID 1 killed
+stage1     engine          ``created``, then as above; the ``proceed`` relayed to PID 1
+                           carries ``"plan"`` and PID 1's stdin, stdout, stderr
+=========  ==============  ==============================================================
+
+The engine's ``proceed`` may carry ``"cgroup_paths"`` (where it placed PID 1), which the
+monitor records with the start.
+
 Any failure before ``started`` reaches the engine as an ``error`` message naming the
 step; stage1 then makes sure PID 1 is dead and reaped before it exits itself. Every
 end of these sockets is close-on-exec (the monitor closes the engine's in stage2), so
@@ -57,6 +73,10 @@ import socket
 from typing import Any
 
 MAX_MESSAGE = 1 << 20
+
+#: The plan's fields a pooled sandbox is made to (``sandbox``, ``monitor``): a claim
+#: must ask for exactly these.
+SHAPE_KEYS = ("namespaces", "uid_mappings", "gid_mappings")
 
 Message = dict[str, Any]
 

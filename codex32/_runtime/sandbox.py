@@ -28,10 +28,6 @@ from codex32._runtime import protocol as _sync
 from codex32._runtime.launch import FileArg, ForkServer, _Descriptors
 from codex32.errors import LaunchError, printable
 
-#: The plan's fields a sandbox is made to (``monitor.SHAPE_KEYS``; not imported from
-#: there: the engine should not load the monitor's modules).
-SHAPE_KEYS = ("namespaces", "uid_mappings", "gid_mappings")
-
 #: How long a sandbox's monitor may take to report PID 1.
 READY_TIMEOUT = 10.0
 
@@ -40,7 +36,7 @@ Shape = str
 
 def shape_of(plan: Plan) -> Shape:
     """The pool key of a plan: its namespaces and id maps, canonically written."""
-    shape = {key: getattr(plan, key) for key in SHAPE_KEYS}
+    shape = {key: getattr(plan, key) for key in _sync.SHAPE_KEYS}
     return json.dumps(shape, sort_keys=True, separators=(",", ":"))
 
 
