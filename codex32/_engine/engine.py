@@ -23,7 +23,7 @@ from codex32._engine.images import ImageCollection
 from codex32._engine.pool import SandboxPool
 from codex32._images.templates import TemplateStore
 from codex32._network.manager import NetworkCollection, Networking
-from codex32._plan.plan import Plan
+from codex32._plan.plan import Plan, shape_plan
 from codex32._plan.profiles import Profile, resolve_profile
 from codex32._runtime.launch import ForkServer, take_prestarted_fork_server
 from codex32._store.events import (
@@ -175,6 +175,16 @@ class ContainerEngine:
             userns_uid_base=self.settings.userns_uid_base,
             userns_size=self.settings.userns_size,
         )
+
+    def warm_pool(self, config: ContainerConfig, *, wait: float = 0) -> bool:
+        """Have the sandbox pool keep sandboxes for containers like ``config`` (its
+        isolation level and network mode) ready from now on, not only after the first
+        start of that kind; ``wait`` seconds at most for them. False if the pool is off
+        or they were not ready in time."""
+        if self._pool.size <= 0:
+            return False
+        self._pool.want(shape_plan("", self.profile(config)))
+        return self._pool.wait_ready(wait)
 
     def plan(self, config: ContainerConfig, container_id: str = "0" * 64) -> Plan:
         """The set-up plan for ``config`` (nothing is created; templates may be built)."""

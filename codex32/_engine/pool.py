@@ -73,6 +73,20 @@ class SandboxPool:
             self._drop(sandbox)
         return found
 
+    def want(self, plan: Plan) -> None:
+        """Keep sandboxes of the plan's shape from now on (filling starts at once)."""
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._ready.setdefault(shape_of(plan), deque())
+            self._ready.move_to_end(shape_of(plan))
+            stale: list[Sandbox] = []
+            while len(self._ready) > MAX_SHAPES:
+                stale.extend(self._ready.popitem(last=False)[1])
+        for sandbox in stale:
+            self._drop(sandbox)
+        self.replenish()
+
     def replenish(self) -> None:
         """Refill what ``take`` used, now: called once the start that took it is done,
         so that making the next sandboxes (three forks, namespaces) does not compete

@@ -85,6 +85,19 @@ def _mappings(items: tuple[IdMapping, ...]) -> list[dict[str, int]]:
     return [{"containerID": m.container_id, "hostID": m.host_id, "size": m.size} for m in items]
 
 
+def shape_plan(container: str, profile: Profile) -> Plan:
+    """A plan without steps: the namespaces and id maps a profile's containers get
+    (what a pooled sandbox is made to)."""
+    return Plan(
+        container=container,
+        # The pid, user and time namespaces are entered before the fork that makes
+        # PID 1; the cgroup namespace after the engine has placed PID 1 in its cgroup.
+        namespaces=[n for n in profile.namespaces if n != "cgroup"],
+        uid_mappings=_mappings(profile.uid_mappings),
+        gid_mappings=_mappings(profile.gid_mappings),
+    )
+
+
 def build_plan(
     container: str,
     config: ContainerConfig,
@@ -98,14 +111,7 @@ def build_plan(
 ) -> Plan:
     """The ordered set-up steps: mounts, pivot_root, hostname, limits, privileges, exec."""
     ns = set(profile.namespaces)
-    plan = Plan(
-        container=container,
-        # The pid, user and time namespaces are entered before the fork that makes
-        # PID 1; the cgroup namespace after the engine has placed PID 1 in its cgroup.
-        namespaces=[n for n in profile.namespaces if n != "cgroup"],
-        uid_mappings=_mappings(profile.uid_mappings),
-        gid_mappings=_mappings(profile.gid_mappings),
-    )
+    plan = shape_plan(container, profile)
     steps = plan.steps
     if "cgroup" in ns:
         steps.append({"op": "unshare", "namespaces": ["cgroup"]})

@@ -207,6 +207,10 @@ def _pid1(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
     """
     try:
         message, fds = _sync.receive_with_fds(sock)
+        if message and message.get("type") == "claimed":
+            # A sandbox's: named as a fresh PID 1 is (after its container's monitor).
+            caps.set_process_name(str(message.get("process_name", "")))
+            message, fds = _sync.receive_with_fds(sock)
         if not message or message.get("type") != "proceed":
             os._exit(125)
         if "plan" in message:

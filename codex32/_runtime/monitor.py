@@ -268,6 +268,15 @@ class Monitor:
         """Start the container in a pooled sandbox whose PID 1 (``self.pid1``) waits on
         ``ours``: the go-ahead brings it the plan and its stdio, as ``start``'s fork would
         have given them (``-t``: the console step makes its terminal)."""
+        name = f"c32mon-{self.config.container_id[:8]}"
+        try:
+            _sync.send(ours, {"type": "claimed", "process_name": name})
+        except OSError:  # PID 1 died while pooled: the start fails as a set-up death
+            ours.close()
+            _kill_and_reap(self.pid1)
+            self.pid1 = None
+            self._tell(_sync.error_message("namespaces", 0, "set-up process died"))
+            return False
         out_w, err_w, self.out_r, self.err_r = self._stdio()
         try:
             stdin = out_w if self.config.tty else 0

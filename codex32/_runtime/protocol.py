@@ -50,6 +50,7 @@ stage1     engine          ``{"type": "ready", "pid": N}``: PID 1 waits, holding
 engine     stage1          ``{"type": "claim", "plan", "monitor"}`` with the caller's
                            stdin, stdout, stderr attached; a plan of another shape is
                            answered with an ``error`` (step ``claim``) and PID 1 killed
+stage1     pid1            ``{"type": "claimed", "process_name"}``: named as a fresh PID 1
 stage1     engine          ``created``, then as above; the ``proceed`` relayed to PID 1
                            carries ``"plan"`` and PID 1's stdin, stdout, stderr
 =========  ==============  ==============================================================

@@ -9,7 +9,10 @@ storage directory comes from ``CODEX32_STORAGE_DIR``, the pause point from
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from pathlib import Path
 
 from codex32 import (
     Codex32Error,
@@ -28,9 +31,21 @@ DEAF = COUNTER.replace("trap 'exit 0' TERM", "trap '' TERM")
 CRASHER = "i=0; while [ $i -lt 5 ]; do i=$((i+1)); echo line$i; sleep 0.02; done; exit 3"
 
 
+def _warm(engine: ContainerEngine, config: ContainerConfig) -> None:
+    """``CODEX32_TEST_POOL``: start from a pooled sandbox. The pool is filled first,
+    with the pause disarmed (the test holds its marker), then the test arms it."""
+    if not engine.warm_pool(config, wait=20):
+        raise SystemExit("the sandbox pool did not fill")
+    fault_dir = Path(os.environ["CODEX32_FAULT_DIR"])
+    (fault_dir / "warm").touch()
+    while not (fault_dir / "armed").exists():
+        time.sleep(0.005)
+
+
 def main(argv: list[str]) -> int:
     verb, name = argv[0], argv[1]
-    with ContainerEngine() as engine:
+    pool = 1 if os.environ.get("CODEX32_TEST_POOL") == "1" else 0
+    with ContainerEngine(sandbox_pool=pool) as engine:
         try:
             if verb in ("run", "create", "crash"):
                 isolation, network, restart, auto_remove = argv[2:6]
@@ -45,6 +60,8 @@ def main(argv: list[str]) -> int:
                 if verb == "create":
                     engine.containers.create(config)
                 else:
+                    if pool:
+                        _warm(engine, config)
                     engine.containers.run_detached(config)
             elif verb == "start":
                 engine.containers.get(name).start()

@@ -44,11 +44,12 @@ class Trial:
     network: str = "none"
     restart: str = "no"
     auto_remove: bool = False
-    via: str = "api"  # the caller: fault_driver.py (the API) or the codex32 CLI
+    via: str = "api"  # the caller: fault_driver.py (the API; "pool": from a pooled
+    # sandbox) or the codex32 CLI
 
     @property
     def id(self) -> str:
-        extra = "-cli" if self.via == "cli" else ""
+        extra = f"-{self.via}" if self.via != "api" else ""
         extra += "-rm" if self.auto_remove else ""
         extra += f"-{self.restart}" if self.restart != "no" else ""
         return f"{self.verb}-{self.step}-kill-{self.victim}-{self.isolation}-{self.network}{extra}"
@@ -158,9 +159,10 @@ class FaultRun:
             "CODEX32_FAULT_DIR": str(self.dir),
         }
 
-    def call(self, *args: str) -> None:
+    def call(self, *args: str, pool: bool = False) -> None:
+        env = {**self.env(), "CODEX32_TEST_POOL": "1" if pool else "0"}
         self.caller = subprocess.Popen(
-            [sys.executable, DRIVER, *args], env=self.env(),
+            [sys.executable, DRIVER, *args], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
 
@@ -184,6 +186,14 @@ class FaultRun:
             time.sleep(0.005)
         out = self.finish_caller(1)
         raise AssertionError(f"nothing reached step {self.step} in {timeout} s; caller: {out}")
+
+    def wait_for_file(self, name: str, timeout: float = 30) -> None:
+        """Wait until the caller creates ``DIR/NAME`` (its own signal to the test)."""
+        deadline = time.monotonic() + timeout
+        while not (self.dir / name).exists():
+            if time.monotonic() > deadline or (self.caller and self.caller.poll() is not None):
+                raise AssertionError(f"no {name} from the caller: {self.finish_caller(1)}")
+            time.sleep(0.005)
 
     def release(self) -> None:
         (self.dir / "go").touch()

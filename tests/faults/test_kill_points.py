@@ -98,6 +98,11 @@ def _matrix() -> list[Trial]:
         trials += [Trial("crash", s, v, isolation, restart="on-failure:3")
                    for s, vs in _CRASH.items() for v in vs]  # fmt: skip
         trials += [Trial("crash", "monitor.remove", "monitor", isolation, auto_remove=True)]
+    # A start from a pooled sandbox: the claimed monitor, its PID 1, the caller.
+    pooled = ("monitor.plan", "monitor.created", "pid1.proceed", "start.placed",
+              "monitor.started")  # fmt: skip
+    for isolation in ("standard", "strict"):
+        trials += [Trial("run", s, v, isolation, via="pool") for s in pooled for v in _START[s]]
     # The CLI as the caller (its fork server is a once-server that becomes the monitor).
     trials += [Trial("run", s, v, via="cli") for s, vs in _START.items() for v in vs
                if v != "forkserver"]  # fmt: skip
@@ -114,7 +119,9 @@ def _bounded(trials: list[Trial]) -> list[Trial]:
             chosen[(trial.verb, trial.step)] = trial
     cli = [t for t in trials if t.via == "cli" and t.verb == "run" and t.victim == "caller"
            and t.step in ("start.placed", "monitor.started")]  # fmt: skip
-    return [*chosen.values(), *cli]
+    pooled = [t for t in trials if t.via == "pool" and t.isolation == "standard"
+              and t.victim == _START[t.step][-1]]  # fmt: skip
+    return [*chosen.values(), *cli, *pooled]
 
 
 ALL = _matrix()
@@ -183,6 +190,12 @@ def _prepare(trial: Trial, run: FaultRun, name: str) -> str:
     marker.write_text("0")
     args = [trial.isolation, trial.network, trial.restart, "1" if trial.auto_remove else "0",
             "deaf" if trial.step == "stop.signalled" else "hears"]  # fmt: skip
+    if trial.verb == "run" and trial.via == "pool":
+        run.call(trial.verb, name, *args, pool=True)
+        run.wait_for_file("warm")  # the pool is full: the run claims a sandbox
+        marker.unlink()
+        (run.dir / "armed").touch()
+        return ""
     if trial.verb in {"run", "crash"}:
         marker.unlink()
         if trial.via == "cli":
