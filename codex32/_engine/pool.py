@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 
 from codex32._cgroups.containers import ContainerCgroups
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Shapes kept at once (the least recently asked for is dropped beyond that).
 MAX_SHAPES = 4
+#: Seconds without a start before the pool makes sandboxes again.
+QUIET = 0.03
 
 
 class SandboxPool:
@@ -44,6 +47,7 @@ class SandboxPool:
         self._closed = False
         self.hits = 0
         self.misses = 0
+        self._last_take = 0.0
 
     def take(self, plan: Plan) -> Sandbox | None:
         """A ready sandbox of the plan's shape (the pool then refills), or None."""
@@ -65,6 +69,7 @@ class SandboxPool:
                     stale.append(sandbox)
             while len(self._ready) > MAX_SHAPES:
                 stale.extend(self._ready.popitem(last=False)[1])
+            self._last_take = time.monotonic()
             if found is None:
                 self.misses += 1
             else:
@@ -145,10 +150,15 @@ class SandboxPool:
         while True:
             with self._lock:
                 self._lock.wait_for(lambda: self._closed or self._wanted() is not None)
+                # Starts in a burst each take a sandbox ready: make new ones once the
+                # burst is over, not between its starts (they would share the CPUs).
+                while not self._closed and (wait := self._quiet_left()) > 0:
+                    self._lock.wait(wait)
                 if self._closed:
                     return
                 shape = self._wanted()
-            assert shape is not None
+            if shape is None:
+                continue
             sandbox = self._make(shape)
             with self._lock:
                 keep = sandbox is not None and not self._closed and shape in self._ready
@@ -167,6 +177,9 @@ class SandboxPool:
                         self.size = 0
                         self._lock.notify_all()
                     return
+
+    def _quiet_left(self) -> float:
+        return self._last_take + QUIET - time.monotonic()
 
     def _make(self, shape: Shape) -> Sandbox | None:
         assert self._fork_server is not None
