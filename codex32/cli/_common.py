@@ -99,8 +99,11 @@ def engine() -> ContainerEngine:
         host = state.host
         return cast(ContainerEngine, guard(lambda: RemoteEngine(host)))
 
+    # No sandbox pool: a CLI call starts one container and exits (the service keeps one).
     return guard(
-        lambda: ContainerEngine(settings=Settings.from_env(cgroup_parent=state.cgroup_parent))
+        lambda: ContainerEngine(
+            settings=Settings.from_env(cgroup_parent=state.cgroup_parent), sandbox_pool=0
+        )
     )
 
 
