@@ -313,7 +313,7 @@ class Networking:
             if endpoint.ports:
                 endpoint.proxy_pid = self._publish(container_id, pid, endpoint)
                 endpoint.proxy_start_time = process_start_time(endpoint.proxy_pid)
-                self._save(container_id, endpoint)
+                self._save(container_id, endpoint, durable=False)  # a process: no reboot
         except BaseException:
             self._stop_proxy(endpoint)
             with contextlib.suppress(Codex32Error):
@@ -449,8 +449,10 @@ class Networking:
         """A container's endpoint record, if it is on a bridge network."""
         return load_endpoint(self._store, container_id)
 
-    def _save(self, container_id: str, endpoint: Endpoint) -> None:
-        _write_json_atomic(self._store.directory(container_id) / ENDPOINT_FILE, asdict(endpoint))
+    def _save(self, container_id: str, endpoint: Endpoint, *, durable: bool = True) -> None:
+        """Atomically; ``durable``: fsync'd (at create, committed with state.json)."""
+        path = self._store.directory(container_id) / ENDPOINT_FILE
+        _write_json_atomic(path, asdict(endpoint), fsync=durable)
 
 
 class NetworkCollection:

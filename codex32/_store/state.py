@@ -9,6 +9,12 @@ Layout under the storage directory::
                                 container's own mount namespace)
     names/NAME -> ../containers/ID   a symlink: creating it reserves the name atomically
     names.lock                  held while a name is reserved or released
+
+Every write is atomic (a temp file renamed over): a reader, or a writer killed half-way,
+sees the old file or the new one. Only the writes that must outlive a power cut are
+fsync'd (``is_durable_change``; docs/architecture.md, "State on disk"): the create, an
+outcome, the user's stop; the rest (running, pids, cgroup paths) describe processes and
+cgroups that a reboot takes away anyway, as runc's and crun's state in /run does.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -80,11 +86,15 @@ class ContainerRecord:
     died_unseen: bool = False
     #: A restart of an ``--rm`` container is under way: its monitor keeps it (Docker's).
     keep_after_exit: bool = False
+    #: Created with ``--rm``: its monitor removes it at exit (``is_durable_change``).
+    auto_remove: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        data = asdict(self)
+        """JSON form (by hand: ``dataclasses.asdict`` deep-copies every value)."""
+        data = {key: getattr(self, key) for key in _FIELD_ORDER}
         data["status"] = self.status.value
+        data["cgroup_paths"] = dict(self.cgroup_paths)
+        data["warnings"] = list(self.warnings)
         return data
 
     @classmethod
@@ -95,7 +105,8 @@ class ContainerRecord:
         return cls(**data)
 
 
-_FIELDS = frozenset(ContainerRecord.__dataclass_fields__)
+_FIELD_ORDER = tuple(ContainerRecord.__dataclass_fields__)
+_FIELDS = frozenset(_FIELD_ORDER)
 #: How young a lock-less container directory must be to count as being created.
 _CREATION_GRACE = 10.0
 #: A container directory being removed (``StateStore.delete``), never a container.
@@ -197,19 +208,62 @@ def is_same_process(pid: int | None, start_time: int | None) -> bool:
     return pid is not None and start_time is not None and process_start_time(pid) == start_time
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temp file in the same directory, fsync, rename over."""
+def is_durable_change(before: ContainerRecord | None, after: ContainerRecord) -> bool:
+    """Whether writing ``after`` over ``before`` must survive a power cut (fsync).
+
+    Durable: the create (``before`` is None: the container exists), a new outcome (an
+    exit, a failed start: what ``ps -a`` and ``inspect`` show after a reboot), and the
+    user's stop or start (``stopped_by_user``, which restart policies obey at
+    ``recover``). Not durable: everything about processes and cgroups (running, pids,
+    start times, cgroup paths, OOM marks, restarting), since a reboot takes those away
+    and ``refresh`` finds a live record without its processes lost; nor the exit of an
+    ``--rm`` container its monitor removes next: lost, ``recover`` removes it the same.
+    A lost write leaves the file before it, whole (the rename is atomic); a torn file
+    (a filesystem that renames before it writes) is a ``DamagedRecordError``.
+    """
+    if before is None:
+        return True
+    if after.stopped_by_user != before.stopped_by_user:
+        return True
+    outcome = (after.status is ContainerState.EXITED, after.exit_code, after.error,
+               after.finished_at)  # fmt: skip
+    previous = (before.status is ContainerState.EXITED, before.exit_code, before.error,
+                before.finished_at)  # fmt: skip
+    if after.exit_code is None or outcome == previous:
+        return False  # no new outcome (a start clears the last one)
+    return not (after.auto_remove and not after.keep_after_exit)
+
+
+def write_json_atomic(path: Path, data: Any, *, fsync: bool = True, commit: bool = False) -> None:
+    """Write to a temp file in the same directory and rename it over ``path``.
+
+    ``fsync``: the data reach the disk before the rename (a power cut leaves the old
+    file or the new one); ``commit``: the directory too, after the rename, so that the
+    new file itself survives a power cut (a durable record).
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
+            f.write(json.dumps(data))  # compact: the C encoder (indent= is pure Python)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if commit:
+        fsync_directory(path.parent)
+
+
+def fsync_directory(path: Path) -> None:
+    """Make the entries of ``path`` (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def storage_error(exc: OSError, path: Path | str) -> ContainerError:
@@ -354,25 +408,46 @@ class StateStore:
         return dropped
 
     def update(
-        self, container_id: str, change: Callable[[ContainerRecord], None]
+        self,
+        container_id: str,
+        change: Callable[[ContainerRecord], None],
+        *,
+        durable: bool | None = None,
     ) -> ContainerRecord:
-        """Read, change and write state.json under the container's lock."""
+        """Read, change and write state.json under the container's lock.
+
+        ``durable`` None: fsync'd if the change is one to keep (``is_durable_change``).
+        """
         with self.locked(container_id):
             record = self.load(container_id)
+            before = replace(record)  # (the fields compared are immutable)
             change(record)
-            self.save(record)
+            if durable is None:
+                durable = is_durable_change(before, record)
+            self.save(record, durable=durable)
             return record
 
-    def save(self, record: ContainerRecord) -> None:
-        """Write state.json atomically (the old one stays whole if this fails)."""
+    def save(self, record: ContainerRecord, *, durable: bool = True) -> None:
+        """Write state.json atomically (the old one stays whole if this fails);
+        ``durable``: fsync'd, file and directory."""
         path = self.directory(record.id) / "state.json"
         try:
-            write_json_atomic(path, record.to_dict())
+            write_json_atomic(path, record.to_dict(), fsync=durable, commit=durable)
         except OSError as exc:
             raise storage_error(exc, path) from exc
 
+    def save_created(self, record: ContainerRecord) -> None:
+        """Write a new container's state.json, its last file: durable, and so is the
+        container's entry in ``containers/`` (the create is then kept whole or not at
+        all: ``reconcile`` removes a directory without state.json)."""
+        self.save(record, durable=True)
+        try:
+            fsync_directory(self.containers)
+        except OSError as exc:
+            raise storage_error(exc, self.containers) from exc
+
     def save_config(self, container_id: str, config: dict[str, Any]) -> None:
-        """Write config.json atomically."""
+        """Write config.json atomically, its data fsync'd (``save_created`` commits it)."""
         path = self.directory(container_id) / "config.json"
         try:
             write_json_atomic(path, config)
