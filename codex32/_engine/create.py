@@ -107,15 +107,20 @@ def create(engine: ContainerEngine, config: ContainerConfig) -> Container:
                     os.chown(directory / sub, base, base)
             else:
                 os.chmod(directory, 0o700)  # Docker's overlay2 layer directories
-            engine._store.save_config(container_id, config.model_dump(mode="json"))
+            # What runs the container is fsync'd only if it outlives a power cut: an
+            # --rm container is removed by ``recover`` then (its state.json, durable,
+            # says so), never run again (docs/architecture.md, "State on disk").
+            durable = not config.auto_remove
+            engine._store.save_config(container_id, config.model_dump(mode="json"), durable=durable)
             fault_point("create.config")
-            write_private(directory / "image.json", json.dumps(image_meta(source)))
+            write_private(directory / "image.json", json.dumps(image_meta(source)), durable)
             hostname = config.hostname or container_id[:12]
             engine._networking.prepare(
-                container_id, name, hostname, config, profile.network, background_refresh=True
-            )
+                container_id, name, hostname, config, profile.network, background_refresh=True,
+                durable=durable,
+            )  # fmt: skip
             plan = compile_plan(engine, container_id, config, profile, source)
-            write_private(directory / "plan.json", plan.describe())  # -e secrets
+            write_private(directory / "plan.json", plan.describe(), durable)  # -e secrets
             engine._store.save_created(record)  # the last: durable, it commits the rest
     except BaseException as exc:
         with contextlib.suppress(Codex32Error, OSError):  # (reconcile frees a lease left)
@@ -221,15 +226,16 @@ def require_root() -> None:
         )
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write a file only root may read, atomically and fsync'd (a part of the create
-    that ``save_created`` commits): 0600 from its creation on (``mkstemp``)."""
+def write_private(path: Path, text: str, durable: bool) -> None:
+    """Write a file only root may read (0600 from its creation on: ``mkstemp``),
+    atomically; ``durable``: fsync'd, a part of the create ``save_created`` commits."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -11,8 +11,9 @@ Why a lock plus atomic writes: the CLI and the host service may allocate at the 
 time, from different processes; ``flock`` serialises them (it also excludes threads of
 one process, since each operation opens its own descriptor), and ``os.replace`` of a
 temp file means a crash leaves the old or the new file, never half of one. The data are
-fsync'ed before the rename, except for a release: a lease a power cut gives back to its
-container is freed by ``Networking.reconcile`` (its container is gone).
+fsync'ed before the rename, except for a release and an ``--rm`` container's lease: a
+lease a power cut gives back to a container that is gone is freed by
+``Networking.reconcile``.
 
 Addresses are handed out round-robin from a cursor (as CNI's host-local plugin does),
 so a released address is reused only after the rest of the subnet was offered: peers'
@@ -262,8 +263,12 @@ class IPAM:
 
     # --- leases ------------------------------------------------------------------------
 
-    def allocate(self, network: str, container_id: str) -> Lease:
-        """Lease a free address to ``container_id``; the same one if it holds one already."""
+    def allocate(self, network: str, container_id: str, *, durable: bool = True) -> Lease:
+        """Lease a free address to ``container_id``; the same one if it holds one already.
+
+        ``durable=False``: not fsync'd, for a container a power cut removes anyway
+        (``--rm``): a lease lost is never used again, one left is freed by ``reconcile``.
+        """
         step = "network.ipam.allocate"
         if not container_id:
             raise NetworkError("empty container id", step=step)
@@ -297,7 +302,7 @@ class IPAM:
             address = ipaddress.IPv4Address(candidate)
             leases[container_id] = str(address)
             state["next"] = str(ipaddress.IPv4Address(first + (candidate - first + 1) % size))
-            self._write_json(self._lease_path(network), state)
+            self._write_json(self._lease_path(network), state, fsync=durable)
         return self._lease(definition, container_id, str(address))
 
     def release(self, network: str, container_id: str) -> bool:

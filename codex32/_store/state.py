@@ -437,20 +437,21 @@ class StateStore:
             raise storage_error(exc, path) from exc
 
     def save_created(self, record: ContainerRecord) -> None:
-        """Write a new container's state.json, its last file: durable, and so is the
-        container's entry in ``containers/`` (the create is then kept whole or not at
-        all: ``reconcile`` removes a directory without state.json)."""
+        """Write a new container's state.json, its last file, durable: the create is
+        then kept whole or not at all (``reconcile`` removes a directory without
+        state.json). Its other files were fsync'd before; the directory's fsync commits
+        their renames, and the journal (ext4, xfs) commits in order, so the directory's
+        own entry in ``containers/`` with them."""
         self.save(record, durable=True)
-        try:
-            fsync_directory(self.containers)
-        except OSError as exc:
-            raise storage_error(exc, self.containers) from exc
 
-    def save_config(self, container_id: str, config: dict[str, Any]) -> None:
-        """Write config.json atomically, its data fsync'd (``save_created`` commits it)."""
+    def save_config(
+        self, container_id: str, config: dict[str, Any], *, durable: bool = True
+    ) -> None:
+        """Write config.json atomically; ``durable``: its data fsync'd (``save_created``
+        commits it)."""
         path = self.directory(container_id) / "config.json"
         try:
-            write_json_atomic(path, config)
+            write_json_atomic(path, config, fsync=durable)
         except OSError as exc:
             raise storage_error(exc, path) from exc
 
