@@ -120,7 +120,7 @@ def create(engine: ContainerEngine, config: ContainerConfig) -> Container:
                 durable=durable,
             )  # fmt: skip
             plan = compile_plan(engine, container_id, config, profile, source)
-            write_private(directory / "plan.json", plan.describe(), durable)  # -e secrets
+            write_private(directory / "plan.json", plan.to_json(), durable)  # -e secrets
             engine._store.save_created(record)  # the last: durable, it commits the rest
     except BaseException as exc:
         with contextlib.suppress(Codex32Error, OSError):  # (reconcile frees a lease left)

@@ -279,8 +279,9 @@ class IPAM:
             net = definition.ip_network
             if container_id in leases:
                 return self._lease(definition, container_id, leases[container_id])
-            taken = {int(ipaddress.IPv4Address(a)) for a in leases.values()}
-            taken.add(int(ipaddress.IPv4Address(definition.gateway)))
+            # As text: parsing every lease into an address was O(leases) per start.
+            taken = set(leases.values())
+            taken.add(definition.gateway)
             first = int(net.network_address) + 1
             last = int(net.broadcast_address) - 1
             size = last - first + 1
@@ -289,7 +290,7 @@ class IPAM:
                 cursor = first
             for step_count in range(size):
                 candidate = first + (cursor - first + step_count) % size
-                if candidate not in taken:
+                if str(ipaddress.IPv4Address(candidate)) not in taken:
                     break
             else:
                 raise NetworkError(
