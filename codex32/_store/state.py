@@ -112,6 +112,8 @@ _CREATION_GRACE = 10.0
 #: A container directory being removed (``StateStore.delete``), never a container.
 REMOVING_PREFIX = ".removing-"
 _HEX_DIGITS = frozenset("0123456789abcdef")
+#: At most this many parsed records kept per store (then it starts afresh).
+_PARSED_MAX = 4096
 
 
 def is_container_id(text: str) -> bool:
@@ -175,6 +177,15 @@ def _checked_record(data: object, container_id: str, path: Path) -> ContainerRec
         raise _damaged(path, f"missing or invalid fields ({type(exc).__name__}: {exc})") from None
 
 
+def _copy(record: ContainerRecord) -> ContainerRecord:
+    """A record the caller may change (``update`` does) without changing the cached one."""
+    clone = object.__new__(ContainerRecord)
+    clone.__dict__.update(record.__dict__)
+    clone.cgroup_paths = dict(record.cgroup_paths)
+    clone.warnings = list(record.warnings)
+    return clone
+
+
 def _is_id_prefix(text: str) -> bool:
     """Whether ``text`` could start a container id (64 lowercase hex digits)."""
     return 0 < len(text) <= 64 and set(text) <= _HEX_DIGITS
@@ -189,14 +200,23 @@ def _scandir(directory: Path) -> list[os.DirEntry[str]]:
 
 
 def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: with the pid, it names one process for sure."""
+    """Field 22 of /proc/PID/stat: with the pid, it names one process for sure.
+
+    Raw ``os`` calls (no file object): ``ps`` of N containers reads 2N of these.
+    """
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        if fields[0] in ("Z", "X"):
+        data = os.read(fd, 4096)  # a few hundred bytes
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        fields = data.rsplit(b")", 1)[1].split()
+        if fields[0] in (b"Z", b"X"):
             return None  # exited, not yet reaped: not running any more
         return int(fields[19])
     except (IndexError, ValueError):
@@ -245,8 +265,13 @@ def write_json_atomic(path: Path, data: Any, *, fsync: bool = True, commit: bool
     try:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(data))  # compact: the C encoder (indent= is pure Python)
+            f.flush()
+            # A modification time to the nanosecond (the kernel's may be a clock tick
+            # old): (inode, mtime, size) then names one write, for caches of the
+            # parsed file (``StateStore.load``), even when an inode number comes back.
+            now = time.time_ns()
+            os.utime(f.fileno(), ns=(now, now))
             if fsync:
-                f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -297,6 +322,9 @@ class StateStore:
         self.containers = storage_dir / "containers"
         self.names = storage_dir / "names"
         self._layout_ready = False
+        #: id -> (the file's (inode, mtime, size), its record, checked): ``ps`` of N
+        #: containers parses only the records that changed since the last one.
+        self._parsed: dict[str, tuple[tuple[int, int, int], ContainerRecord]] = {}
 
     def ensure_layout(self) -> None:
         """Create the storage tree, closed to every host user but root and ``group``.
@@ -466,15 +494,33 @@ class StateStore:
             if "/" in container_id or container_id in ("", ".", "..") or not path.exists():
                 raise ContainerNotFoundError(f"no such container: {container_id}")
             raise _damaged(path, "its directory's name is not a container id")
+        known = self._parsed.get(container_id)
+        if known is not None:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                self._parsed.pop(container_id, None)
+                raise ContainerNotFoundError(f"no such container: {container_id}") from None
+            except OSError:
+                st = None
+            if st is not None and (st.st_ino, st.st_mtime_ns, st.st_size) == known[0]:
+                return _copy(known[1])  # unchanged since parsed (``write_json_atomic``)
         try:
-            data = json.loads(path.read_text())
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())  # the key of what is read, not of the path
+                data = json.loads(f.read())
         except FileNotFoundError:
+            self._parsed.pop(container_id, None)
             raise ContainerNotFoundError(f"no such container: {container_id}") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise _damaged(path, f"not valid JSON ({exc})") from None
         except OSError as exc:
             raise _damaged(path, f"unreadable ({exc.strerror})") from None
-        return _checked_record(data, container_id, path)
+        record = _checked_record(data, container_id, path)
+        if len(self._parsed) >= _PARSED_MAX:
+            self._parsed.clear()
+        self._parsed[container_id] = ((st.st_ino, st.st_mtime_ns, st.st_size), record)
+        return _copy(record)
 
     def load_config(self, container_id: str) -> dict[str, Any]:
         """Read config.json."""
@@ -513,13 +559,13 @@ class StateStore:
 
     def ids(self) -> list[str]:
         """Every container with a state file."""
-        if not self.containers.is_dir():
-            return []
-        return sorted(
-            p.parent.name
-            for p in self.containers.glob("*/state.json")
-            if not p.parent.name.startswith(".")
-        )
+        found = []
+        for entry in _scandir(self.containers):  # (not a glob: 2.1 -> 1.2 ms at 500)
+            if not entry.name.startswith(".") and os.path.isfile(
+                os.path.join(entry.path, "state.json")
+            ):
+                found.append(entry.name)
+        return sorted(found)
 
     def delete(self, record: ContainerRecord) -> None:
         """Remove the name and the whole directory.
@@ -529,6 +575,7 @@ class StateStore:
         not a directory without state that looks like a create under way.
         """
         self.release_name(record.name, record.id)
+        self._parsed.pop(record.id, None)
         doomed = self.containers / f"{REMOVING_PREFIX}{record.id}"
         try:
             os.rename(self.directory(record.id), doomed)

@@ -164,3 +164,45 @@ def test_a_torn_state_file_is_a_damaged_record(store: StateStore, torn: str) -> 
     (store.directory(ID) / "state.json").write_text(torn)
     with pytest.raises(DamagedRecordError, match="not valid JSON"):
         store.load(ID)
+
+
+# -- the cache of parsed records ---------------------------------------------------------
+
+
+def test_a_loaded_record_is_the_callers_own(store: StateStore) -> None:
+    store.save_created(ContainerRecord(ID, "bot", "busybox", cgroup_paths={"pids": "/a/" + ID}))
+    first = store.load(ID)
+    first.status = ContainerState.RUNNING
+    first.cgroup_paths["memory"] = "/b/" + ID
+    first.warnings.append("changed")
+    again = store.load(ID)  # from the cache: the file did not change
+    assert again.status is ContainerState.CREATED
+    assert again.cgroup_paths == {"pids": "/a/" + ID} and again.warnings == []
+
+
+def test_every_write_is_seen_even_of_the_same_size(store: StateStore) -> None:
+    # Back to back, within one clock tick, same length: (inode, mtime, size) of each
+    # write must tell them apart though inode numbers are reused (write_json_atomic
+    # stamps the mtime to the nanosecond where the kernel's may be a tick old).
+    store.save_created(ContainerRecord(ID, "bot", "busybox"))
+    for pid in range(10, 60):
+        store.save(ContainerRecord(ID, "bot", "busybox", pid=pid), durable=False)
+        assert store.load(ID).pid == pid
+
+
+def test_a_file_changed_in_place_is_read_again(store: StateStore) -> None:
+    store.save_created(ContainerRecord(ID, "bot", "busybox", pid=41))
+    assert store.load(ID).pid == 41
+    path = store.directory(ID) / "state.json"
+    path.write_text(path.read_text().replace('"pid": 41', '"pid": 42'))  # same size
+    assert store.load(ID).pid == 42
+    path.write_text("{")
+    with pytest.raises(DamagedRecordError):
+        store.load(ID)
+
+
+def test_ids_lists_directories_with_a_record(store: StateStore) -> None:
+    store.save_created(ContainerRecord(ID, "bot", "busybox"))
+    store.directory("0d" + "4" * 62).mkdir()  # a create under way: no state.json yet
+    (store.containers / f".removing-{'0e' + '5' * 62}").mkdir()
+    assert store.ids() == [ID]
