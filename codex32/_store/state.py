@@ -565,6 +565,9 @@ class StateStore:
                 os.path.join(entry.path, "state.json")
             ):
                 found.append(entry.name)
+        listed = set(found)
+        for gone in [cid for cid in self._parsed if cid not in listed]:
+            self._parsed.pop(gone, None)  # removed by another process (an --rm monitor)
         return sorted(found)
 
     def delete(self, record: ContainerRecord) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -206,3 +207,16 @@ def test_ids_lists_directories_with_a_record(store: StateStore) -> None:
     store.directory("0d" + "4" * 62).mkdir()  # a create under way: no state.json yet
     (store.containers / f".removing-{'0e' + '5' * 62}").mkdir()
     assert store.ids() == [ID]
+
+
+def test_records_removed_elsewhere_leave_the_cache_at_the_next_listing(
+    store: StateStore,
+) -> None:
+    # An --rm container's monitor removes it in its own process: the engine's cache
+    # must not keep it (engine memory flat as containers come and go).
+    store.save_created(ContainerRecord(ID, "bot", "busybox"))
+    store.load(ID)
+    assert ID in store._parsed
+    shutil.rmtree(store.directory(ID))
+    assert store.ids() == []
+    assert store._parsed == {}
