@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,7 +81,10 @@ def create(engine: ContainerEngine, config: ContainerConfig) -> Container:
     container_id = secrets.token_hex(32)
     name = config.name or container_id[:12]
     directory = engine._store.directory(container_id)
-    record = ContainerRecord(id=container_id, name=name, image=config.image, warnings=warnings)
+    record = ContainerRecord(
+        id=container_id, name=name, image=config.image, warnings=warnings,
+        auto_remove=config.auto_remove,
+    )  # fmt: skip
     # The directory first, then the name: a name never points at nothing. The
     # operation lock marks the creation as under way until state.json exists, so a
     # concurrent init_engine()'s reconcile leaves the half-made directory alone.
@@ -103,16 +107,21 @@ def create(engine: ContainerEngine, config: ContainerConfig) -> Container:
                     os.chown(directory / sub, base, base)
             else:
                 os.chmod(directory, 0o700)  # Docker's overlay2 layer directories
-            engine._store.save_config(container_id, config.model_dump(mode="json"))
+            # What runs the container is fsync'd only if it outlives a power cut: an
+            # --rm container is removed by ``recover`` then (its state.json, durable,
+            # says so), never run again (docs/architecture.md, "State on disk").
+            durable = not config.auto_remove
+            engine._store.save_config(container_id, config.model_dump(mode="json"), durable=durable)
             fault_point("create.config")
-            write_private(directory / "image.json", json.dumps(image_meta(source)))
+            write_private(directory / "image.json", json.dumps(image_meta(source)), durable)
             hostname = config.hostname or container_id[:12]
             engine._networking.prepare(
-                container_id, name, hostname, config, profile.network, background_refresh=True
-            )
+                container_id, name, hostname, config, profile.network, background_refresh=True,
+                durable=durable,
+            )  # fmt: skip
             plan = compile_plan(engine, container_id, config, profile, source)
-            write_private(directory / "plan.json", plan.describe())  # -e secrets
-            engine._store.save(record)
+            write_private(directory / "plan.json", plan.to_json(), durable)  # -e secrets
+            engine._store.save_created(record)  # the last: durable, it commits the rest
     except BaseException as exc:
         with contextlib.suppress(Codex32Error, OSError):  # (reconcile frees a lease left)
             engine._networking.release(container_id)
@@ -217,12 +226,21 @@ def require_root() -> None:
         )
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write a file only root may read (0600 from its creation on)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)  # an older file of another mode keeps its mode
-        f.write(text)
+def write_private(path: Path, text: str, durable: bool) -> None:
+    """Write a file only root may read (0600 from its creation on: ``mkstemp``),
+    atomically; ``durable``: fsync'd, a part of the create ``save_created`` commits."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def check_traversable(storage: Path, uid: int) -> None:

@@ -327,9 +327,15 @@ class ImageCollection:
         """The root of a container of ``config``: a template's tree, or an image's layers
         (with owners shifted for a user namespace), made ready when ``profile`` is given."""
         name = config.image
-        record = None if name in self._templates.names() else self.store.find(name)
+        # One stat, not a listing of the recipes (twice) at every create.
+        is_template = (
+            "/" not in name
+            and name not in ("", ".", "..")
+            and (self._templates.recipes_dir / name / "template.toml").is_file()
+        )
+        record = None if is_template else self.store.find(name)
         if record is None:
-            if name not in self._templates.names():
+            if not is_template:
                 known = ", ".join(self._templates.names()) or "none"
                 raise ImageNotFoundError(
                     f"no rootfs template or image named {name!r}",

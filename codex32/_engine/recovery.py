@@ -24,10 +24,12 @@ def recover_lost(engine: ContainerEngine, container_id: str) -> None:
     try:
         record = engine._store.update(container_id, seen)
         container = engine.containers.get(container_id)
-        config = container.config
-        if config.auto_remove:
+        # The record says --rm without config.json, which an --rm create does not
+        # fsync (the record's default, False, for records older than the field).
+        if record.auto_remove or container.config.auto_remove:
             container.remove(force=True)
             return
+        config = container.config
         policy = config.restart_policy
         retries_left = (
             policy.maximum_retry_count == 0 or record.restart_count < policy.maximum_retry_count

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -129,6 +130,15 @@ def _endpoint_data(store: StateStore, container_id: str) -> dict[str, Any] | Non
     return data
 
 
+def _forget_others(network: str, holders: Iterable[str]) -> None:
+    """Drop the parsed records of ``network`` whose container holds no lease any more
+    (removed, by this process or an ``--rm`` monitor): the cache follows the network."""
+    keep = set(holders)
+    for path, (_key, data) in list(_parsed.items()):
+        if data.get("network") == network and os.path.basename(os.path.dirname(path)) not in keep:
+            _parsed.pop(path, None)
+
+
 class EndpointFiles:
     """The file side of bridged endpoints under one storage directory: leases, hosts."""
 
@@ -184,8 +194,8 @@ class EndpointFiles:
                             HostEntry(address, names_for(name, container_id)),
                         )
                     )
-            texts = render_network_hosts(members, network)
-            for container_id, text in texts.items():
+            _forget_others(network, leases.keys())
+            for container_id, text in render_network_hosts(members, network):
                 path = os.path.join(self.store.containers, container_id, HOSTS)
                 try:
                     write_in_place(Path(path), text, create=False)

@@ -10,7 +10,10 @@ Layout of the store directory::
 Why a lock plus atomic writes: the CLI and the host service may allocate at the same
 time, from different processes; ``flock`` serialises them (it also excludes threads of
 one process, since each operation opens its own descriptor), and ``os.replace`` of a
-fsync'ed temp file means a crash leaves the old or the new file, never half of one.
+temp file means a crash leaves the old or the new file, never half of one. The data are
+fsync'ed before the rename, except for a release and an ``--rm`` container's lease: a
+lease a power cut gives back to a container that is gone is freed by
+``Networking.reconcile``.
 
 Addresses are handed out round-robin from a cursor (as CNI's host-local plugin does),
 so a released address is reused only after the rest of the subnet was offered: peers'
@@ -260,8 +263,12 @@ class IPAM:
 
     # --- leases ------------------------------------------------------------------------
 
-    def allocate(self, network: str, container_id: str) -> Lease:
-        """Lease a free address to ``container_id``; the same one if it holds one already."""
+    def allocate(self, network: str, container_id: str, *, durable: bool = True) -> Lease:
+        """Lease a free address to ``container_id``; the same one if it holds one already.
+
+        ``durable=False``: not fsync'd, for a container a power cut removes anyway
+        (``--rm``): a lease lost is never used again, one left is freed by ``reconcile``.
+        """
         step = "network.ipam.allocate"
         if not container_id:
             raise NetworkError("empty container id", step=step)
@@ -272,8 +279,9 @@ class IPAM:
             net = definition.ip_network
             if container_id in leases:
                 return self._lease(definition, container_id, leases[container_id])
-            taken = {int(ipaddress.IPv4Address(a)) for a in leases.values()}
-            taken.add(int(ipaddress.IPv4Address(definition.gateway)))
+            # As text: parsing every lease into an address was O(leases) per start.
+            taken = set(leases.values())
+            taken.add(definition.gateway)
             first = int(net.network_address) + 1
             last = int(net.broadcast_address) - 1
             size = last - first + 1
@@ -282,7 +290,7 @@ class IPAM:
                 cursor = first
             for step_count in range(size):
                 candidate = first + (cursor - first + step_count) % size
-                if candidate not in taken:
+                if str(ipaddress.IPv4Address(candidate)) not in taken:
                     break
             else:
                 raise NetworkError(
@@ -295,7 +303,7 @@ class IPAM:
             address = ipaddress.IPv4Address(candidate)
             leases[container_id] = str(address)
             state["next"] = str(ipaddress.IPv4Address(first + (candidate - first + 1) % size))
-            self._write_json(self._lease_path(network), state)
+            self._write_json(self._lease_path(network), state, fsync=durable)
         return self._lease(definition, container_id, str(address))
 
     def release(self, network: str, container_id: str) -> bool:
@@ -307,7 +315,7 @@ class IPAM:
             state = self._read_leases(networks[network])
             if state["leases"].pop(container_id, None) is None:
                 return False
-            self._write_json(self._lease_path(network), state)
+            self._write_json(self._lease_path(network), state, fsync=False)
         return True
 
     def lease_of(self, network: str, container_id: str) -> Lease | None:
@@ -430,17 +438,18 @@ class IPAM:
             )
         return data
 
-    def _write_json(self, path: Path, payload: dict[str, Any]) -> None:
+    def _write_json(self, path: Path, payload: dict[str, Any], *, fsync: bool = True) -> None:
         """Write ``payload`` atomically: temp file in the same directory, fsync, rename."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    json.dump(payload, handle, indent=2, sort_keys=True)
-                    handle.write("\n")
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                    # Compact: the C encoder (indent= falls back to pure Python, O(leases)).
+                    handle.write(json.dumps(payload, sort_keys=True) + "\n")
+                    if fsync:
+                        handle.flush()
+                        os.fsync(handle.fileno())
                 os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):

@@ -175,8 +175,10 @@ class Networking:
         network: str,
         *,
         background_refresh: bool = False,
+        durable: bool = True,
     ) -> None:
-        """At create: files, and for a bridge network the lease and the endpoint record.
+        """At create: files, and for a bridge network the lease and the endpoint record
+        (fsync'd if ``durable``: not for an ``--rm`` container, see ``create``).
 
         On failure the caller runs :meth:`release` (idempotent) and deletes the
         container's directory, so nothing is left. With ``background_refresh`` the
@@ -196,7 +198,7 @@ class Networking:
             return
         definition = self.ipam.get_network(network)
         self._check_ports(container_id, name, config.ports)
-        lease = self.ipam.allocate(definition.name, container_id)
+        lease = self.ipam.allocate(definition.name, container_id, durable=durable)
         from codex32._linux.rtnl import host_ifname, ifb_ifname
 
         endpoint = Endpoint(
@@ -212,7 +214,7 @@ class Networking:
             egress_bps=config.network_egress_rate,
             ingress_bps=config.network_ingress_rate,
         )
-        self._save(container_id, endpoint)
+        self._save(container_id, endpoint, durable=durable)
         host_resolv = read_text(HOST_RESOLV_CONF) or ""
         write_in_place(
             directory / RESOLV_CONF, render_resolv_conf(host_resolv, read_text(SYSTEMD_RESOLV_CONF))
@@ -313,7 +315,7 @@ class Networking:
             if endpoint.ports:
                 endpoint.proxy_pid = self._publish(container_id, pid, endpoint)
                 endpoint.proxy_start_time = process_start_time(endpoint.proxy_pid)
-                self._save(container_id, endpoint)
+                self._save(container_id, endpoint, durable=False)  # a process: no reboot
         except BaseException:
             self._stop_proxy(endpoint)
             with contextlib.suppress(Codex32Error):
@@ -449,8 +451,10 @@ class Networking:
         """A container's endpoint record, if it is on a bridge network."""
         return load_endpoint(self._store, container_id)
 
-    def _save(self, container_id: str, endpoint: Endpoint) -> None:
-        _write_json_atomic(self._store.directory(container_id) / ENDPOINT_FILE, asdict(endpoint))
+    def _save(self, container_id: str, endpoint: Endpoint, *, durable: bool = True) -> None:
+        """Atomically; ``durable``: fsync'd (at create, committed with state.json)."""
+        path = self._store.directory(container_id) / ENDPOINT_FILE
+        _write_json_atomic(path, asdict(endpoint), fsync=durable)
 
 
 class NetworkCollection:

@@ -10,7 +10,7 @@ follow the OCI runtime-spec where one exists (``process.args``, ``process.env``,
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -61,8 +61,18 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
 
     def to_json(self) -> str:
-        """The wire and display form."""
-        return json.dumps(asdict(self), indent=None, separators=(",", ":"))
+        """The wire and file form (compact: JSON's C encoder; ``plan.json``)."""
+        return json.dumps(self._data(), separators=(",", ":"))
+
+    def _data(self) -> dict[str, Any]:
+        # Not ``asdict``: it deep-copies every step, and steps are JSON data already.
+        return {
+            "container": self.container,
+            "namespaces": self.namespaces,
+            "uid_mappings": self.uid_mappings,
+            "gid_mappings": self.gid_mappings,
+            "steps": self.steps,
+        }
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
@@ -78,7 +88,7 @@ class Plan:
 
     def describe(self) -> str:
         """A readable, indented listing for ``codex32 plan``."""
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps(self._data(), indent=2)
 
 
 def _mappings(items: tuple[IdMapping, ...]) -> list[dict[str, int]]:

@@ -328,3 +328,64 @@ def test_reboot_recovery_applies_restart_policies(
                 engine.containers.get(name).remove(force=True)
     assert_nothing_new(before, storage_dir)
     assert ContainerState.RUNNING  # (the enum is the public one)
+
+
+def test_power_cut_tearing_an_rm_containers_files_still_removes_it(
+    engine: ContainerEngine, storage_dir: Path
+) -> None:
+    """An ``--rm`` create fsyncs only state.json (docs/architecture.md, "State on
+    disk"): after a power cut its config, plan, image and endpoint files may be torn.
+    ``recover`` reads ``--rm`` from the record and removes it all the same, and its
+    lease goes with it."""
+    before = snapshot(storage_dir)
+    config = ContainerConfig(
+        image="busybox", name="pc-rm", command=["sh", "-c", LOOP], auto_remove=True
+    )  # on the default bridge: a lease and an endpoint record
+    container = engine.containers.run_detached(config)
+    try:
+        assert eventually(partial(_ready, container), 10)
+        pid1 = container.record.pid
+        for pid in monitors(container.id):
+            os.kill(pid, signal.SIGKILL)
+        assert pid1 is not None
+        os.kill(pid1, signal.SIGKILL)  # PID 1 of its namespace: the rest goes with it
+        assert eventually(partial(_unmonitored, container), 10)
+        assert eventually(lambda: dead(pid1), 10)
+        directory = storage_dir / "containers" / container.id
+        for torn in ("config.json", "plan.json", "image.json", "network.json"):
+            (directory / torn).write_text("")
+        recover(storage_dir)
+        with pytest.raises(ContainerNotFoundError):
+            engine.containers.get("pc-rm")
+    finally:
+        with contextlib.suppress(Codex32Error):
+            engine.containers.remove_damaged("pc-rm")
+        with contextlib.suppress(Codex32Error):
+            engine.containers.get("pc-rm").remove(force=True)
+    assert_nothing_new(before, storage_dir)
+
+
+def test_which_files_a_create_fsyncs(
+    engine: ContainerEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept container's create fsyncs everything it is made of, an ``--rm`` one only
+    its record; both commit the record with its directory."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).split(".json")[0])
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    made_of = [".config", ".image", ".network", ".plan", ".bridge"]  # (.bridge: the lease)
+    for auto_remove, expected in ((False, [*made_of, ".state"]), (True, [".state"])):
+        synced.clear()
+        config = ContainerConfig(image="busybox", command=["true"], auto_remove=auto_remove)
+        container = engine.containers.create(config)
+        try:
+            ours = [name for name in synced if name in (*made_of, ".state", container.id)]
+            assert sorted(ours[:-1]) == sorted(expected), auto_remove
+            assert ours[-1] == container.id  # the directory, last: the create's commit
+        finally:
+            container.remove(force=True)

@@ -231,7 +231,7 @@ def test_render_network_hosts_is_render_hosts_for_each_member(count: int) -> Non
         address = f"10.88.0.{i + 2}"
         members.append((cid, HostEntry(address, names_for(name, cid[:64], hostname)),
                         HostEntry(address, names_for(name, cid[:64]))))  # fmt: skip
-    texts = render_network_hosts(members, "bridge")
+    texts = dict(render_network_hosts(members, "bridge"))
     assert set(texts) == {m[0] for m in members}
     for key, own, _peer in members:
         peers = [p for k, _o, p in members if k != key]
@@ -413,6 +413,23 @@ def test_load_endpoint_rereads_a_rewritten_file_and_hands_out_copies(
     assert load_endpoint(store, a) == again
     (store.directory(a) / ENDPOINT_FILE).unlink()
     assert load_endpoint(store, a) is None
+
+
+def test_parsed_endpoints_of_released_containers_are_forgotten(networking: Networking) -> None:
+    """The engine keeps the endpoints it parsed for hosts refreshes; one released by
+    another process (an --rm monitor) goes at the network's next refresh."""
+    from codex32._network import endpoint as endpoint_module
+
+    a, b = "a" * 64, "b" * 64
+    _make(networking, a, "alpha")
+    _make(networking, b, "beta")  # its refresh parsed both
+    cached = {os.path.basename(os.path.dirname(p)) for p in endpoint_module._parsed}
+    assert {a, b} <= cached
+    other = endpoint_module.EndpointFiles(networking._store.root, networking._store)
+    other.ipam.release("bridge", b)  # (as a monitor does, in its own process)
+    networking._files.refresh_hosts("bridge")
+    cached = {os.path.basename(os.path.dirname(p)) for p in endpoint_module._parsed}
+    assert a in cached and b not in cached
 
 
 def test_hosts_refreshes_coalesce_but_never_across_a_reboot(networking: Networking) -> None:
