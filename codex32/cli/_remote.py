@@ -392,7 +392,10 @@ class RemoteContainers:
 
     def _create(self, config: ContainerConfig, start: bool) -> RemoteContainer:
         created = self._client.request(
-            "POST", "/containers", params={"start": start}, json=config.model_dump(mode="json")
+            "POST",
+            "/containers",
+            params={"start": start},
+            json=config.model_dump(mode="json", exclude_unset=True),
         ).json()
         return self.get(created["id"])
 
@@ -420,10 +423,10 @@ class RemoteContainers:
                 "the container monitor's, on the service's side)",
                 hint="use run -d and exec -it, or run without --host",
             )
+        body = config.model_dump(mode="json", exclude_unset=True)
         code, container_id = run_attached(
-            self._client, config.model_dump(mode="json"), stdout=stdout, stderr=stderr,
-            forward_signals=forward_signals,
-        )  # fmt: skip
+            self._client, body, stdout=stdout, stderr=stderr, forward_signals=forward_signals
+        )
         return RunResult(code, container_id=container_id)
 
     def prune(self) -> builtins.list[str]:
@@ -506,8 +509,8 @@ class RemoteEngine:
         self.networks = RemoteNetworks(self.client)
 
     def plan(self, config: ContainerConfig) -> _Plan:
-        return _Plan(self.client.request("POST", "/containers/plan",
-                                         json=config.model_dump(mode="json")).json())  # fmt: skip
+        body = config.model_dump(mode="json", exclude_unset=True)
+        return _Plan(self.client.request("POST", "/containers/plan", json=body).json())
 
     def info(self) -> dict[str, Any]:
         report: dict[str, Any] = self.client.request("GET", "/info").json()
