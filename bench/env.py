@@ -2,7 +2,8 @@
 
 ``Bench`` owns: a private storage directory (0711) with the busybox template built
 in it, OCI bundles and crun/runc state directories, two timing servers (one on the
-host, one inside crun's cgroup namespace), the engines, and two cgroup parents
+host, one inside crun's cgroup namespace), the engines, the host service
+(``codex32 serve`` on that storage, ``service.py``), and two cgroup parents
 beneath the bench's own cgroups (one for Codex-32, one for crun and runc). Closing
 it removes the containers (Codex-32's, crun's, runc's), stops the servers, removes
 the cgroups and deletes the directories.
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import anchors, host, oci
+from .service import HostService
 
 SPAWNER = Path(__file__).resolve().parent / "spawner.py"
 CGROUPNS = Path(__file__).resolve().parent / "cgroupns.sh"
@@ -147,10 +149,11 @@ class Bench:
         os.environ["CODEX32_STORAGE_DIR"] = str(self.storage)
         os.environ["CODEX32_CGROUP_PARENT"] = self.codex32_cgroup
         # Settings of the caller's environment that would change what is measured: an
-        # isolation default, and PYTHONDONTWRITEBYTECODE (set on the development
+        # isolation default, a service the CLI rows would go through, and
+        # PYTHONDONTWRITEBYTECODE (set on the development
         # machines), which makes every fresh interpreter compile codex32 from source
         # whenever its bytecode is stale, as it is right after an edit.
-        for name in ("CODEX32_ISOLATION_LEVEL", "CONTAINER_ISOLATION_LEVEL",
+        for name in ("CODEX32_ISOLATION_LEVEL", "CONTAINER_ISOLATION_LEVEL", "CODEX32_HOST",
                      "PYTHONDONTWRITEBYTECODE"):  # fmt: skip
             os.environ.pop(name, None)
         sys.dont_write_bytecode = False
@@ -162,6 +165,7 @@ class Bench:
         self.removed_network_state: list[str] = []
         self.podman: anchors.Podman | None = anchors.Podman(self.tmp, f"{self.tag}-podman")
         self.docker: anchors.Docker | None = anchors.Docker(self.tmp, f"{self.tag}-docker")
+        self.service: HostService | None = HostService(self.tmp)
 
     # -- set-up ------------------------------------------------------------------
 
@@ -188,6 +192,15 @@ class Bench:
              "/bin/sh", str(CGROUPNS)],
             "crun namespace", subreaper=True,
         )  # fmt: skip
+        assert self.service is not None
+        try:
+            log(f"starting codex32 serve on {self.service.socket}")
+            self.service.start(self.storage, self.env)
+        except Exception as exc:  # its rows are left out, the run goes on
+            log(f"the host service left out: {exc}")
+            for problem in self.service.close():
+                log(f"service: {problem}")
+            self.service = None
         for name in ("podman", "docker"):
             anchor = getattr(self, name)
             try:
@@ -290,6 +303,8 @@ class Bench:
     def close(self) -> list[str]:
         """Remove everything the run created; return what could not be removed."""
         problems: list[str] = []
+        if self.service is not None:  # first: no container starts through it any more
+            problems += self.service.close()
         problems += self._remove_codex32_containers()
         self.close_engines()
         problems += self._remove_oci_containers()

@@ -26,6 +26,7 @@ from typing import Any
 
 from . import host
 from .env import Bench, Spawner, Timed
+from .service import HostService
 from .stats import Summary, ns_to_ms
 
 IDLE = 0.05
@@ -103,6 +104,43 @@ def _pool_variant(bench: Bench, key: str, venv: str, extra: dict[str, Any]) -> V
     return variant
 
 
+def _service_call(service: HostService, **extra: Any) -> Callable[[], tuple[int, int]]:
+    def call() -> tuple[int, int]:
+        start = time.monotonic_ns()
+        config = {"image": "busybox", "command": ["/bin/true"], "auto_remove": True, **extra}
+        answer = service.run(config)
+        end = time.monotonic_ns()
+        if answer["exit_code"] != 0:
+            raise RuntimeError(f"exit code {answer['exit_code']}: {answer!r:.300}")
+        return start, end
+
+    return call
+
+
+def _service_variants(bench: Bench, venv: str) -> list[Variant]:
+    """The CLI through the host service (``--host``), and its REST API called directly."""
+    service = bench.service
+    if service is None:
+        return []
+    codex32 = str(host.REPO / ".venv/bin/codex32")
+    served = "`codex32 serve` (engine with its fork server)"
+    return [
+        Variant("cli-host", "Codex-32 CLI through the host service `codex32 --host unix://... "
+                "run --rm busybox /bin/true`", f"{codex32} ({venv}, with site) -> {served}",
+                argv=lambda: [codex32, "--host", service.url, "run", "--rm", "busybox",
+                              "/bin/true"],
+                spawner=bench.host, codex32=True),
+        Variant("cli-host-nonet", "Codex-32 CLI through the host service, `--network none`",
+                f"{codex32} ({venv}, with site) -> {served}",
+                argv=lambda: [codex32, "--host", service.url, "run", "--rm", "--network",
+                              "none", "busybox", "/bin/true"],
+                spawner=bench.host, codex32=True),
+        Variant("svc-api", "Codex-32 host service REST `POST /containers/run` (`--rm`), "
+                "from the bench process", f"http.client in the bench process -> {served}",
+                call=_service_call(service), codex32=True),
+    ]  # fmt: skip
+
+
 def variants(bench: Bench) -> list[Variant]:
     """Every variant this host can run (a missing runc or bwrap is left out)."""
     assert bench.host is not None and bench.ns is not None
@@ -142,6 +180,7 @@ def variants(bench: Bench) -> list[Variant]:
                               "none", "busybox", "/bin/true"],
                 spawner=bench.host, codex32=True)
     )  # fmt: skip
+    found += _service_variants(bench, venv)
     for anchor in (bench.podman, bench.docker):
         if anchor is not None:
             found.append(

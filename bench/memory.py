@@ -1,13 +1,15 @@
 """Engine-side memory per running container, for 1, 10 and 50 containers.
 
 The containers run ``sleep`` and are started through the API (``run_detached``) by
-threads, or one by one with the CLI (``codex32 run -d``); the counts are reached by
+threads, one by one with the CLI (``codex32 run -d``), or through the host service's
+REST API (``POST /containers?start=true``) by threads; the counts are reached by
 adding containers (1, then 9 more, then 40 more). At each count the bench reads, with psutil:
 
 * every container's monitor (``record.monitor_pid``): USS, PSS, RSS;
 * the engine's helper processes (its children running ``codex32.*``, such as the
   fork server): one per engine, shared by all containers;
-* the engine process itself: its USS growth since before the first container.
+* the engine process itself (the bench's, or the service's): its USS growth since
+  before the first container.
 
 The container's own processes (``sleep``) are not the engine's and not counted.
 """
@@ -24,6 +26,7 @@ from typing import Any
 import psutil
 
 from .env import Bench
+from .service import HostService
 
 SLEEP = ["sleep", "600"]
 
@@ -70,14 +73,15 @@ class Sample:
         }
 
 
-def _uss() -> int:
-    return int(psutil.Process().memory_full_info().uss)
+def _uss(pid: int | None = None) -> int:
+    return int(psutil.Process(pid).memory_full_info().uss)
 
 
-def _helpers(ignore: set[int]) -> list[psutil.Process]:
-    """The engine's own long-lived children (the fork server), not the bench's."""
+def _helpers(ignore: set[int], engine_pid: int | None = None) -> list[psutil.Process]:
+    """The engine's own long-lived children (the fork server), not the bench's; the
+    engine is the bench process, or the host service's."""
     found = []
-    for child in psutil.Process().children(recursive=False):
+    for child in psutil.Process(engine_pid).children(recursive=False):
         try:
             if child.pid not in ignore and any(a.startswith("codex32.") for a in child.cmdline()):
                 found.append(child)
@@ -134,8 +138,44 @@ def _start_cli(engine: Any, count: int) -> tuple[list[Any], list[str]]:
     return started, errors
 
 
+def _start_service(service: HostService) -> Callable[[Any, int], tuple[list[Any], list[str]]]:
+    """Starts through the host service's REST API (``POST /containers?start=true``, as
+    ``docker run -d`` through dockerd), 10 at a time; handles from the bench's engine
+    on the same storage, to read the records."""
+
+    def start(engine: Any, count: int) -> tuple[list[Any], list[str]]:
+        ids: list[str] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        config = {"image": "busybox", "command": SLEEP, "auto_remove": True}
+
+        def worker() -> None:
+            try:
+                container_id = service.run_detached(config)
+                with lock:
+                    ids.append(container_id)
+            except Exception as exc:
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+
+        for first in range(0, count, 10):
+            threads = [threading.Thread(target=worker) for _ in range(min(10, count - first))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+        return [engine.containers.get(i) for i in ids], errors
+
+    return start
+
+
 def _sample(
-    n: int, mode: str, containers: list[Any], baseline_uss: int, ignore: set[int]
+    n: int,
+    mode: str,
+    containers: list[Any],
+    baseline_uss: int,
+    ignore: set[int],
+    engine_pid: int | None = None,
 ) -> Sample:
     sample = Sample(n, mode)
     for container in containers:
@@ -148,7 +188,7 @@ def _sample(
         sample.monitor_uss.append(int(info.uss))
         sample.monitor_pss.append(int(info.pss))
         sample.monitor_rss.append(int(info.rss))
-    for helper in _helpers(ignore):
+    for helper in _helpers(ignore, engine_pid):
         try:
             info = helper.memory_full_info()
             sample.helpers_uss += int(info.uss)
@@ -156,7 +196,7 @@ def _sample(
             sample.helpers.append(" ".join(helper.cmdline()[1:4]))
         except psutil.Error:
             continue
-    sample.engine_uss_growth = _uss() - baseline_uss
+    sample.engine_uss_growth = _uss(engine_pid) - baseline_uss
     return sample
 
 
@@ -167,15 +207,25 @@ def measure(
     *,
     fork_server: bool = True,
     via_cli: bool = False,
+    via_service: HostService | None = None,
 ) -> list[Sample]:
     """Memory at each count: monitors forked by the engine's fork server, fresh
-    interpreters (``fork_server=False``), or started by the CLI (``via_cli``)."""
-    if via_cli:
+    interpreters (``fork_server=False``), started by the CLI (``via_cli``), or through
+    the host service (``via_service``: its process is the engine, its fork server the
+    helper)."""
+    engine_pid = None
+    if via_service is not None:
+        mode = "host service (REST `POST /containers?start=true`, its fork server)"
+        start = _start_service(via_service)
+        engine_pid = via_service.pid
+    elif via_cli:
         mode = "CLI `run -d` (once-server)"
+        start = _start_cli
     else:
         mode = "fork server" if fork_server else "fresh interpreter (fork_server=False)"
-    start = _start_cli if via_cli else _start
-    others = {p.pid for p in _helpers(set())}  # other engines' helpers, if any are left
+        start = _start
+    # Other engines' helpers, if any are left (the service's own are its, and count).
+    others = {p.pid for p in _helpers(set())} if via_service is None else set()
     engine = bench.engine(fork_server=fork_server)
     # A first container starts the fork server and imports what a start needs; it is
     # removed again so that the baseline is a warm engine with no container.
@@ -185,7 +235,7 @@ def measure(
     if errors:
         raise RuntimeError(f"could not start a container: {errors[0]}")
     bench.wait_removed()
-    baseline = _uss()
+    baseline = _uss(engine_pid)
     containers: list[Any] = []
     samples = []
     try:
@@ -194,7 +244,7 @@ def measure(
             containers += started
             if errors:
                 log(f"memory: {len(errors)} starts failed: {errors[0]}")
-            sample = _sample(len(containers), mode, containers, baseline, others)
+            sample = _sample(len(containers), mode, containers, baseline, others, engine_pid)
             if via_cli:
                 sample.engine_uss_growth = 0  # the bench's engine only reads their records
             samples.append(sample)

@@ -3,7 +3,8 @@
 Usage (as root, from the checkout)::
 
     .venv/bin/python bench/run.py [--quick] [--only latency,concurrency,memory,breakdown]
-                                  [--rounds N] [--json FILE] [--markdown FILE]
+                                  [--rounds N] [--sizes 1,10,50,200] [--memory-sizes 1,10,50]
+                                  [--json FILE] [--markdown FILE]
 
 Prints the results as markdown (docs/performance.md explains them). Everything the
 run creates (a storage directory under /tmp, OCI bundles, containers, cgroups
@@ -58,7 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="concurrency repeats (default 3, quick 1)")
     parser.add_argument("--traced", type=int,
                         help="breakdown runs per mode (default 8, quick 3)")  # fmt: skip
-    parser.add_argument("--sizes", default="1,10,50", help="concurrency and memory counts")
+    parser.add_argument(
+        "--sizes", help="concurrency: containers at once (default 1,10,50,200; quick 1,10,50)"
+    )
+    parser.add_argument("--memory-sizes", default="1,10,50",
+                        help="memory: containers running (default 1,10,50)")  # fmt: skip
     parser.add_argument(
         "--running", help="scale: containers running (default 0,100,500; quick 0,50)"
     )
@@ -77,7 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (3 if quick else 10)
     args.repeats = args.repeats or (1 if quick else 3)
     args.traced = args.traced or (3 if quick else 8)
-    args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.sizes = [
+        int(s) for s in (args.sizes or ("1,10,50" if quick else "1,10,50,200")).split(",")
+    ]
+    args.memory_sizes = [int(s) for s in args.memory_sizes.split(",")]
     args.running = [int(s) for s in (args.running or ("0,50" if quick else "0,100,500")).split(",")]
     args.scale_reps = args.scale_reps or (3 if quick else 5)
     return args
@@ -91,15 +99,18 @@ def _section(bench: Bench, section: str, args: argparse.Namespace) -> dict[str, 
         series = concurrency.measure(bench, args.sizes, args.repeats, _log)
         return {"concurrency": concurrency.to_dict(series)}
     if section == "memory":
-        samples = memory.measure(bench, args.sizes, _log)
+        samples = memory.measure(bench, args.memory_sizes, _log)
         if bench.supports_fork_server():
             bench.close_engines()
-            small = sorted({n for n in args.sizes if n <= 10})
+            small = sorted({n for n in args.memory_sizes if n <= 10})
             samples += memory.measure(bench, small, _log, fork_server=False)
             bench.close_engines()
             samples += memory.measure(bench, small, _log, via_cli=True)
+        if bench.service is not None:
+            bench.close_engines()
+            samples += memory.measure(bench, args.memory_sizes, _log, via_service=bench.service)
         memory_found: dict[str, Any] = {"memory": [s.to_dict() for s in samples]}
-        count = min(10, max(args.sizes))
+        count = min(10, max(args.memory_sizes))
         memory_found["anchor_memory"] = [
             anchors.monitors(anchor, count, _log)
             for anchor in (bench.podman, bench.docker)
@@ -125,7 +136,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"host": host.facts()}
     results["options"] = (
         f"rounds={args.rounds} repeats={args.repeats} traced={args.traced} "
-        f"sizes={','.join(map(str, args.sizes))} running={','.join(map(str, args.running))} "
+        f"sizes={','.join(map(str, args.sizes))} "
+        f"memory_sizes={','.join(map(str, args.memory_sizes))} "
+        f"running={','.join(map(str, args.running))} "
         f"scale_reps={args.scale_reps} quick={args.quick}"
     )
     host.private_network()

@@ -159,10 +159,11 @@ class Container:
         checked = [0.0]
 
         def stopped() -> bool:
-            # Asked on every read: while output flows, look at the state at most
-            # every 0.2 s (a reload reads state.json and asks the kernel).
+            # Asked on every read: while PID 1 lives, look at the state at most every
+            # 0.2 s (a reload reads state.json and asks the kernel); once it is gone,
+            # at once, so that a short command's follow ends with it.
             now = time.monotonic()
-            if now - checked[0] < 0.2:
+            if now - checked[0] < 0.2 and _alive(self._record.pid):
                 return stop is not None and stop()
             checked[0] = now
             if stop is not None and stop():
@@ -236,3 +237,17 @@ class Container:
     def remove(self, *, force: bool = False) -> None:
         """Delete the container (``force`` kills it first if it runs)."""
         removal.remove(self._engine, self, force)
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether ``pid`` still exists (a zombie counts: its monitor reaps it at once);
+    no pid: nothing to watch, so as if alive."""
+    if not pid:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

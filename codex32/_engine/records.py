@@ -31,6 +31,12 @@ def event(engine: ContainerEngine, container: Container, action: str, **attribut
         append_event(engine.settings.storage_dir / "events.jsonl", event)
 
 
+#: How often a settling record is read again. The monitor writes an exit down a few ms
+#: after PID 1 ended (an fsync'd write); a reader that came in between (``run``'s log
+#: follow, a ``get`` right after the exit) waits for that, and no more than it must.
+_SETTLE_POLL = 0.002
+
+
 def refresh(engine: ContainerEngine, container_id: str) -> ContainerRecord:
     """The record, corrected by what the kernel says (pid alive and the same?).
 
@@ -45,7 +51,7 @@ def refresh(engine: ContainerEngine, container_id: str) -> ContainerRecord:
         verdict = liveness(record)
         if verdict != "settling" or time.monotonic() > deadline:
             break
-        time.sleep(0.01)
+        time.sleep(_SETTLE_POLL)
     if verdict != "orphaned":
         return record
 

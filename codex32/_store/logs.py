@@ -512,6 +512,10 @@ def read_logs(
             os.close(fd)
 
 
+#: A follow's first poll after output (or after it began); doubled while idle.
+_FIRST_POLL = 0.005
+
+
 def follow_logs(
     path: Path,
     *,
@@ -525,7 +529,9 @@ def follow_logs(
 
     Follows across rotations (see the module docstring). ``stop()`` is asked once per
     poll; when it answers true, what was written up to then is still returned, and the
-    iterator ends. A log that does not exist yet is waited for.
+    iterator ends. A log that does not exist yet is waited for. An idle follow polls
+    after 5 ms, then twice as long each time up to ``poll_interval``: a short command's
+    follow ends a few ms after it, a quiet one costs a read every ``poll_interval``.
     """
     keep = _Filter(since, None, streams)
     _check_tail(tail)
@@ -546,6 +552,7 @@ def follow_logs(
                 os.close(fd)
             fds = []
         stopping = False
+        idle = min(_FIRST_POLL, poll_interval)
         while True:
             stopping = stopping or stop()
             if reader is None:
@@ -553,7 +560,8 @@ def follow_logs(
                 if opened is None:
                     if stopping:
                         return
-                    time.sleep(poll_interval)
+                    time.sleep(idle)
+                    idle = min(idle * 2, poll_interval)
                     continue
                 reader = _Reader(opened)
             lines = reader.read_lines()
@@ -572,8 +580,11 @@ def follow_logs(
                 continue
             if stopping:
                 return
-            if not lines:
-                time.sleep(poll_interval)
+            if lines:
+                idle = min(_FIRST_POLL, poll_interval)
+            else:
+                time.sleep(idle)
+                idle = min(idle * 2, poll_interval)
     finally:
         if reader is not None:
             reader.close()

@@ -37,8 +37,6 @@ def fail(message: str, code: int = 125) -> NoReturn:
 
 def guard(action: Callable[[], T]) -> T:
     """Run ``action``; expected errors become one clear line and an exit code."""
-    from pydantic import ValidationError
-
     from codex32 import Codex32Error, LaunchError
 
     try:
@@ -51,18 +49,25 @@ def guard(action: Callable[[], T]) -> T:
         if state.debug:
             raise
         fail(str(exc))
-    except ValidationError as exc:
-        if state.debug:
-            raise
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        fail(f"invalid configuration: {problems}")
     except (ValueError, TimeoutError) as exc:
         if state.debug:
             raise
-        fail(str(exc))
+        problems = _validation_problems(exc)
+        fail(f"invalid configuration: {problems}" if problems is not None else str(exc))
+
+
+def _validation_problems(exc: Exception) -> str | None:
+    """pydantic's errors as ``loc: msg; ...``, or None for another error.
+
+    pydantic's ``ValidationError`` is a ``ValueError``; it is told apart without
+    importing pydantic, which a client through ``--host`` does not load (a model
+    that was never built cannot have failed)."""
+    core = sys.modules.get("pydantic_core")
+    if core is None or not isinstance(exc, core.ValidationError):
+        return None
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+    )
 
 
 def each_ref(refs: list[str], action: Callable[[str], T], done: Callable[[str, T], object]) -> int:
@@ -90,14 +95,14 @@ def engine() -> ContainerEngine:
     with ``--host`` the service's, through objects of the same shape (``_remote``)."""
     from typing import cast
 
-    from codex32 import ContainerEngine
-    from codex32.settings import Settings
-
     if state.host:
         from codex32.cli._remote import RemoteEngine
 
         host = state.host
-        return cast(ContainerEngine, guard(lambda: RemoteEngine(host)))
+        return cast("ContainerEngine", guard(lambda: RemoteEngine(host)))
+
+    from codex32 import ContainerEngine
+    from codex32.settings import Settings
 
     # No sandbox pool: a CLI call starts one container and exits (the service keeps one).
     return guard(

@@ -20,12 +20,14 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 import codex32
-from codex32 import Codex32Error, ConfigError, ContainerConfig, ContainerImage, LaunchError
+from codex32 import Codex32Error, ConfigError, LaunchError
+from codex32.cli._http import Connection, Response, TransportError
+
+if TYPE_CHECKING:
+    from codex32 import ContainerConfig, ContainerImage
 
 API = "/api/v1"
 
@@ -38,7 +40,7 @@ class _Plan:
         return json.dumps(self._data, indent=2)
 
 
-def _error(response: httpx.Response) -> Exception:
+def _error(response: Response) -> Exception:
     """The engine's exception for an error answer (the same line as in-process)."""
     try:
         body = response.json()
@@ -66,34 +68,38 @@ class Client:
         headers = {}
         if host.startswith("unix://"):
             path = host[len("unix://") :]
-            transport = httpx.HTTPTransport(uds=path)
+            self.connection = Connection(unix_path=path)
             self.base = "http://codex32"
             self.ws_base = "ws://codex32"
             self.unix_path: str | None = path
         elif host.startswith(("tcp://", "http://", "https://")):
             scheme = "https" if host.startswith("https://") else "http"
             address = host.split("://", 1)[1].rstrip("/")
-            transport = httpx.HTTPTransport()
             self.base = f"{scheme}://{address}"
             self.ws_base = f"{'wss' if scheme == 'https' else 'ws'}://{address}"
             self.unix_path = None
             token = os.environ.get("CODEX32_TOKEN")
             if token:
                 headers["Authorization"] = f"Bearer {token}"
+            self.connection = Connection(address=address, tls=scheme == "https", headers=headers)
         else:
             raise ConfigError(
                 f"--host {host!r}: use unix:///path/to.sock or tcp://HOST:PORT",
             )
         self.headers = headers
-        self.http = httpx.Client(
-            transport=transport, base_url=self.base, headers=headers, timeout=None
-        )
         self.host = host
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+    ) -> Response:
         try:
-            response = self.http.request(method, API + path, **kwargs)
-        except httpx.TransportError as exc:
+            response = self.connection.request(method, API + path, params=params, json_body=json)
+        except TransportError as exc:
             raise ConfigError(
                 f"cannot reach the service at {self.host}: {exc}",
                 hint="is codex32 serve running? (or drop --host / CODEX32_HOST)",
@@ -103,14 +109,16 @@ class Client:
         return response
 
     @contextlib.contextmanager
-    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+    def stream(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None
+    ) -> Iterator[Response]:
         try:
-            with self.http.stream(method, API + path, **kwargs) as response:
+            with self.connection.open(method, API + path, params=params) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise _error(response)
                 yield response
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise ConfigError(f"cannot reach the service at {self.host}: {exc}") from None
 
 
@@ -146,6 +154,8 @@ class RemoteContainer:
 
     @property
     def config(self) -> ContainerConfig:
+        from codex32 import ContainerConfig
+
         return ContainerConfig.model_validate(self._inspected["Config"], context={"stored": True})
 
     def network_settings(self) -> dict[str, object]:
@@ -281,15 +291,81 @@ def write_all(fd: int | None, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _exit_code_from_events(client: Client, container_id: str, since: float) -> int:
-    params = {"since": repr(since), "follow": False,
-              "filter": [f"container={container_id}", "event=die"]}  # fmt: skip
+def _exit_code_from_events(client: Client, container_id: str, since: float | None) -> int:
+    params: dict[str, Any] = {"follow": False,
+                              "filter": [f"container={container_id}", "event=die"]}  # fmt: skip
+    if since is not None:
+        params["since"] = repr(since)
     code = None
     for line in client.request("GET", "/events", params=params).text.splitlines():
         with contextlib.suppress(KeyError, ValueError):
             code = int(json.loads(line)["attributes"]["exitCode"])
     if code is None:
         raise codex32.ContainerNotFoundError(f"no such container: {container_id}")
+    return code
+
+
+def run_attached(
+    client: Client,
+    config: dict[str, Any],
+    *,
+    stdout: int | None,
+    stderr: int | None,
+    forward_signals: bool,
+) -> tuple[int, str]:
+    """Create and start ``config`` (a ``ContainerConfig`` as JSON), follow its output,
+    wait: (exit code, container id).
+
+    ``--rm`` is done by this client once the exit code is known (as Docker's CLI did
+    before 1.13), so that a quick container's output and exit code cannot go with it;
+    SIGINT while following is passed to the container (Docker's sig-proxy).
+    """
+    remove = bool(config.get("auto_remove"))
+    created = client.request(
+        "POST", "/containers", params={"start": True}, json={**config, "auto_remove": False}
+    ).json()
+    container_id: str = created["id"]
+    try:
+        printed = 0  # a follow begun again (after a SIGINT) skips what was shown
+        while True:
+            try:
+                for index, (stream, text) in enumerate(_follow_logs(client, container_id), 1):
+                    if index > printed:
+                        write_all(stderr if stream == "stderr" else stdout, text.encode())
+                        printed = index
+                break
+            except KeyboardInterrupt:
+                if not forward_signals:
+                    raise
+                with contextlib.suppress(Codex32Error):
+                    client.request(
+                        "POST", f"/containers/{container_id}/kill", params={"signal": "SIGINT"}
+                    )
+        code = _wait(client, container_id)
+    finally:
+        if remove:
+            with contextlib.suppress(Codex32Error):
+                client.request("DELETE", f"/containers/{container_id}", params={"force": True})
+    return code, container_id
+
+
+def _follow_logs(client: Client, container_id: str) -> Iterator[tuple[str, str]]:
+    """(stream, text) of each log entry, until the container's output ends."""
+    params = {"format": "json", "follow": True}
+    with client.stream("GET", f"/containers/{container_id}/logs", params=params) as response:
+        for line in response.iter_lines():
+            if line:
+                data = json.loads(line)
+                yield data["stream"], data["log"]
+
+
+def _wait(client: Client, container_id: str) -> int:
+    try:
+        answer = client.request("POST", f"/containers/{container_id}/wait")
+    except codex32.ContainerNotFoundError:
+        # Removed by someone else as it ended: its die event has the code.
+        return _exit_code_from_events(client, container_id, None)
+    code: int = answer.json()["exit_code"]
     return code
 
 
@@ -316,7 +392,10 @@ class RemoteContainers:
 
     def _create(self, config: ContainerConfig, start: bool) -> RemoteContainer:
         created = self._client.request(
-            "POST", "/containers", params={"start": start}, json=config.model_dump(mode="json")
+            "POST",
+            "/containers",
+            params={"start": start},
+            json=config.model_dump(mode="json", exclude_unset=True),
         ).json()
         return self.get(created["id"])
 
@@ -335,12 +414,7 @@ class RemoteContainers:
         stderr: int | None = None,
         forward_signals: bool = False,
     ) -> Any:
-        """Attached run without stdin: create and start, follow the output, wait.
-
-        ``--rm`` is done by this client once the exit code is known (as Docker's CLI
-        did before 1.13), so that a quick container's output and exit code cannot go
-        with it; SIGINT while following is passed to the container (Docker's sig-proxy).
-        """
+        """Attached run without stdin (``run_attached``)."""
         from codex32 import RunResult
 
         if stdin is not None or config.tty:
@@ -349,30 +423,11 @@ class RemoteContainers:
                 "the container monitor's, on the service's side)",
                 hint="use run -d and exec -it, or run without --host",
             )
-        remove = config.auto_remove
-        kept = config.model_copy(update={"auto_remove": False})
-        handle = self._create(kept, start=True)
-        try:
-            printed = 0  # a follow begun again (after a SIGINT) skips what was shown
-            while True:
-                try:
-                    for index, entry in enumerate(handle.stream_logs(follow=True), 1):
-                        if index > printed:
-                            target = stderr if entry.stream == "stderr" else stdout
-                            write_all(target, entry.text.encode())
-                            printed = index
-                    break
-                except KeyboardInterrupt:
-                    if not forward_signals:
-                        raise
-                    with contextlib.suppress(Codex32Error):
-                        handle.kill("SIGINT")
-            code = handle.wait()
-        finally:
-            if remove:
-                with contextlib.suppress(Codex32Error):
-                    handle.remove(force=True)
-        return RunResult(code, container_id=handle.id)
+        body = config.model_dump(mode="json", exclude_unset=True)
+        code, container_id = run_attached(
+            self._client, body, stdout=stdout, stderr=stderr, forward_signals=forward_signals
+        )
+        return RunResult(code, container_id=container_id)
 
     def prune(self) -> builtins.list[str]:
         removed: builtins.list[str] = self._client.request("POST", "/containers/prune").json()[
@@ -386,12 +441,18 @@ class RemoteImages:
         self._client = client
 
     def list(self) -> list[ContainerImage]:
+        from codex32 import ContainerImage
+
         return [ContainerImage(**i) for i in self._client.request("GET", "/images").json()]
 
     def get(self, name: str) -> ContainerImage:
+        from codex32 import ContainerImage
+
         return ContainerImage(**self._client.request("GET", f"/images/{name}").json())
 
     def build(self, name: str, *, quiet: bool = False) -> ContainerImage:
+        from codex32 import ContainerImage
+
         built = None
         with self._client.stream("POST", f"/images/{name}/build") as response:
             for line in response.iter_lines():
@@ -448,8 +509,8 @@ class RemoteEngine:
         self.networks = RemoteNetworks(self.client)
 
     def plan(self, config: ContainerConfig) -> _Plan:
-        return _Plan(self.client.request("POST", "/containers/plan",
-                                         json=config.model_dump(mode="json")).json())  # fmt: skip
+        body = config.model_dump(mode="json", exclude_unset=True)
+        return _Plan(self.client.request("POST", "/containers/plan", json=body).json())
 
     def info(self) -> dict[str, Any]:
         report: dict[str, Any] = self.client.request("GET", "/info").json()

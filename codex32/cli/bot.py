@@ -6,12 +6,11 @@ the commands, so that ``codex32 ps`` and the other verbs do not pay for them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -35,6 +34,13 @@ Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 BotRef = Annotated[str, typer.Argument(metavar="BOT", help="The bot's name or id.")]
 
 
+def _run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, imported by the bot verbs only (~12 ms for every other verb)."""
+    import asyncio
+
+    return asyncio.run(coroutine)
+
+
 def _with_executor(action: Callable[[AdaptiveExecutor], Awaitable[T]]) -> T:
     """Run ``action`` with a passive executor (no supervision) on the storage directory."""
     from codex32.executor import AdaptiveExecutor
@@ -43,7 +49,7 @@ def _with_executor(action: Callable[[AdaptiveExecutor], Awaitable[T]]) -> T:
         async with AdaptiveExecutor(supervise=False) as executor:
             return await action(executor)
 
-    return guard(lambda: asyncio.run(run()))
+    return guard(lambda: _run_async(run()))
 
 
 def _ensure_supervisor(storage_dir: Path) -> None:
@@ -360,7 +366,7 @@ def supervise(
     """Watch bots in the foreground: health, restarts (what the host service does)."""
     from codex32.executor.supervisor import supervise as run
 
-    guard(lambda: asyncio.run(run(None, exit_when_idle)))
+    guard(lambda: _run_async(run(None, exit_when_idle)))
 
 
 app.command("deploy")(deploy)
@@ -405,7 +411,7 @@ def db_init(
     from codex32.executor.admin import init_database
 
     typer.echo(
-        guard(lambda: asyncio.run(init_database(_storage(), admin_url, database, user, password)))
+        guard(lambda: _run_async(init_database(_storage(), admin_url, database, user, password)))
     )
 
 
@@ -419,4 +425,4 @@ def db_upgrade(
     """Migrate the database to ``revision`` (the newest by default)."""
     from codex32.executor.admin import upgrade_database
 
-    typer.echo(guard(lambda: asyncio.run(upgrade_database(_storage(), url, revision))))
+    typer.echo(guard(lambda: _run_async(upgrade_database(_storage(), url, revision))))

@@ -2,7 +2,8 @@
 
 Standard library only up to the hand-over: for the verbs that start a container, a
 fork server is started before typer and pydantic are imported, so that its start-up
-overlaps theirs (see ``_launch.prestart_fork_server``).
+overlaps theirs (see ``_launch.prestart_fork_server``); ``run`` through the host
+service goes the thin way (``_remote_run``), without typer and pydantic.
 """
 
 from __future__ import annotations
@@ -32,7 +33,15 @@ def main() -> None:
     import os
 
     remote = "--host" in sys.argv or "-H" in sys.argv or bool(os.environ.get("CODEX32_HOST"))
-    if _verb(sys.argv[1:]) in _STARTING_VERBS and not remote:
+    remote = remote or any(word.startswith("--host=") for word in sys.argv[1:])
+    verb = _verb(sys.argv[1:])
+    if verb == "run" and remote:
+        from codex32.cli._remote_run import main as run_through_service
+
+        code = run_through_service(sys.argv[1:])
+        if code is not None:
+            sys.exit(code)
+    if verb in _STARTING_VERBS and not remote:
         from codex32 import prestart_fork_server
 
         # On failure the engine tries again when it needs the server, and reports it.

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from codex32.cli._common import engine, flush_stdout, guard
+from codex32.cli._parse import parse_env
 
 if TYPE_CHECKING:
     from codex32 import ContainerConfig, DeviceRate
@@ -23,25 +24,6 @@ class Action(Enum):
     RUN = "run"
     CREATE = "create"
     PLAN = "plan"
-
-
-def parse_env(pairs: list[str], env_files: list[str]) -> dict[str, str]:
-    """Docker's ``-e NAME=VALUE``, ``-e NAME`` (from the caller's environment), --env-file."""
-    env: dict[str, str] = {}
-    lines: list[str] = []
-    for path in env_files:
-        try:
-            with open(path) as f:
-                lines += [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
-        except OSError as exc:
-            raise ValueError(f"cannot read --env-file {path}: {exc.strerror}") from None
-    for item in [*lines, *pairs]:
-        name, sep, value = item.partition("=")
-        if sep:
-            env[name] = value
-        elif name in os.environ:
-            env[name] = os.environ[name]
-    return env
 
 
 def device_rates(flag: str, specs: list[str] | None) -> list[DeviceRate]:

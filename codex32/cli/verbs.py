@@ -145,7 +145,8 @@ def exec_(
     """Run a command in a running container, confined as its command is."""
     import sys
 
-    from codex32.cli.run import parse_env, raw_terminal
+    from codex32.cli._parse import parse_env
+    from codex32.cli.run import raw_terminal
 
     args = command[1:] if command[:1] == ["--"] else command
     target = guard(partial(engine().containers.get, container))

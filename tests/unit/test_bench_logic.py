@@ -175,3 +175,67 @@ def test_scale_rows_give_the_curve_and_growth() -> None:
         == "missed: 20.00x (highest at 500)"
     )
     assert verdicts["4. `ps` of 500 ≤ 150 ms"] == ("200 ms", "missed by 1.33x")
+
+
+def test_the_cli_through_the_service_is_held_to_3x_crun() -> None:
+    results = {"latency": [_lat("crun", 10, 20), _lat("cli-host", 25, 70),
+                           _lat("cli-host-nonet", 20, 50)]}  # fmt: skip
+    verdicts = {t: (m, v) for t, m, v in report.targets(results)}
+    bridged = verdicts["2. CLI through the host service (`--host`, default bridge) ≤ 3x crun"]
+    assert bridged == ("back to back: 2.50x (25.0 vs 10.0 ms), after idle: 3.50x (70.0 vs "
+                       "20.0 ms)", "met; missed by 1.17x")  # fmt: skip
+    assert verdicts["2. CLI through the host service, `--network none` ≤ 3x crun"][1] == "met; met"
+    without = {t: v for t, _m, v in report.targets({"latency": [_lat("crun", 10, 20)]})}
+    assert without["2. CLI through the host service (`--host`) ≤ 3x crun"] == "**not measured**"
+
+
+def _conc(runtime: str, n: int, running: list[float], failures: int = 0) -> dict[str, Any]:
+    def s(values: list[float]) -> dict[str, float] | None:
+        if not values:
+            return None
+        return {"median": sorted(values)[len(values) // 2], "min": min(values),
+                "max": max(values), "n": len(values)}  # fmt: skip
+
+    return {"runtime": runtime, "n": n, "running": s(running),
+            "exited": s([v + 1000 for v in running]), "removed": s(running),
+            "failures": [f"1/{n} failed: boom"] * failures}  # fmt: skip
+
+
+def test_200_at_once_must_complete_without_failure() -> None:
+    conc = [_conc("codex32 API", 50, [800]), _conc("crun", 50, [400]),
+            _conc("codex32 API", 200, [3000, 3100, 2900]), _conc("crun", 200, [1500] * 3),
+            _conc("codex32 API, network none", 200, [2500, 2600], failures=1)]  # fmt: skip
+    verdicts = {t: (m, v) for t, m, v in report.concurrency_targets(conc)}
+    assert verdicts["3. 50 concurrent starts ≤ 1.0x crun"] == ("800 ms vs 400 ms",
+                                                               "missed by 2.00x")  # fmt: skip
+    measured, verdict = verdicts["3. 200 at once completes with no failure"]
+    assert verdict == "missed: 1 failed rounds"
+    assert (
+        "codex32 API: all running 3000 (2900-3100) ms, all exited 4000 (3900-4100) ms, "
+        "3 of 3 rounds without failure" in measured
+    )
+    assert "codex32 API, network none: all running 2600 (2500-2600) ms" in measured
+    assert "2 of 3 rounds without failure" in measured
+    clean = [c for c in conc if not c["failures"]]
+    assert report.concurrency_targets(clean)[-1][2] == "met"
+    nothing = [_conc("codex32 API", 200, [], failures=3), _conc("crun", 200, [1500])]
+    assert report.concurrency_targets(nothing)[-1][1].startswith(
+        "codex32 API: no run completed, 0 of 3 rounds"
+    )
+
+
+def test_concurrency_runs_200_by_default_and_memory_keeps_its_sizes() -> None:
+    from bench import run
+
+    args = run.parse_args([])
+    assert (args.sizes, args.memory_sizes) == ([1, 10, 50, 200], [1, 10, 50])
+    assert run.parse_args(["--quick"]).sizes == [1, 10, 50]
+    assert run.parse_args(["--sizes", "5", "--memory-sizes", "2"]).memory_sizes == [2]
+
+
+def test_service_started_containers_are_held_to_2_mb() -> None:
+    mode = "host service (REST `POST /containers?start=true`, its fork server)"
+    results = {"memory": [{"n": 50, "mode": mode, "per_container_uss": 3e6}]}
+    verdicts = {t: (m, v) for t, m, v in report.targets(results)}
+    key = f"5. ≤ 2 MB USS of engine memory per running container ({mode} monitors)"
+    assert verdicts[key] == ("3.00 MB at 50", "missed by 1.50x")

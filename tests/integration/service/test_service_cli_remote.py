@@ -246,3 +246,37 @@ def test_exec_it_through_the_service_gives_a_terminal(service: Service) -> None:
     assert os.waitstatus_to_exitcode(status) == 6, output
     assert any(re.fullmatch(rb"/dev/pts/\d+", line) for line in lines), output
     assert b"33 111" in lines, output  # the caller's window size
+
+
+#: Loaded by typer (click, rich, pydantic), httpx or the engine: none of it is needed to
+#: run a container through the service.
+HEAVY = ("pydantic", "pydantic_core", "typer", "click", "rich", "httpx", "httpcore", "anyio",
+         "pyroute2", "psutil", "codex32._engine", "codex32._network", "codex32._cgroups",
+         "codex32._plan", "codex32._runtime", "codex32.config", "codex32.settings")  # fmt: skip
+
+
+def test_run_through_the_service_imports_only_what_it_needs(service: Service) -> None:
+    """The thin client path: the same output and exit code, none of the heavy modules."""
+    argv = ["--host", f"unix://{service.socket}", "run", "--rm", "--network", "none",
+            "busybox", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]  # fmt: skip
+    code = (
+        "import atexit, sys\n"
+        f"heavy = {HEAVY!r}\n"
+        "atexit.register(lambda: sys.stderr.write('loaded: ' + ','.join(sorted(m for m in "
+        "sys.modules if any(m == h or m.startswith(h + '.') for h in heavy))) + '\\n'))\n"
+        f"sys.argv = ['codex32', *{argv!r}]\n"
+        "from codex32.cli.entry import main\n"
+        "main()\n"
+    )
+    env = dict(os.environ, CODEX32_STORAGE_DIR=str(service.storage_dir))
+    env.pop("CODEX32_HOST", None)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (3, "out\n"), result.stderr
+    assert result.stderr == "err\nloaded: \n"
+    assert _run(service, "ps", "-a", "-q").stdout == ""  # --rm honoured
+    detached = _run(service, "run", "-d", "--rm", "--network", "none", "busybox", "true")
+    assert detached.returncode == 0 and len(detached.stdout.strip()) == 64
+    assert wait_for(lambda: _run(service, "ps", "-a", "-q").stdout == "")
