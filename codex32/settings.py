@@ -37,8 +37,6 @@ class Settings:
     userns_uid_base: int
     userns_size: int
     cgroup_parent: str = "codex32"
-    #: Ready sandboxes kept per shape (``_engine.pool``); 0 disables the pool.
-    sandbox_pool: int = 0
 
     @classmethod
     def from_env(
@@ -64,14 +62,7 @@ class Settings:
                 f"user namespace range {base}+{size} is out of range",
                 hint="set CODEX32_USERNS_UID_BASE >= 1 and CODEX32_USERNS_SIZE so the sum < 2^32",
             )
-        pool = _int_env("CODEX32_SANDBOX_POOL", 0)
-        if not 0 <= pool <= MAX_SANDBOX_POOL:
-            raise ConfigError(
-                f"CODEX32_SANDBOX_POOL={pool} is out of range",
-                hint=f"set it between 0 (no pool) and {MAX_SANDBOX_POOL}",
-            )
         return cls(
-            sandbox_pool=pool,
             cgroup_parent=cgroup_parent or env.get("CODEX32_CGROUP_PARENT") or "codex32",
             storage_dir=Path(storage).absolute(),
             templates_dir=_find_templates_dir(),
@@ -82,8 +73,7 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """These settings as the variables ``from_env`` reads: for engine processes
-        started on this engine's behalf (a monitor's restart runs one). Not the pool:
-        such a process starts one container and exits."""
+        started on this engine's behalf (a monitor's restart runs one)."""
         return {
             "CODEX32_STORAGE_DIR": str(self.storage_dir),
             "CODEX32_TEMPLATES_DIR": str(self.templates_dir),
@@ -102,3 +92,19 @@ def _int_env(name: str, default: int) -> int:
         return int(text)
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not a whole number") from None
+
+
+def check_pool_size(size: int, source: str) -> int:
+    """A sandbox pool size (``_engine.pool``), or the one-line error naming ``source``."""
+    if not 0 <= size <= MAX_SANDBOX_POOL:
+        raise ConfigError(
+            f"{source}={size}: a sandbox pool size is 0 (no pool) to {MAX_SANDBOX_POOL}",
+            hint=f"give {source} a whole number from 0 to {MAX_SANDBOX_POOL}",
+        )
+    return size
+
+
+def pool_size_from_env(default: int = 0) -> int:
+    """``CODEX32_SANDBOX_POOL``, checked; ``default`` when unset or empty. Read only by
+    the engines that keep a pool (the library's, the service's), not by the CLI's."""
+    return check_pool_size(_int_env("CODEX32_SANDBOX_POOL", default), "CODEX32_SANDBOX_POOL")

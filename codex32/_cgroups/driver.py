@@ -159,7 +159,8 @@ class Cgroup(Protocol):
 
     def set_devices(self, rules: Sequence[DeviceRule]) -> None:
         """Deny every device node but those ``rules`` allow (v1: devices.deny/allow;
-        v2: a BPF device program). Done before any process joins."""
+        v2: a BPF device program). Done before PID 1 runs anything of the container's:
+        before it joins, or (a pooled sandbox's) while it waits holding /dev/null."""
         ...
 
     def freeze(self) -> None:

@@ -36,8 +36,7 @@ from codex32._store.events import (
 )
 from codex32._store.state import StateStore
 from codex32.config.container import ContainerConfig
-from codex32.errors import ConfigError
-from codex32.settings import MAX_SANDBOX_POOL, Settings
+from codex32.settings import Settings, check_pool_size, pool_size_from_env
 
 
 class ContainerEngine:
@@ -54,19 +53,17 @@ class ContainerEngine:
         """``fork_server``: start containers' monitors from a warm launcher process
         (started on first use, or adopted from ``prestart_fork_server``, as the CLI
         does); off, each monitor is a fresh interpreter. ``sandbox_pool``: sandboxes
-        kept ready per shape (``settings.sandbox_pool`` if None; needs the fork
-        server; 0: none)."""
+        kept ready per shape (``CODEX32_SANDBOX_POOL`` if None, else none; needs the
+        fork server; 0: none)."""
         self.settings = settings or Settings.from_env(storage_dir)
         self._fork_server = (take_prestarted_fork_server() or ForkServer()) if fork_server else None
         self._store = StateStore(self.settings.storage_dir, group=self.settings.userns_uid_base)
         self._templates = TemplateStore(self.settings.templates_dir, self.settings.storage_dir)
         self._cgroups = ContainerCgroups(self.settings.cgroup_parent)
-        size = self.settings.sandbox_pool if sandbox_pool is None else sandbox_pool
-        if not 0 <= size <= MAX_SANDBOX_POOL:
-            raise ConfigError(
-                f"sandbox_pool={size} is out of range",
-                hint=f"give a size between 0 (no pool) and {MAX_SANDBOX_POOL}",
-            )
+        if sandbox_pool is None:
+            size = pool_size_from_env()
+        else:
+            size = check_pool_size(sandbox_pool, "sandbox_pool")
         self._pool = SandboxPool(size, self._fork_server, self._cgroups)
         self._networking = Networking(self.settings.storage_dir, self._store)
         self.containers = ContainerCollection(self)

@@ -80,8 +80,10 @@ def launch_container(
     def place(pid: int) -> dict[str, object]:
         def move_in() -> dict[str, str]:
             cgroup = preparing.result()
-            if held is not None and launch.sandbox is not None:
+            if held is not None and launch.claimed:
                 return dict(cgroup.paths) if cgroup is not None else {}
+            if held is not None:  # the sandbox could not take it: a cgroup never held
+                cgroup = engine._cgroups.prepare(container.id, config.resources, devices)
             return engine._cgroups.place(cgroup, pid)
 
         placing = threads.Background(move_in)
@@ -110,9 +112,7 @@ def launch_container(
 
     try:
         launch.start(stdin=stdin, stdout=stdout, stderr=stderr, on_created=place)
-        engine._pool.replenish()
     except BaseException as exc:  # a launch error, or Ctrl-C in the middle of one
-        engine._pool.replenish()
         if isinstance(exc, LaunchError):
             code, message = exc.exit_code, str(exc)
         else:
@@ -136,6 +136,8 @@ def launch_container(
         else:
             engine._networking.detach(container.id)  # proxy, IFB; the lease stays
         raise
+    finally:
+        engine._pool.done(sandbox, launch.claimed)  # counted, and the pool refills now
     return launch
 
 

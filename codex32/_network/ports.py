@@ -160,8 +160,9 @@ def stop_process(pid: int, timeout: float = 5.0) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(pidfd, sig)
-            readable, _, _ = select.select([pidfd], [], [], timeout)
-            if readable:
+            poller = select.poll()  # (select() refuses descriptors numbered 1024 and up)
+            poller.register(pidfd, select.POLLIN)
+            if poller.poll(timeout * 1000):
                 return
     finally:
         os.close(pidfd)

@@ -233,10 +233,7 @@ def _adopt_stdio(fds: list[int]) -> None:
     """Make the three descriptors the go-ahead carried our stdin, stdout and stderr."""
     if len(fds) != 3:
         raise StepError("stdio", 0, f"{len(fds)} descriptors came with the go-ahead, not 3")
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-    for fd in set(fds) - {0, 1, 2}:
-        os.close(fd)
+    _sync.adopt_stdio(fds)
 
 
 def _report(sock: socket.socket, message: Message) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -27,6 +28,8 @@ from codex32.errors import LaunchError, printable
 
 if TYPE_CHECKING:
     from codex32._runtime.sandbox import Sandbox
+
+log = logging.getLogger(__name__)
 
 FileArg = int | IO[bytes] | None
 
@@ -222,6 +225,7 @@ class Launch:
         self.monitor = monitor
         self.fork_server = fork_server
         self.sandbox = sandbox
+        self.claimed = False  # True once the container runs in the pooled sandbox
         self.pid: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket
@@ -298,12 +302,21 @@ class Launch:
         assert self.sandbox is not None
         try:
             self.sandbox.claim(asdict(self.plan), self.monitor, stdin, stdout, stderr)
-            return self._expect("created")
-        except (LaunchError, OSError):
+            created = self._expect("created")
+        except (LaunchError, OSError) as exc:
+            log.warning("a pooled sandbox could not take %s (%s): starting afresh",
+                        self.container, exc)  # fmt: skip
             self.sandbox.discard()
             self.sandbox = None
             self._sock, self._child_sock = _sync.socket_pair()
             return None
+        except BaseException:  # interrupted mid-claim: the sandbox (and our socket) ends
+            self.sandbox.discard()
+            self.sandbox = None
+            raise
+        self.sandbox.claimed()
+        self.claimed = True
+        return created
 
     def _spawn(self, stdin: FileArg, stdout: FileArg, stderr: FileArg) -> None:
         """A monitor for this start: forked by the fork server, else a fresh interpreter."""

@@ -288,6 +288,8 @@ class Monitor:
 
     def _go(self, ours: socket.socket, proceed: _sync.Message, fds: list[int]) -> bool:
         """Tell the engine PID 1 exists, relay its go-ahead, report how the exec went."""
+        assert self.pid1 is not None
+        pid1 = self.pid1
         try:
             _faults.point("monitor.created")
             self._tell({"type": "created", "pid": self.pid1})
@@ -301,7 +303,7 @@ class Monitor:
             outcome = self._outcome(ours)
             if outcome is not None:
                 self._tell(outcome)
-                _reap(self.pid1)  # type: ignore[arg-type]
+                _reap(pid1)
                 self.pid1 = None
                 return False
             self._record_start()
@@ -717,10 +719,7 @@ def _serve_sandbox(pool: socket.socket, shape: dict[str, Any]) -> int:
                 _sync.send(pool, _sync.error_message("claim", 0, refusal))
         return 125
     assert claim is not None
-    for target, fd in enumerate(fds):  # the claimant's stdio, as a spawn brings it
-        os.dup2(fd, target)
-    for fd in set(fds) - {0, 1, 2}:
-        os.close(fd)
+    _sync.adopt_stdio(fds)  # the claimant's stdio, as a spawn brings it
     config = MonitorConfig.from_message(claim["monitor"])
     set_process_name(f"c32mon-{config.container_id[:8]}")
     _faults.point("monitor.plan")

@@ -128,6 +128,15 @@ def receive_with_fds(sock: socket.socket) -> tuple[Message | None, list[int]]:
     return _decode(data), list(fds)
 
 
+def adopt_stdio(fds: list[int]) -> None:
+    """Make three received descriptors (numbered above 2, as received ones are while
+    0-2 are open) our stdin, stdout and stderr, and close the received ones."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in set(fds) - {0, 1, 2}:
+        os.close(fd)
+
+
 def error_message(step: str, errno: int, message: str, exit_code: int = 125) -> Message:
     """The one shape every failure takes on the wire."""
     return {

@@ -15,12 +15,12 @@ import contextlib
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from codex32._linux import process as process_info
 from codex32._plan.plan import Plan
@@ -28,8 +28,13 @@ from codex32._runtime import protocol as _sync
 from codex32._runtime.launch import FileArg, ForkServer, _Descriptors
 from codex32.errors import LaunchError, printable
 
+if TYPE_CHECKING:
+    from codex32._cgroups.driver import Cgroup
+
 #: How long a sandbox's monitor may take to report PID 1.
 READY_TIMEOUT = 10.0
+#: How long ``discard`` waits for a killed PID 1 to be gone.
+DISCARD_WAIT = 2.0
 
 Shape = str
 
@@ -48,8 +53,7 @@ class Sandbox:
     sock: socket.socket
     pid: int
     pidfd: int
-    made_at: float = field(default_factory=time.monotonic)
-    cgroup: Any = None  # the pool's cgroup PID 1 was placed in, if any (the pool's)
+    cgroup: Cgroup | None = None  # the pool's cgroup PID 1 was placed in (v1), if any
 
     @classmethod
     def make(cls, fork_server: ForkServer, shape: Shape) -> Sandbox | None:
@@ -60,6 +64,9 @@ class Sandbox:
             if not fork_server.spawn(theirs.fileno(), null, null, null):
                 ours.close()
                 return None
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         try:
@@ -83,10 +90,7 @@ class Sandbox:
 
     def alive(self) -> bool:
         """Whether PID 1 still waits (its pidfd turns readable when it exits)."""
-        if self.pidfd < 0:
-            return False
-        ready, _, _ = select.select([self.pidfd], [], [], 0)
-        return not ready
+        return self.pidfd >= 0 and not _readable(self.pidfd, 0)
 
     def claim(
         self,
@@ -100,11 +104,19 @@ class Sandbox:
         message = {"type": "claim", "plan": dict(plan), "monitor": dict(monitor)}
         with _Descriptors((stdin, stdout, stderr)) as stdio:
             _sync.send_with_fds(self.sock, message, stdio)
-        self._close_pidfd()
         return self.sock
 
+    def claimed(self) -> None:
+        """The container runs in it now (``created`` came): the pidfd is not needed."""
+        self._close_pidfd()
+
     def discard(self) -> None:
-        """Hang up: the monitor kills PID 1 unused and exits."""
+        """End it unused: PID 1 is killed (and gone when this returns, so that nothing
+        of it is left in a cgroup the start goes on with), the monitor hung up on."""
+        if self.pidfd >= 0:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            _readable(self.pidfd, DISCARD_WAIT)
         with contextlib.suppress(OSError):
             self.sock.close()
         self._close_pidfd()
@@ -113,3 +125,10 @@ class Sandbox:
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` polls readable within ``timeout`` seconds (poll: any fd number)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))

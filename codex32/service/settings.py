@@ -69,18 +69,14 @@ class ServiceSettings:
         storage = os.environ.get("CODEX32_STORAGE_DIR") or os.environ.get("CONTAINER_STORAGE_DIR")
         if storage:
             values["storage_dir"] = Path(storage)
-        pool = os.environ.get("CODEX32_SANDBOX_POOL")
-        if pool:
-            values["sandbox_pool"] = _whole_number("CODEX32_SANDBOX_POOL", pool)
+        from codex32.settings import check_pool_size, pool_size_from_env
+
+        values["sandbox_pool"] = pool_size_from_env(DEFAULT_SERVICE_POOL)
+        pool = overrides.get("sandbox_pool")
+        if isinstance(pool, int):
+            check_pool_size(pool, "--sandbox-pool")
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
-        from codex32.settings import MAX_SANDBOX_POOL
-
-        if not 0 <= settings.sandbox_pool <= MAX_SANDBOX_POOL:
-            raise ConfigError(
-                f"sandbox pool size {settings.sandbox_pool} is out of range",
-                hint=f"give --sandbox-pool between 0 (no pool) and {MAX_SANDBOX_POOL}",
-            )
         if (settings.tls_cert is None) != (settings.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together", hint="give both, or neither")
         if settings.tls_cert is not None and settings.listen is None:
@@ -102,10 +98,3 @@ class ServiceSettings:
     @property
     def audit_file(self) -> Path:
         return self.state_dir() / AUDIT_FILE_NAME
-
-
-def _whole_number(name: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a whole number") from None

@@ -34,7 +34,7 @@ from codex32.settings import Settings
 
 pytestmark = pytest.mark.root
 
-POOLED_LEVELS = (IsolationType.STANDARD, IsolationType.STRICT)
+POOLED_LEVELS = (IsolationType.MINIMAL, IsolationType.STANDARD, IsolationType.STRICT)
 STATUS_FIELDS = (
     "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb",
     "NoNewPrivs", "Seccomp", "Seccomp_filters", "SigBlk", "SigIgn", "SigCgt",
@@ -46,10 +46,10 @@ LIMIT_FILES = (
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pooled(storage_dir: Path, engine: ContainerEngine) -> Iterator[ContainerEngine]:
     """An engine with a pool of 2 on the session's storage (``engine`` built the
-    templates)."""
+    templates); closed after each test, so that no refill runs into another's checks."""
     eng = ContainerEngine(settings=Settings.from_env(storage_dir), sandbox_pool=2)
     yield eng
     eng.close()
@@ -65,13 +65,19 @@ def _config(isolation: IsolationType, **options: Any) -> ContainerConfig:
     )
 
 
+def _waiting(engine: ContainerEngine) -> set[int]:
+    """The PID 1s of the sandboxes waiting in the engine's pool."""
+    return {s.pid for queue in engine._pool._ready.values() for s in queue}
+
+
 def _start_hit(engine: ContainerEngine, config: ContainerConfig) -> Container:
-    """Start ``config`` detached from a sandbox the pool made (warmed up first)."""
-    engine.containers.run(config.model_copy(update={"command": ["true"], "auto_remove": True}))
-    assert engine._pool.wait_ready(10), "the pool did not fill"
-    hits = engine._pool.hits
+    """Start ``config`` detached in a sandbox the pool made (warmed up first): its PID 1
+    is one that waited in the pool, and the pool counts a hit."""
+    assert engine.warm_pool(config, wait=10), "the pool did not fill"
+    waiting, hits = _waiting(engine), engine._pool.hits
     container = engine.containers.run_detached(config)
-    assert engine._pool.hits == hits + 1, "the start did not come from the pool"
+    assert container.record.pid in waiting, "the container's PID 1 did not wait in the pool"
+    assert engine._pool.hits == hits + 1
     return container
 
 
@@ -163,8 +169,7 @@ def test_stdin_output_and_exit_code_go_through_a_sandbox(pooled: ContainerEngine
         image=BUSYBOX, command=["sh", "-c", "read line; echo got $line; echo err >&2; exit 3"],
         auto_remove=True,
     )  # fmt: skip
-    pooled.containers.run(config.model_copy(update={"command": ["true"]}))
-    assert pooled._pool.wait_ready(10)
+    assert pooled.warm_pool(config, wait=10)
     hits = pooled._pool.hits
     read, write = os.pipe()
     os.write(write, b"hello\n")
@@ -181,8 +186,7 @@ def test_a_terminal_through_a_sandbox(pooled: ContainerEngine) -> None:
     config = ContainerConfig(
         image=BUSYBOX, command=["sh", "-c", "tty; echo ok"], tty=True, auto_remove=True
     )
-    pooled.containers.run(config.model_copy(update={"command": ["true"]}))
-    assert pooled._pool.wait_ready(10)
+    assert pooled.warm_pool(config, wait=10)
     hits = pooled._pool.hits
     result = pooled.containers.run(config)
     assert pooled._pool.hits == hits + 1
@@ -192,14 +196,59 @@ def test_a_terminal_through_a_sandbox(pooled: ContainerEngine) -> None:
 
 def test_a_dead_sandbox_is_replaced_by_a_fresh_start(pooled: ContainerEngine) -> None:
     config = ContainerConfig(image=BUSYBOX, command=["echo", "fresh"], auto_remove=True)
-    pooled.containers.run(config)
-    assert pooled._pool.wait_ready(10)
-    for queue in pooled._pool._ready.values():  # everything waiting dies
-        for sandbox in queue:
-            os.kill(sandbox.pid, signal.SIGKILL)
-    time.sleep(0.2)
+    assert pooled.warm_pool(config, wait=10)
+    sandboxes = [s for queue in pooled._pool._ready.values() for s in queue]
+    for sandbox in sandboxes:  # everything waiting dies
+        os.kill(sandbox.pid, signal.SIGKILL)
+    assert _eventually(lambda: not any(s.alive() for s in sandboxes))
+    misses = pooled._pool.misses
     result = pooled.containers.run(config)
     assert (result.exit_code, result.output) == (0, b"fresh\n")
+    assert pooled._pool.misses == misses + 1
+
+
+def test_a_sandbox_that_cannot_take_the_start_falls_back(
+    storage_dir: Path, engine: ContainerEngine
+) -> None:
+    """The claim is refused (a sandbox of another shape stands in the queue): the
+    start goes on afresh, counted as a fallback, and the refused sandbox is gone."""
+    config = ContainerConfig(image=BUSYBOX, command=["echo", "fresh"], auto_remove=True,
+                             network="none")  # fmt: skip
+    before = snapshot(storage_dir)
+    eng = ContainerEngine(settings=Settings.from_env(storage_dir), sandbox_pool=1)
+    try:
+        assert eng.warm_pool(config, wait=10)
+        queue = next(iter(eng._pool._ready.values()))
+        assert eng._fork_server is not None
+        other = '{"gid_mappings":[],"namespaces":["pid","mount"],"uid_mappings":[]}'
+        stranger = Sandbox.make(eng._fork_server, other)
+        assert stranger is not None
+        queue.appendleft(stranger)
+        fallbacks = eng._pool.fallbacks
+        result = eng.containers.run(config)
+        assert (result.exit_code, result.output) == (0, b"fresh\n")
+        assert eng._pool.fallbacks == fallbacks + 1
+        assert not _running(stranger.pid)
+    finally:
+        eng.close()
+    assert_nothing_new(before, storage_dir)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _eventually(check: Any, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def test_a_claim_of_another_shape_is_refused(storage_dir: Path, engine: ContainerEngine) -> None:
@@ -213,18 +262,14 @@ def test_a_claim_of_another_shape_is_refused(storage_dir: Path, engine: Containe
         assert sandbox is not None
         plan = {"namespaces": ["pid", "mount", "net"], "uid_mappings": [], "gid_mappings": [],
                 "container": "x", "steps": []}  # fmt: skip
-        sock = sandbox.claim(plan, {"tty": False}, None, None, None)
-        reply = protocol.receive(sock)
-        assert reply is not None and reply["type"] == "error" and reply["step"] == "claim"
-        assert "namespaces or id maps differ" in reply["message"]
-        deadline = time.monotonic() + 5
-        while os.path.exists(f"/proc/{sandbox.pid}") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert (
-            not os.path.exists(f"/proc/{sandbox.pid}/status")
-            or "Z" in Path(f"/proc/{sandbox.pid}/status").read_text().split("State:")[1][:4]
-        )
-        sandbox.discard()
+        try:
+            sock = sandbox.claim(plan, {"tty": False}, None, None, None)
+            reply = protocol.receive(sock)
+            assert reply is not None and reply["type"] == "error" and reply["step"] == "claim"
+            assert "namespaces or id maps differ" in reply["message"]
+            assert _eventually(lambda: not sandbox.alive())  # killed by its monitor
+        finally:
+            sandbox.discard()
     finally:
         server.close()
 
@@ -237,7 +282,7 @@ def test_closing_the_engine_ends_every_sandbox(storage_dir: Path, engine: Contai
                                            isolation=isolation))  # fmt: skip
     assert eng._pool.wait_ready(10)
     pids = [s.pid for queue in eng._pool._ready.values() for s in queue]
-    assert len(pids) == 6
+    assert len(pids) == 3 * len(POOLED_LEVELS)
     held = [s.cgroup for queue in eng._pool._ready.values() for s in queue if s.cgroup]
     eng.close()
     deadline = time.monotonic() + 5
@@ -250,12 +295,16 @@ def test_closing_the_engine_ends_every_sandbox(storage_dir: Path, engine: Contai
 
 
 def test_the_pool_size_is_checked(storage_dir: Path) -> None:
-    with pytest.raises(ConfigError, match="sandbox_pool=-1 is out of range"):
+    """Refused in one line where a pool is kept; the CLI, which keeps none, ignores it."""
+    with pytest.raises(ConfigError, match="sandbox_pool=-1: a sandbox pool size is 0"):
         ContainerEngine(settings=Settings.from_env(storage_dir), sandbox_pool=-1)
-    out = subprocess.run(
-        [sys.executable, "-c", "from codex32.settings import Settings; Settings.from_env('/')"],
-        env={**os.environ, "CODEX32_SANDBOX_POOL": "lots"}, capture_output=True, text=True,
-        check=False,
+    env = {**os.environ, "CODEX32_SANDBOX_POOL": "lots", "CODEX32_STORAGE_DIR": str(storage_dir)}
+    library = subprocess.run(
+        [sys.executable, "-c", "from codex32 import ContainerEngine; ContainerEngine()"],
+        env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
-    assert out.returncode != 0
-    assert "CODEX32_SANDBOX_POOL='lots' is not a whole number" in out.stderr
+    assert library.returncode != 0
+    assert "CODEX32_SANDBOX_POOL='lots' is not a whole number" in library.stderr
+    cli = subprocess.run([str(Path(sys.executable).with_name("codex32")), "ps"], env=env,
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert (cli.returncode, cli.stderr) == (0, "")
