@@ -174,7 +174,7 @@ class EndpointFiles:
                 with contextlib.suppress(OSError):
                     stamp.unlink()
             try:
-                leases = self.ipam.leases(network)
+                leases = self.ipam.lease_texts(network)
             except NetworkError:
                 return  # the network is gone
             except OSError:
@@ -185,7 +185,7 @@ class EndpointFiles:
             for container_id, leased in leases.items():
                 data = _endpoint_data(self.store, container_id)
                 if data is not None:
-                    address, name = str(leased), str(data.get("name", ""))
+                    address, name = leased, str(data.get("name", ""))
                     own = names_for(name, container_id, data.get("hostname"))
                     members.append(
                         (
@@ -198,7 +198,7 @@ class EndpointFiles:
             for container_id, text in render_network_hosts(members, network):
                 path = os.path.join(self.store.containers, container_id, HOSTS)
                 try:
-                    write_in_place(Path(path), text, create=False)
+                    write_in_place(path, text, create=False)
                 except OSError as exc:
                     log.debug("hosts file of %s not updated: %s", container_id[:12], exc)
 

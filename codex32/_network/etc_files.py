@@ -129,11 +129,12 @@ def read_text(path: str | os.PathLike[str]) -> str | None:
         return None
 
 
-def write_in_place(path: Path, text: str, *, create: bool = True) -> None:
+def write_in_place(path: str | os.PathLike[str], text: str, *, create: bool = True) -> None:
     """Rewrite ``path``'s content without replacing its inode (it may be bind-mounted).
 
     Creates the file (0644) if missing and ``create``; a peer's file is rewritten with
-    ``create=False``, so a container being removed meanwhile does not get it back.
+    ``create=False``, so a container being removed meanwhile does not get it back (its
+    mode is the one it was made with: no ``fchmod``, a syscall per peer and refresh).
     Write first, cut after: a reader sees the old text, the new one, or briefly a mix,
     never an empty file.
     """
@@ -146,7 +147,8 @@ def write_in_place(path: Path, text: str, *, create: bool = True) -> None:
         while offset < len(data):
             offset += os.pwrite(fd, view[offset:], offset)
         os.ftruncate(fd, len(data))
-        os.fchmod(fd, 0o644)
+        if create:
+            os.fchmod(fd, 0o644)
     finally:
         os.close(fd)
 

@@ -332,6 +332,14 @@ class IPAM:
             raw: dict[str, str] = self._read_leases(definition)["leases"]
         return {cid: ipaddress.IPv4Address(addr) for cid, addr in raw.items()}
 
+    def lease_texts(self, network: str) -> dict[str, str]:
+        """``leases`` as written (``10.88.0.5``), unparsed: a hosts refresh of N members
+        wants the text, and parsing N addresses was a tenth of it."""
+        with self._locked(shared=True):
+            definition = self._network_or_error(network, "network.ipam.lookup")
+            raw: dict[str, str] = self._read_leases(definition)["leases"]
+        return raw
+
     # --- storage -----------------------------------------------------------------------
 
     def _lease(self, definition: NetworkDefinition, container_id: str, address: str) -> Lease:
