@@ -9,7 +9,7 @@ from codex32._cgroups.containers import ContainerStats, exited_stats
 from codex32._engine import records
 from codex32._store.state import ContainerState
 from codex32.config.network import HOST, resolve_network
-from codex32.errors import StateError
+from codex32.errors import CgroupError, StateError
 
 if TYPE_CHECKING:
     from codex32._engine.container import Container
@@ -22,12 +22,17 @@ def stats(engine: ContainerEngine, container: Container) -> ContainerStats:
     config = container.config
     # A host-network container has no traffic of its own to count (Docker shows none).
     own_network = resolve_network(config.network, config.isolation.value) != HOST
-    if not live and engine._cgroups.handle(container.id) is None:
-        # The monitor removed the cgroup at the exit, having kept its last figures.
-        return exited_stats(
-            config.resources, record.cpu_usage_ns, record.memory_peak_bytes, record.oom_kills
-        )
-    return engine._cgroups.stats(container.id, record.pid if live else None, network=own_network)
+    if live:
+        return engine._cgroups.stats(container.id, record.pid, network=own_network)
+    # The monitor records the last figures at the exit, then removes the cgroup (it may
+    # be going while we look). Without figures (a monitor that died) what the cgroup
+    # still says, if it is there.
+    if record.cpu_usage_ns is None and engine._cgroups.handle(container.id) is not None:
+        with contextlib.suppress(CgroupError):
+            return engine._cgroups.stats(container.id, None, network=own_network)
+    return exited_stats(
+        config.resources, record.cpu_usage_ns, record.memory_peak_bytes, record.oom_kills
+    )
 
 
 def top(engine: ContainerEngine, container: Container) -> list[dict[str, object]]:

@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING
 
 from codex32._engine import records
 from codex32._store.events import read_events
-from codex32._store.state import ContainerRecord, ContainerState, is_same_process
+from codex32._store.state import (
+    REMOVING_PREFIX,
+    ContainerRecord,
+    ContainerState,
+    is_same_process,
+)
 from codex32.errors import ContainerNotFoundError, StateError
 
 if TYPE_CHECKING:
@@ -19,11 +24,13 @@ if TYPE_CHECKING:
 
 
 def wait_removed(engine: ContainerEngine, container_id: str, timeout: float) -> None:
-    """Return once an ``--rm`` container's monitor has removed it (or after timeout)."""
-    path = str(engine._store.directory(container_id))
+    """Return once an ``--rm`` container's monitor has removed it (or after timeout):
+    its directory, and the ``.removing-ID`` it is renamed to while its files go."""
+    directory = engine._store.directory(container_id)
+    paths = (str(directory), str(directory.with_name(REMOVING_PREFIX + container_id)))
     start = time.monotonic()
     deadline = start + timeout
-    while os.path.exists(path) and (now := time.monotonic()) < deadline:
+    while any(map(os.path.exists, paths)) and (now := time.monotonic()) < deadline:
         # The removal takes a few ms after the exit: poll finely then (a run --rm
         # returns when it is done), coarsely if it lingers.
         time.sleep(0.0005 if now - start < 0.1 else 0.005)
@@ -64,7 +71,13 @@ def wait(engine: ContainerEngine, container: Container, timeout: float | None) -
         # This handle saw its --rm container removed (following its log, say):
         # the exit code of the run it followed is in the die event.
         return exit_code_from_events(engine, container._record)
-    record = records.refresh(engine, container.id)
+    try:
+        record = records.refresh(engine, container.id)
+    except ContainerNotFoundError:
+        # An --rm container that ran and was removed before this wait looked (a fast
+        # /bin/true): the die event since this handle's record has its exit code.
+        container._record.status = ContainerState.REMOVED
+        return exit_code_from_events(engine, container._record)
     deadline = None if timeout is None else time.monotonic() + timeout
     # As docker wait: a container not started yet is waited for through its run
     # (one whose start failed has the failure's exit code already).
