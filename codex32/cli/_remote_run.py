@@ -10,10 +10,11 @@ repeated option wins), sent as JSON, and followed as the full CLI does
 
 Anything else returns None and the caller runs the full CLI, which then says what
 it always said: another option, a combined or attached short option, ``--help``,
-``-i``/``-t``, a bot's ``.py``, an isolation level from the environment it would
-have to check, and a config the service finds invalid (nothing was created; the
-full CLI names the problem as it always has). Standard library only, up to the
-request (``tests/unit/test_layers.py`` checks the imports).
+``-i``/``-t``, a bot's ``.py``, an isolation level from the environment that is
+none, ``CODEX32_USERNS_*`` (the full CLI checks them), and a config the service
+finds invalid (nothing was created; the full CLI names the problem as it always
+has). Standard library only, up to the request (``tests/unit/test_cli_remote_run.py``
+checks the imports).
 """
 
 from __future__ import annotations
