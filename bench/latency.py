@@ -123,7 +123,8 @@ def _service_variants(bench: Bench, venv: str) -> list[Variant]:
     if service is None:
         return []
     codex32 = str(host.REPO / ".venv/bin/codex32")
-    served = "`codex32 serve` (engine with its fork server)"
+    # The service keeps its default sandbox pool (2 per shape): its starts are pool hits.
+    served = "`codex32 serve` (engine with its fork server and sandbox pool, 2 per shape)"
     return [
         Variant("cli-host", "Codex-32 CLI through the host service `codex32 --host unix://... "
                 "run --rm busybox /bin/true`", f"{codex32} ({venv}, with site) -> {served}",
