@@ -229,6 +229,20 @@ class ContainerCgroups:
             raise
         return cgroup
 
+    def forks_into(self) -> bool:
+        """Whether PID 1 can be forked into its cgroup here (v2; see ``fork_target``)."""
+        driver = self.driver()
+        return driver is not None and driver.version == "v2"
+
+    def fork_target(self, cgroup: Cgroup | None) -> int | None:
+        """A descriptor of ``cgroup``'s directory for the set-up process to fork PID 1
+        into (``clone3(CLONE_INTO_CGROUP)``: no move, no RCU grace period), on v2; None
+        on v1, whose hierarchies are many (PID 1 is moved into each)."""
+        driver = self.driver()
+        if cgroup is None or driver is None or driver.version != "v2":
+            return None
+        return os.open(cgroup.paths["unified"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
     def hold(self, pid: int) -> Cgroup | None:
         """Put a pooled sandbox's PID 1 in a cgroup of its own (``pool-PID-HEX``), so
         that the move, and the RCU grace period it waits out, happen before any

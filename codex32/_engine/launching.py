@@ -80,7 +80,7 @@ def launch_container(
     def place(pid: int) -> dict[str, object]:
         def move_in() -> dict[str, str]:
             cgroup = preparing.result()
-            if held is not None and launch.claimed:
+            if (held is not None and launch.claimed) or launch.in_cgroup:
                 return dict(cgroup.paths) if cgroup is not None else {}
             if held is not None:  # the sandbox could not take it: a cgroup never held
                 cgroup = engine._cgroups.prepare(container.id, config.resources, devices)
@@ -110,8 +110,18 @@ def launch_container(
         # The monitor records them with the start, in the same write (not one more here).
         return {"cgroup_paths": paths}
 
+    def fork_target() -> int | None:
+        """On v2, PID 1 is forked straight into its cgroup (not from a user namespace)."""
+        if "user" in plan.namespaces or not engine._cgroups.forks_into():
+            return None  # (v1: the plan goes at once, the cgroup is made meanwhile)
+        try:
+            return engine._cgroups.fork_target(preparing.result())
+        except (CgroupError, OSError):
+            return None  # ``place`` moves it, and reports a cgroup that failed as before
+
     try:
-        launch.start(stdin=stdin, stdout=stdout, stderr=stderr, on_created=place)
+        launch.start(stdin=stdin, stdout=stdout, stderr=stderr, on_created=place,
+                     cgroup_fd=fork_target)  # fmt: skip
     except BaseException as exc:  # a launch error, or Ctrl-C in the middle of one
         if isinstance(exc, LaunchError):
             code, message = exc.exit_code, str(exc)

@@ -60,6 +60,8 @@ RESOLVE_IN_ROOT = 0x10
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 _SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}
 _SYS_OPENAT2 = 437
+_SYS_CLONE3 = 435  # the same number on every architecture (asm-generic)
+CLONE_INTO_CGROUP = 0x200000000
 _MACHINE = os.uname().machine
 
 
@@ -153,3 +155,42 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
         ctypes.c_size_t(ctypes.sizeof(how)),
     )
     return _check(result, f"openat2 {path}", path)
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in ("flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack",
+                     "stack_size", "tls", "set_tid", "set_tid_size", "cgroup")
+    ]  # fmt: skip
+
+
+#: clone3 through a PyDLL: the GIL stays held across it, as ``os.fork`` holds it.
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
+_libc_gil.syscall.restype = ctypes.c_long
+
+
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """``os.fork`` whose child starts in the cgroup (v2) ``cgroup_fd`` names:
+    clone3(CLONE_INTO_CGROUP), so that no ``cgroup.procs`` write, and none of the RCU
+    grace period it waits out, is needed. 0 in the child, its pid in the parent.
+
+    Python's fork bookkeeping runs around it as ``os.fork`` runs it (before-fork,
+    after-fork in each process); only for single-threaded callers (the set-up process).
+    """
+    import signal
+
+    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    pid = _libc_gil.syscall(
+        ctypes.c_long(_SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))
+    )
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone3 into a cgroup: {os.strerror(err)}")
+    return int(pid)

@@ -241,6 +241,24 @@ def _report(sock: socket.socket, message: Message) -> None:
         _sync.send(sock, message)
 
 
+def _fork_pid1(plan: dict[str, Any]) -> tuple[int, bool]:
+    """Fork PID 1: straight into its cgroup when the engine sent one (v2) and we may
+    (not from inside a user namespace, whose root may not write the host's
+    ``cgroup.procs``); else a plain fork, and the engine moves it. (pid, in_cgroup)."""
+    cgroup_fd = plan.get("cgroup_fd")
+    pid, in_cgroup = -1, False
+    if isinstance(cgroup_fd, int) and "user" not in plan["namespaces"]:
+        try:
+            pid, in_cgroup = syscalls.fork_into_cgroup(cgroup_fd), True
+        except OSError:
+            pid = -1
+    if pid < 0:
+        pid = os.fork()
+    if pid == 0 and isinstance(cgroup_fd, int):
+        os.close(cgroup_fd)  # a host cgroup directory: nothing of PID 1's to keep
+    return pid, in_cgroup
+
+
 def stage2(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
     """Enter the user namespace (if any), then the others, and fork PID 1."""
     step = "namespaces"
@@ -262,12 +280,12 @@ def stage2(plan: dict[str, Any], sock: socket.socket) -> NoReturn:
                 flags |= syscalls.NAMESPACE_FLAGS[name]
         syscalls.unshare(flags)
         _faults.point("stage2.namespaces")
-        pid = os.fork()
+        pid, in_cgroup = _fork_pid1(plan)
         if pid == 0:
             _pid1(plan, sock)
         # PID 1 as a pidfd: the monitor reads its pid from the kernel, not from us.
         pidfd = os.pidfd_open(pid)
-        _sync.send_with_fd(sock, {"type": "pid"}, pidfd)
+        _sync.send_with_fd(sock, {"type": "pid", "in_cgroup": in_cgroup}, pidfd)
         os._exit(0)
     except OSError as exc:
         _report(sock, _sync.error_message(step, exc.errno or 0, exc.strerror or str(exc)))

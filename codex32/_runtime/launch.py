@@ -226,6 +226,7 @@ class Launch:
         self.fork_server = fork_server
         self.sandbox = sandbox
         self.claimed = False  # True once the container runs in the pooled sandbox
+        self.in_cgroup = False  # PID 1 was forked into its cgroup (v2, ``cgroup_fd``)
         self.pid: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket
@@ -242,12 +243,16 @@ class Launch:
         stdout: FileArg = None,
         stderr: FileArg = None,
         on_created: Callable[[int], dict[str, object] | None] | None = None,
+        cgroup_fd: Callable[[], int | None] | None = None,
     ) -> int:
         """Run the plan up to the container's exec; return PID 1's host pid.
 
         ``on_created(pid)`` places PID 1 before it runs anything of the container's;
         what it returns goes to the monitor with the go-ahead (the cgroup paths, which
-        the monitor records with the start)."""
+        the monitor records with the start). ``cgroup_fd()``: a descriptor of the
+        container's cgroup directory to fork PID 1 into (v2), or None; asked for once
+        the monitor is on its way, sent with the plan, closed here; ``in_cgroup`` then
+        says whether PID 1 was forked there (else ``on_created`` moves it)."""
         stdin = stdin if stdin is not None else subprocess.DEVNULL
         created = self._claim(stdin, stdout, stderr) if self.sandbox is not None else None
         if created is None:
@@ -255,8 +260,14 @@ class Launch:
         try:
             if created is None:
                 message = {"type": "plan", "plan": asdict(self.plan), "monitor": self.monitor}
-                _sync.send(self._sock, message)
+                target = cgroup_fd() if cgroup_fd is not None else None
+                try:
+                    _sync.send_with_fds(self._sock, message, [] if target is None else [target])
+                finally:
+                    if target is not None:
+                        os.close(target)
                 created = self._expect("created")
+                self.in_cgroup = created.get("in_cgroup") is True
             if self._process is not None:
                 # The monitor has daemonized by now; its first process has exited.
                 self._process.wait()

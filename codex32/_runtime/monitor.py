@@ -119,9 +119,10 @@ def make_namespaces(
     tty: bool,
     host_terminal: bool,
     closing: list[socket.socket | int | None],
-) -> tuple[socket.socket, int] | _sync.Message:
+) -> tuple[socket.socket, int, bool] | _sync.Message:
     """Fork stage2, which enters the plan's namespaces (the id maps written from here)
-    and forks PID 1; return the socket to PID 1 and its pid, or the error to report.
+    and forks PID 1; return the socket to PID 1, its pid and whether it was forked
+    into its cgroup (the plan's ``cgroup_fd``, v2), or the error to report.
 
     ``out_w``/``err_w`` become stage2's (so PID 1's) stdout and stderr and are closed
     here; ``-t`` makes ``out_w`` stdin too (``host_terminal``: a host pty to make the
@@ -150,12 +151,14 @@ def make_namespaces(
     if err_w != out_w:
         os.close(err_w)
     pid1: int | None = None
+    in_cgroup = False
     try:
         while pid1 is None:
             message, fds = _sync.receive_with_fds(ours)
             try:  # PID 1 comes as a pidfd: its pid is the kernel's word, not a number sent
                 if message and message.get("type") == "pid" and len(fds) == 1:
                     pid1 = pid_of_pidfd(fds[0])
+                    in_cgroup = message.get("in_cgroup") is True
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -175,7 +178,7 @@ def make_namespaces(
                 return message
         _reap(stage2_pid)
         stage2_pid = 0
-        return ours, pid1
+        return ours, pid1, in_cgroup
     except BaseException:
         _kill_and_reap(pid1)
         ours.close()
@@ -188,8 +191,16 @@ def make_namespaces(
 class Monitor:
     """One container's supervisor."""
 
-    def __init__(self, plan: dict[str, Any], config: MonitorConfig, engine: socket.socket):
+    def __init__(
+        self,
+        plan: dict[str, Any],
+        config: MonitorConfig,
+        engine: socket.socket,
+        cgroup_fd: int | None = None,
+    ):
         self.plan = plan
+        self.cgroup_fd = cgroup_fd  # the container's cgroup (v2), to fork PID 1 into
+        self.in_cgroup = False  # PID 1 was forked into it: the engine need not move it
         self.config = config
         self.engine: socket.socket | None = engine
         self.store = StateStore(Path(config.storage_dir))
@@ -250,18 +261,24 @@ class Monitor:
     def start(self) -> bool:
         """Run the launch handshake; True once the container's command is running."""
         out_w, err_w, self.out_r, self.err_r = self._stdio()
-        made = make_namespaces(
-            self.plan,
-            out_w,
-            err_w,
-            tty=self.config.tty,
-            host_terminal=self.config.tty and self.out_r is not None,
-            closing=[self.engine, self.out_r, self.err_r],
-        )
+        plan = self.plan if self.cgroup_fd is None else {**self.plan, "cgroup_fd": self.cgroup_fd}
+        try:
+            made = make_namespaces(
+                plan,
+                out_w,
+                err_w,
+                tty=self.config.tty,
+                host_terminal=self.config.tty and self.out_r is not None,
+                closing=[self.engine, self.out_r, self.err_r],
+            )
+        finally:
+            if self.cgroup_fd is not None:
+                os.close(self.cgroup_fd)
+                self.cgroup_fd = None
         if isinstance(made, dict):
             self._tell(made)
             return False
-        ours, self.pid1 = made
+        ours, self.pid1, self.in_cgroup = made
         return self._go(ours, {"type": "proceed"}, [])
 
     def start_claimed(self, ours: socket.socket) -> bool:
@@ -292,7 +309,7 @@ class Monitor:
         pid1 = self.pid1
         try:
             _faults.point("monitor.created")
-            self._tell({"type": "created", "pid": self.pid1})
+            self._tell({"type": "created", "pid": self.pid1, "in_cgroup": self.in_cgroup})
             reply = _sync.receive(self.engine) if self.engine else None
             if not reply or reply.get("type") != "proceed":
                 _kill_and_reap(self.pid1)
@@ -649,7 +666,13 @@ def serve(engine: socket.socket, *, daemonize: bool = True) -> int:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    first = _sync.receive(engine)
+    first, fds = _sync.receive_with_fds(engine)
+    cgroup_fd = fds[0] if len(fds) == 1 and first and first.get("type") == "plan" else None
+    for fd in fds:
+        if fd == cgroup_fd:
+            os.set_inheritable(fd, False)  # (received descriptors are inheritable)
+        else:
+            os.close(fd)
     if first and first.get("type") == "sandbox":
         if daemonize:
             _daemonize()
@@ -662,7 +685,7 @@ def serve(engine: socket.socket, *, daemonize: bool = True) -> int:
     set_child_subreaper()
     set_process_name(f"c32mon-{config.container_id[:8]}")
     _faults.point("monitor.plan")
-    monitor = Monitor(first["plan"], config, engine)
+    monitor = Monitor(first["plan"], config, engine, cgroup_fd)
     return _run(monitor, monitor.start)
 
 
@@ -700,7 +723,7 @@ def _serve_sandbox(pool: socket.socket, shape: dict[str, Any]) -> int:
         with contextlib.suppress(OSError):
             _sync.send(pool, made)
         return 125
-    ours, pid1 = made
+    ours, pid1, _in_cgroup = made
     claim: _sync.Message | None = None
     fds: list[int] = []
     try:

@@ -31,6 +31,7 @@ from helpers import SESSION_TAG
 
 from codex32._cgroups.detect import detect_driver, host_info
 from codex32._cgroups.v2 import WANTED, V2Cgroup, V2Driver
+from codex32._linux import syscalls
 from codex32.errors import CgroupError
 
 pytestmark = pytest.mark.root
@@ -145,3 +146,24 @@ def test_devices_default_deny_and_a_grant(driver: V2Driver, group: V2Cgroup) -> 
         print(f"granted: {check_device_granted(fresh)}")
     finally:
         fresh.destroy(kill=True)
+
+
+def test_a_child_is_forked_straight_into_the_group(group: V2Cgroup) -> None:
+    """clone3(CLONE_INTO_CGROUP) from Python, as the set-up process forks PID 1 on v2:
+    the child starts in the group (no ``cgroup.procs`` write), runs Python as after
+    ``os.fork``, and its exit status comes back; a bad descriptor is a clear error."""
+    fd = os.open(group.paths["unified"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        pid = syscalls.fork_into_cgroup(fd)
+        if pid == 0:
+            try:
+                mine = Path("/proc/self/cgroup").read_text().strip()
+                os._exit(0 if mine.endswith("/" + group.name) else 3)
+            except BaseException:
+                os._exit(4)
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with pytest.raises(OSError, match="clone3 into a cgroup"):
+        syscalls.fork_into_cgroup(fd)  # closed

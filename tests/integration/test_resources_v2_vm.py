@@ -17,9 +17,10 @@ from helpers import run_v2_vm_suite
 
 pytestmark = pytest.mark.root
 
-EXPECTED = 11  # the runner's default selection: OOM, pids, pause, device throttling, blkio
+EXPECTED = 14  # the runner's default selection: OOM, pids, pause, device throttling, blkio
 # weight (applied there: io.weight; refused on hosts without BFQ); 3 live OOM; the sandbox
-# pool's pooled-versus-fresh comparison at STANDARD and STRICT and its clean close
+# pool's pooled-versus-fresh comparison at MINIMAL, STANDARD and STRICT and its clean
+# close; PID 1 forked into its cgroup at STANDARD, moved at STRICT
 
 
 def test_engine_resource_limits_pass_on_cgroup_v2_in_a_vm() -> None:
@@ -28,6 +29,7 @@ def test_engine_resource_limits_pass_on_cgroup_v2_in_a_vm() -> None:
     summary = re.search(r"(\d+) passed", output)
     assert summary and int(summary.group(1)) == EXPECTED, "the VM ran fewer tests than expected"
     figures = ("oom: exit 137", "pids: forked 9", "pause: frozen at", "throttle: ",
-               "oom live: 2 kill(s) reported while running", "blkio: ")  # fmt: skip
+               "oom live: 2 kill(s) reported while running", "blkio: ",
+               "launch: standard in_cgroup=True", "launch: strict in_cgroup=False")  # fmt: skip
     for figure in figures:
         assert figure in output, f"{figure!r} missing from the VM's output"
