@@ -90,24 +90,22 @@ def _helpers(ignore: set[int], engine_pid: int | None = None) -> list[psutil.Pro
     return found
 
 
-def _start(engine: Any, count: int) -> tuple[list[Any], list[str]]:
-    from codex32 import ContainerConfig
-
+def _ten_at_a_time(start_one: Callable[[], Any], count: int) -> tuple[list[Any], list[str]]:
+    """``count`` calls of ``start_one``, at most 10 at a time (a start is not what is
+    measured here); what they returned, and the errors."""
     started: list[Any] = []
     errors: list[str] = []
     lock = threading.Lock()
 
     def worker() -> None:
         try:
-            config = ContainerConfig(image="busybox", command=SLEEP, auto_remove=True)
-            container = engine.containers.run_detached(config)
+            result = start_one()
             with lock:
-                started.append(container)
+                started.append(result)
         except Exception as exc:
             with lock:
                 errors.append(f"{type(exc).__name__}: {exc}")
 
-    # At most 10 at a time: a start is not what is measured here.
     for first in range(0, count, 10):
         threads = [threading.Thread(target=worker) for _ in range(min(10, count - first))]
         for thread in threads:
@@ -115,6 +113,13 @@ def _start(engine: Any, count: int) -> tuple[list[Any], list[str]]:
         for thread in threads:
             thread.join(120)
     return started, errors
+
+
+def _start(engine: Any, count: int) -> tuple[list[Any], list[str]]:
+    from codex32 import ContainerConfig
+
+    config = ContainerConfig(image="busybox", command=SLEEP, auto_remove=True)
+    return _ten_at_a_time(lambda: engine.containers.run_detached(config), count)
 
 
 def _start_cli(engine: Any, count: int) -> tuple[list[Any], list[str]]:
@@ -144,26 +149,8 @@ def _start_service(service: HostService) -> Callable[[Any, int], tuple[list[Any]
     on the same storage, to read the records."""
 
     def start(engine: Any, count: int) -> tuple[list[Any], list[str]]:
-        ids: list[str] = []
-        errors: list[str] = []
-        lock = threading.Lock()
         config = {"image": "busybox", "command": SLEEP, "auto_remove": True}
-
-        def worker() -> None:
-            try:
-                container_id = service.run_detached(config)
-                with lock:
-                    ids.append(container_id)
-            except Exception as exc:
-                with lock:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-
-        for first in range(0, count, 10):
-            threads = [threading.Thread(target=worker) for _ in range(min(10, count - first))]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(120)
+        ids, errors = _ten_at_a_time(lambda: service.run_detached(config), count)
         return [engine.containers.get(i) for i in ids], errors
 
     return start

@@ -253,12 +253,7 @@ class ContainerCgroups:
         if driver is None or driver.version != "v1":
             return None
         cgroup = driver.create(f"pool-{os.getpid()}-{secrets.token_hex(4)}")
-        try:
-            cgroup.add_pid(pid)
-        except BaseException:
-            with contextlib.suppress(CgroupError):
-                cgroup.destroy(kill=True)
-            raise
+        self.place(cgroup, pid)  # (on failure the cgroup goes)
         return cgroup
 
     def adopt(

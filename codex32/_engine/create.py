@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,7 @@ from codex32._engine.image_defaults import RootSource, apply_image_defaults, ima
 from codex32._plan.plan import ContainerPaths, Plan, build_plan, command_args
 from codex32._plan.profiles import Profile
 from codex32._runtime.faults import point as fault_point
-from codex32._store.state import ContainerRecord, storage_error
+from codex32._store.state import ContainerRecord, storage_error, write_text_atomic
 from codex32.config.container import ContainerConfig
 from codex32.errors import CgroupError, Codex32Error, ConfigError, ImageError, LaunchError
 
@@ -227,20 +226,9 @@ def require_root() -> None:
 
 
 def write_private(path: Path, text: str, durable: bool) -> None:
-    """Write a file only root may read (0600 from its creation on: ``mkstemp``),
-    atomically; ``durable``: fsync'd, a part of the create ``save_created`` commits."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write a file only root may read (0600 from its creation on), atomically;
+    ``durable``: fsync'd, a part of the create ``save_created`` commits."""
+    write_text_atomic(path, text, fsync=durable)
 
 
 def check_traversable(storage: Path, uid: int) -> None:

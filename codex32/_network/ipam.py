@@ -33,12 +33,12 @@ import ipaddress
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from codex32._store.state import write_text_atomic
 from codex32.errors import NetworkError
 
 DEFAULT_NETWORK_NAME = "bridge"
@@ -450,19 +450,8 @@ class IPAM:
         """Write ``payload`` atomically: temp file in the same directory, fsync, rename."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    # Compact: the C encoder (indent= falls back to pure Python, O(leases)).
-                    handle.write(json.dumps(payload, sort_keys=True) + "\n")
-                    if fsync:
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            # Compact: the C encoder (indent= falls back to pure Python, O(leases)).
+            write_text_atomic(path, json.dumps(payload, sort_keys=True) + "\n", fsync=fsync)
         except OSError as exc:
             raise NetworkError(
                 "cannot write the IPAM store",

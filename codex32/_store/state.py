@@ -255,22 +255,32 @@ def is_durable_change(before: ContainerRecord | None, after: ContainerRecord) ->
 
 
 def write_json_atomic(path: Path, data: Any, *, fsync: bool = True, commit: bool = False) -> None:
-    """Write to a temp file in the same directory and rename it over ``path``.
+    """``write_text_atomic`` of ``data`` as compact JSON (the C encoder: ``indent=`` is
+    pure Python), its modification time stamped to the nanosecond (the kernel's may be a
+    clock tick old): (inode, mtime, size) then names one write, for caches of the
+    parsed file (``StateStore.load``), even when an inode number comes back."""
+    write_text_atomic(path, json.dumps(data), fsync=fsync, commit=commit, stamp=True)
+
+
+def write_text_atomic(
+    path: Path, text: str, *, fsync: bool = True, commit: bool = False, stamp: bool = False
+) -> None:
+    """Write to a temp file in the same directory (``mkstemp``: 0600 from its creation
+    on) and rename it over ``path``.
 
     ``fsync``: the data reach the disk before the rename (a power cut leaves the old
     file or the new one); ``commit``: the directory too, after the rename, so that the
-    new file itself survives a power cut (a durable record).
+    new file itself survives a power cut (a durable record); ``stamp``: the
+    modification time set to now, to the nanosecond.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data))  # compact: the C encoder (indent= is pure Python)
+            f.write(text)
             f.flush()
-            # A modification time to the nanosecond (the kernel's may be a clock tick
-            # old): (inode, mtime, size) then names one write, for caches of the
-            # parsed file (``StateStore.load``), even when an inode number comes back.
-            now = time.time_ns()
-            os.utime(f.fileno(), ns=(now, now))
+            if stamp:
+                now = time.time_ns()
+                os.utime(f.fileno(), ns=(now, now))
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
