@@ -100,7 +100,8 @@ def wait(engine: ContainerEngine, container: Container, timeout: float | None) -
             # An --rm container removed as it died: its "die" event has the code.
             container._record.status = ContainerState.REMOVED
             return exit_code_from_events(engine, record)
-    container.reload()
+    # (An --rm container may be removed by now: its exit code is in the record we read.)
+    reload_or_removed(engine, container)
     if record.exit_code is None:
         raise StateError("the container has not run yet", container=container.name)
     return record.exit_code
