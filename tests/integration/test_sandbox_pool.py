@@ -76,8 +76,12 @@ def _start_hit(engine: ContainerEngine, config: ContainerConfig) -> Container:
     assert engine.warm_pool(config, wait=10), "the pool did not fill"
     waiting, hits = _waiting(engine), engine._pool.hits
     container = engine.containers.run_detached(config)
-    assert container.record.pid in waiting, "the container's PID 1 did not wait in the pool"
-    assert engine._pool.hits == hits + 1
+    try:
+        assert container.record.pid in waiting, "the container's PID 1 did not wait in the pool"
+        assert engine._pool.hits == hits + 1
+    except BaseException:
+        container.remove(force=True)  # a failed check leaves nothing behind either
+        raise
     return container
 
 
