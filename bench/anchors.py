@@ -25,7 +25,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import time
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from .host import stop_daemon
 
 IMAGE = "c32bench-busybox"
 #: Podman's defaults for a rootful container (containers.conf), and the NPROC limit it
@@ -196,14 +197,7 @@ class Docker:
         with contextlib.suppress(Exception):
             ids = _run([*self.base(), "ps", "-a", "-q"], timeout=30).split()
             self.remove(ids)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                problems.append("dockerd did not stop within 30 s (killed)")
+        problems += stop_daemon(self.proc, "dockerd")
         self.proc = None
         if self.made_run_dir:
             for leftover in ("/run/docker/plugins", "/run/docker"):

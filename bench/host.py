@@ -234,3 +234,17 @@ def facts() -> dict[str, str]:
         "podman": tool_version(["podman", "--version"]) or "missing",
         "docker": tool_version(["/usr/bin/docker", "--version"]) or "missing",
     }
+
+
+def stop_daemon(proc: subprocess.Popen[bytes], name: str, timeout: float = 30) -> list[str]:
+    """SIGTERM a daemon the bench started and wait; SIGKILL after ``timeout`` (said so)."""
+    if proc.poll() is not None:
+        return []
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return [f"{name} did not stop within {timeout:.0f} s (killed)"]
+    return []

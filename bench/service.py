@@ -13,7 +13,6 @@ of the API would with any HTTP client.
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 from codex32.cli._http import Connection, TransportError
 
-from .host import REPO
+from .host import REPO, stop_daemon
 
 API = "/api/v1"
 
@@ -97,15 +96,7 @@ class HostService:
     def close(self) -> list[str]:
         if self.proc is None:
             return []
-        problems = []
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                problems.append("codex32 serve did not stop within 30 s (killed)")
+        problems = stop_daemon(self.proc, "codex32 serve")
         if self.socket.exists():
             problems.append(f"codex32 serve left its socket {self.socket}")
         self.proc = None
