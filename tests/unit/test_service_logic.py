@@ -136,3 +136,23 @@ def test_audit_action_names() -> None:
     assert _what("POST", "/api/v1/containers/web/stop") == ("container.stop", "web")
     assert _what("DELETE", "/api/v1/containers/web") == ("container.remove", "web")
     assert _what("POST", "/api/v1/networks") == ("network.create", None)
+
+
+def test_the_service_pool_size_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve --sandbox-pool`` and ``CODEX32_SANDBOX_POOL``: 2 by default, a bad value a
+    one-line error before anything is started (the flag wins over the variable)."""
+    from codex32 import ConfigError
+    from codex32.service.settings import ServiceSettings
+
+    monkeypatch.delenv("CODEX32_SANDBOX_POOL", raising=False)
+    assert ServiceSettings.from_env().sandbox_pool == 2
+    assert ServiceSettings.from_env(sandbox_pool=0).sandbox_pool == 0
+    for bad in (-1, 65):
+        with pytest.raises(ConfigError, match=f"--sandbox-pool={bad}: a sandbox pool size"):
+            ServiceSettings.from_env(sandbox_pool=bad)
+    monkeypatch.setenv("CODEX32_SANDBOX_POOL", "5")
+    assert ServiceSettings.from_env().sandbox_pool == 5
+    assert ServiceSettings.from_env(sandbox_pool=1).sandbox_pool == 1
+    monkeypatch.setenv("CODEX32_SANDBOX_POOL", "lots")
+    with pytest.raises(ConfigError, match="CODEX32_SANDBOX_POOL='lots' is not a whole number"):
+        ServiceSettings.from_env()
